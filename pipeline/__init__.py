@@ -1,0 +1,60 @@
+"""tileseg: seam-free unsupervised segmentation of rasters larger than memory.
+
+The public API takes and returns lazy xarray objects::
+
+    import pipeline
+    image = pipeline.open_image("scene.tif")            # DataArray(band, y, x), lazy
+    feats = pipeline.compute_features(image, ["bands"])  # DataArray(feature, y, x), lazy
+    model = pipeline.fit(feats, k=8, seed=0)             # computes the sample only
+    labels = pipeline.predict(feats, model)              # DataArray(y, x), lazy
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "open_image",
+    "compute_features",
+    "fit",
+    "predict",
+    "segment",
+    "run",
+    "load_config",
+    "load_model",
+    "KMeansModel",
+    "RunConfig",
+]
+
+_WHERE = {
+    "open_image": "pipeline.io",
+    "compute_features": "pipeline.features",
+    "fit": "pipeline.cluster",
+    "predict": "pipeline.cluster",
+    "load_model": "pipeline.cluster",
+    "KMeansModel": "pipeline.cluster",
+    "segment": "pipeline._api",
+    "run": "pipeline.runner",
+    "load_config": "pipeline.config",
+    "RunConfig": "pipeline.config",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._api import segment
+    from .cluster import KMeansModel, fit, load_model, predict
+    from .config import RunConfig, load_config
+    from .features import compute_features
+    from .io import open_image
+    from .runner import run
+
+
+def __getattr__(name: str) -> Any:
+    """Import the heavy modules only when a public name is first used."""
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,275 @@
+"""Global K-means: fitted on a seeded sample, optionally refined over every pixel,
+then applied lazily block by block."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import dask
+import numba
+import numpy as np
+import xarray as xr
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
+
+from ..errors import InputError
+from ._model import KMeansModel
+from ._predict import _nearest
+from ._sample import sample_pixels
+
+__all__ = ["fit", "fit_sample", "predict", "FIXED_POINT_BITS"]
+
+log = logging.getLogger(__name__)
+
+#: Full-data refinement sums features as int64 fixed point with this many fractional
+#: bits: integer addition is associative, so the sums (and the centroids) are exactly
+#: the same for any chunking and any number of workers.
+FIXED_POINT_BITS = 20
+
+
+def fit_sample(
+    x: np.ndarray,
+    k: int,
+    *,
+    seed: int = 0,
+    n_init: int = 3,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+) -> tuple[np.ndarray, float, int]:
+    """Fit K-means on an in-memory sample to the quality of full K-means.
+
+    MiniBatch K-means (scikit-learn, ``n_init`` k-means++ inits) finds a good start
+    quickly; Lloyd iterations over the whole sample then converge it (MiniBatch alone
+    stops several percent above the optimum on real multispectral data). Both run on
+    one thread, so the result depends only on the sample and the seed.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, feature), float64
+        Standardised sample.
+    k : int
+        Number of clusters, ``2 <= k <= n``.
+    seed : int
+        Seed of the initialisation.
+    n_init, max_iter, tol :
+        As in scikit-learn (``tol`` relative to the data's variance).
+
+    Returns
+    -------
+    centroids : ndarray, shape (k, feature)
+        Not yet ordered.
+    inertia : float
+        Sum of squared distances of the sample to its nearest centroid.
+    n_iter : int
+        Lloyd iterations run.
+    """
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mbk = MiniBatchKMeans(
+            n_clusters=k,
+            n_init=n_init,
+            random_state=seed,
+            batch_size=min(len(x), 8192),
+            max_no_improvement=20,
+            reassignment_ratio=0.01,
+        ).fit(x)
+        km = KMeans(
+            n_clusters=k,
+            init=mbk.cluster_centers_,
+            n_init=1,
+            max_iter=max_iter,
+            tol=tol,
+            algorithm="lloyd",
+            random_state=seed,
+        ).fit(x)
+    return km.cluster_centers_, float(km.inertia_), int(km.n_iter_)
+
+
+def _order(centroids_original: np.ndarray) -> np.ndarray:
+    """Permutation sorting centroids lexicographically (first feature first)."""
+    return np.lexsort(centroids_original.T[::-1])
+
+
+@numba.njit(cache=True, nogil=True)
+def _lloyd_block(block, centroids_raw, weights, mean, inv_scale, unit):  # pragma: no cover
+    nf, h, w = block.shape
+    k = centroids_raw.shape[0]
+    sums = np.zeros((k, nf), dtype=np.int64)
+    counts = np.zeros(k, dtype=np.int64)
+    labels = np.empty((h, w), dtype=np.int32)
+    _nearest(block, centroids_raw, weights, -1, labels)
+    for i in range(h):
+        for j in range(w):
+            c = labels[i, j]
+            if c < 0:
+                continue
+            counts[c] += 1
+            for f in range(nf):
+                v = (np.float64(block[f, i, j]) - mean[f]) * inv_scale[f]
+                sums[c, f] += np.int64(np.rint(v * unit))
+    return sums, counts
+
+
+def _refine(features: xr.DataArray, model: KMeansModel, passes: int, tol: float) -> int:
+    """Lloyd passes over every pixel with exact integer partial sums. Computes."""
+    unit = float(2**FIXED_POINT_BITS)
+    data = features.data.rechunk({0: -1})
+    done = 0
+    for _ in range(passes):
+        craw = model.centroids_original.astype(np.float32)
+        weights = (1.0 / model.scale**2).astype(np.float32)
+        blocks = data.to_delayed().ravel()
+        task = dask.delayed(_lloyd_block, pure=True, nout=2)
+        parts = [task(b, craw, weights, model.mean, 1.0 / model.scale, unit) for b in blocks]
+        (results,) = dask.compute(parts)
+        sums = [[0] * craw.shape[1] for _ in range(model.k)]
+        counts = [0] * model.k
+        for s, c in results:  # Python ints: exact whatever the order
+            for ci in range(model.k):
+                counts[ci] += int(c[ci])
+                for f in range(craw.shape[1]):
+                    sums[ci][f] += int(s[ci, f])
+        new = model.centroids.copy()
+        for ci in range(model.k):
+            if counts[ci]:
+                new[ci] = [s / counts[ci] / unit for s in sums[ci]]
+        shift = float(np.sum((new - model.centroids) ** 2))
+        model.centroids = new
+        done += 1
+        if shift <= tol * 1e-4:
+            break
+    return done
+
+
+def fit(
+    features: xr.DataArray,
+    k: int = 8,
+    *,
+    seed: int = 0,
+    sample_size: int = 1_000_000,
+    n_init: int = 3,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    refine: int = 0,
+) -> KMeansModel:
+    """Fit a global K-means model to a feature cube.
+
+    This function computes: it draws the seeded sample (one pass over the image) and,
+    when ``refine > 0``, that many Lloyd passes over every pixel. It uses whatever
+    Dask scheduler is active (threads by default, or a ``distributed.Client``).
+
+    Parameters
+    ----------
+    features : DataArray, shape (feature, y, x)
+        From :func:`pipeline.compute_features`.
+    k : int
+        Number of clusters (>= 2).
+    seed : int
+        Seed of the sample and of the initialisation: the same seed gives the same
+        model for any chunking and worker count.
+    sample_size : int
+        Maximum number of valid pixels the fit sees.
+    n_init, max_iter, tol :
+        See :func:`fit_sample`.
+    refine : int
+        Lloyd passes over every pixel after the sample fit (distributed K-means);
+        exact for any chunking thanks to integer partial sums.
+
+    Returns
+    -------
+    KMeansModel
+
+    Raises
+    ------
+    InputError
+        If the image has no valid pixel, or fewer valid pixels than ``k``.
+    """
+    if k < 2:
+        raise ValueError(f"cluster.k: expected at least 2 clusters, got {k}")
+    source = features.attrs.get("source", "input")
+    specs = features.attrs.get("features", [])
+    sample, n_valid = sample_pixels(features, sample_size, seed).compute()
+    if n_valid == 0:
+        raise InputError(f"{source}: every pixel is nodata; expected some valid pixels")
+    if len(sample) < k:
+        raise InputError(
+            f"{source}: only {len(sample)} valid pixels were found for k={k} clusters; "
+            "expected at least k (lower cluster.k)"
+        )
+    scaled = np.asarray(features["scale"].values, dtype=bool)
+    mean = np.where(scaled, sample.mean(axis=0), 0.0)
+    std = sample.std(axis=0)
+    scale = np.where(scaled & (std > 0), std, 1.0)
+    xs = (sample - mean) / scale
+    centroids, inertia, n_iter = fit_sample(
+        xs, k, seed=seed, n_init=n_init, max_iter=max_iter, tol=tol
+    )
+    model = KMeansModel(
+        centroids=centroids,
+        mean=mean,
+        scale=scale,
+        features=[s.describe() for s in specs],
+        feature_names=[str(n) for n in features["feature"].values],
+        n_bands=int(features.attrs.get("n_bands", 0)),
+        seed=seed,
+        sample_size=len(sample),
+        n_valid=int(n_valid),
+        inertia=inertia,
+        n_iter=n_iter,
+    )
+    if refine:
+        model.n_iter += _refine(features, model, refine, tol)
+        d = ((xs[:, None, :] - model.centroids[None]) ** 2).sum(-1).min(1)
+        model.inertia = float(d.sum())
+    perm = _order(model.centroids_original)
+    model.centroids = np.ascontiguousarray(model.centroids[perm])
+    log.info("fitted k=%d on %d pixels: inertia %.6g in %d iterations",
+             k, len(sample), model.inertia, model.n_iter)
+    return model
+
+
+def _label_block(block: np.ndarray, model: KMeansModel) -> np.ndarray:
+    return model.predict_block(block)
+
+
+def predict(features: xr.DataArray, model: KMeansModel) -> xr.DataArray:
+    """Label every pixel with its nearest centroid, lazily.
+
+    Parameters
+    ----------
+    features : DataArray, shape (feature, y, x)
+        Computed with the model's feature specs.
+    model : KMeansModel
+
+    Returns
+    -------
+    DataArray, shape (y, x), uint8 (uint16 above 255 classes)
+        Lazy, chunked like ``features``; invalid pixels get ``model.nodata`` (also
+        in ``rio.nodata``); georeferencing kept.
+
+    Raises
+    ------
+    pipeline.errors.ModelError
+        If the features do not match the model's.
+    """
+    from ..errors import ModelError
+
+    names = [str(n) for n in features["feature"].values]
+    if names != model.feature_names:
+        raise ModelError(
+            f"model: features {model.feature_names} do not match the image's features "
+            f"{names}; expected the same features (and band count) as the fitted scene"
+        )
+    dtype = model.label_dtype
+    data = features.data.rechunk({0: -1}).map_blocks(
+        _label_block,
+        model,
+        drop_axis=0,
+        dtype=dtype,
+        meta=np.empty((0, 0), dtype),
+    )
+    coords = {n: c for n, c in features.coords.items() if "feature" not in c.dims}
+    labels = xr.DataArray(data, dims=("y", "x"), coords=coords, name="labels")
+    return labels.rio.write_nodata(model.nodata, encoded=False)

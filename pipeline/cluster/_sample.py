@@ -1,0 +1,124 @@
+"""A bounded, seeded sample of valid pixels chosen by global pixel position.
+
+Every pixel gets a 64-bit key from a counter-based hash of its global index
+``y * width + x`` and the seed (SplitMix64, written here with numba because numpy and
+scikit-learn have no counter-based generator usable per block). The sample is the
+``size`` valid pixels with the smallest keys: a uniform sample without replacement that
+does not depend on the chunking or the number of workers, drawn in one pass.
+"""
+
+from __future__ import annotations
+
+import dask
+import numba
+import numpy as np
+import xarray as xr
+
+__all__ = ["sample_pixels", "pixel_keys", "OVERSAMPLE"]
+
+#: Blocks return the pixels whose key falls below ``OVERSAMPLE * size / n_pixels`` of
+#: the key range, so an image at least ``1 / OVERSAMPLE`` valid yields a full sample.
+OVERSAMPLE = 4.0
+
+_U = np.uint64
+
+
+@numba.njit(cache=True, nogil=True)
+def _splitmix64(x):  # pragma: no cover - compiled
+    x = x + _U(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> _U(30))) * _U(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U(27))) * _U(0x94D049BB133111EB)
+    return x ^ (x >> _U(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(block, y0, x0, width, seed_key, threshold):  # pragma: no cover - compiled
+    nf, h, w = block.shape
+    n = 0
+    valid = 0
+    keys = np.empty(h * w, dtype=np.uint64)
+    index = np.empty(h * w, dtype=np.int64)
+    for i in range(h):
+        for j in range(w):
+            ok = True
+            for f in range(nf):
+                if not np.isfinite(block[f, i, j]):
+                    ok = False
+                    break
+            if not ok:
+                continue
+            valid += 1
+            g = _U((y0 + i) * width + (x0 + j))
+            key = _splitmix64(_splitmix64(g) ^ seed_key)
+            if key <= threshold:
+                keys[n] = key
+                index[n] = i * w + j
+                n += 1
+    rows = np.empty((n, nf), dtype=np.float32)
+    for m in range(n):
+        i = index[m] // w
+        j = index[m] % w
+        for f in range(nf):
+            rows[m, f] = block[f, i, j]
+    return keys[:n], rows, valid
+
+
+def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarray:
+    """Return the sampling keys of pixels at global positions ``(y, x)`` (for tests)."""
+    out = np.empty(np.size(y), dtype=np.uint64)
+    seed_key = _splitmix64(_U(seed))
+    for n, (yy, xx) in enumerate(zip(np.ravel(y), np.ravel(x), strict=True)):
+        out[n] = _splitmix64(_splitmix64(_U(int(yy) * width + int(xx))) ^ seed_key)
+    return out
+
+
+def _select_block(block, y0, x0, width, seed_key, threshold):
+    keys, rows, valid = _select(np.ascontiguousarray(block), y0, x0, width, seed_key,
+                                threshold)
+    return keys, rows, valid
+
+
+def _merge(parts, size, n_features):
+    valid = sum(p[2] for p in parts)
+    keys = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint64)
+    rows = (np.concatenate([p[1] for p in parts]) if parts
+            else np.empty((0, n_features), np.float32))
+    order = np.argsort(keys, kind="stable")[:size]
+    return rows[order].astype(np.float64), int(valid)
+
+
+def sample_pixels(features: xr.DataArray, size: int, seed: int):
+    """Build the lazy sample of valid pixels.
+
+    Parameters
+    ----------
+    features : DataArray, shape (feature, y, x), float32
+        Invalid pixels are NaN.
+    size : int
+        Maximum number of pixels in the sample.
+    seed : int
+        Seed of the pixel keys.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        Computes to ``(sample, n_valid)``: ``sample`` is float64 ``(n, feature)`` in
+        key order (random, chunking-independent) with ``n <= size``, and ``n_valid``
+        the exact number of valid pixels in the image.
+    """
+    nf, height, width = features.shape
+    n_pixels = height * width
+    fraction = min(1.0, OVERSAMPLE * size / max(n_pixels, 1))
+    threshold = _U(np.iinfo(np.uint64).max) if fraction >= 1.0 else _U(int(fraction * 2.0**64))
+    seed_key = _splitmix64(_U(seed))
+    data = features.data.rechunk({0: -1})
+    blocks = data.to_delayed()
+    ystarts = np.concatenate([[0], np.cumsum(data.chunks[1])[:-1]])
+    xstarts = np.concatenate([[0], np.cumsum(data.chunks[2])[:-1]])
+    select = dask.delayed(_select_block, pure=True, nout=3)
+    parts = []
+    for i, y0 in enumerate(ystarts):
+        for j, x0 in enumerate(xstarts):
+            parts.append(dask.delayed(tuple)(
+                select(blocks[0, i, j], int(y0), int(x0), width, seed_key, threshold)))
+    return dask.delayed(_merge, pure=True)(parts, size, nf)

@@ -1,0 +1,37 @@
+"""One exception hierarchy for every error a user can cause.
+
+Each message names the file or the configuration key and says what was expected,
+so the command line can print it on one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PipelineError",
+    "ConfigError",
+    "InputError",
+    "ModelError",
+    "OutputExistsError",
+]
+
+
+class PipelineError(Exception):
+    """Base class of every error caused by the user's input or configuration."""
+
+    exit_code = 2
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration key is unknown, missing or has a bad value."""
+
+
+class InputError(PipelineError, ValueError):
+    """An input raster is missing, unreadable, or not what the run needs."""
+
+
+class ModelError(PipelineError, ValueError):
+    """A saved model is unreadable or does not match the image it is applied to."""
+
+
+class OutputExistsError(PipelineError, FileExistsError):
+    """The output exists and ``--overwrite`` was not given."""

@@ -1,0 +1,219 @@
+"""Label writers: one object that receives computed label blocks and streams them to
+a tiled GeoTIFF (made a Cloud-Optimized GeoTIFF when complete) and a Zarr v3 store.
+
+The writer never computes anything: the orchestrator computes blocks (threads or a
+``dask.distributed`` cluster) and hands each finished block to ``writer[region] = block``.
+All file handles stay in the process that owns the writer; workers only return arrays.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import xarray as xr
+import zarr
+from rasterio.enums import Resampling
+
+__all__ = ["LabelWriter", "palette", "label_dtype", "LABEL_FORMATS"]
+
+LABEL_FORMATS = ("cog", "zarr")
+_TILE = 512
+
+
+def label_dtype(n_classes: int) -> tuple[np.dtype, int]:
+    """Return the label dtype and its nodata value for ``n_classes`` classes.
+
+    uint8 (nodata 255) up to 255 classes, else uint16 (nodata 65535).
+    """
+    if n_classes <= 255:
+        return np.dtype(np.uint8), 255
+    if n_classes <= 65535:
+        return np.dtype(np.uint16), 65535
+    raise ValueError(f"at most 65535 classes are supported, got {n_classes}")
+
+
+def palette(n: int) -> dict[int, tuple[int, int, int, int]]:
+    """Return ``n`` distinct, deterministic RGBA colours (golden-angle hues)."""
+    colours = {}
+    for i in range(n):
+        h = (i * 0.618033988749895) % 1.0
+        s = 0.65 + 0.35 * ((i // 7) % 2)
+        v = 0.95 - 0.25 * ((i // 3) % 2)
+        r, g, b = colorsys.hsv_to_rgb(h, s, v)
+        colours[i] = (round(r * 255), round(g * 255), round(b * 255), 255)
+    return colours
+
+
+def _blocksize(height: int, width: int) -> int:
+    side = _TILE
+    while side > 16 and side // 2 >= max(height, width):
+        side //= 2
+    return side
+
+
+class LabelWriter:
+    """Stream label blocks into ``labels.tif`` (COG) and/or ``labels.zarr``.
+
+    Parameters
+    ----------
+    directory : path
+        Where the outputs go (the orchestrator's staging directory).
+    template : DataArray, shape (y, x)
+        The lazy label array: its dtype, chunks, coordinates and ``rio`` georeferencing
+        are copied; its data are not computed.
+    nodata : int
+        The label written for invalid pixels.
+    n_classes : int
+        Number of classes, for the colour table and the histogram.
+    formats : sequence of {"cog", "zarr"}
+        Outputs to write.
+    stem : str
+        File stem: ``labels`` gives ``labels.tif`` and ``labels.zarr``.
+
+    Notes
+    -----
+    Use as ``writer[ys, xs] = block`` for every block, then :meth:`close`. Blocks may
+    arrive in any order; :attr:`counts` accumulates the histogram of written labels
+    (nodata last), so per-class pixel counts cost no extra pass.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        template: xr.DataArray,
+        *,
+        nodata: int,
+        n_classes: int,
+        formats: tuple[str, ...] = LABEL_FORMATS,
+        stem: str = "labels",
+    ) -> None:
+        self.directory = Path(directory)
+        self.stem = stem
+        self.nodata = nodata
+        self.n_classes = n_classes
+        self.formats = tuple(formats)
+        self.dtype = np.dtype(template.dtype)
+        self.counts = np.zeros(n_classes + 1, dtype=np.int64)
+        self.blocks_written = 0
+        self._tif: Any = None
+        self._zarr: Any = None
+        height, width = template.shape
+        self._tif_tmp = self.directory / f".{stem}.tiled.tif"
+        if "cog" in self.formats:
+            self._tif = rasterio.open(
+                self._tif_tmp,
+                "w",
+                driver="GTiff",
+                width=width,
+                height=height,
+                count=1,
+                dtype=self.dtype.name,
+                crs=template.rio.crs,
+                transform=template.rio.transform(),
+                nodata=nodata,
+                tiled=True,
+                blockxsize=_blocksize(height, width),
+                blockysize=_blocksize(height, width),
+                compress="deflate",
+                predictor=2,
+                zlevel=6,
+                BIGTIFF="IF_SAFER",
+            )
+            self._tif.write_colormap(1, self.colormap())
+        if "zarr" in self.formats:
+            self._zarr = self._create_zarr(template)
+
+    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
+        """The colour table written into the GeoTIFF (nodata transparent)."""
+        cmap = palette(self.n_classes)
+        cmap[self.nodata] = (0, 0, 0, 0)
+        return cmap
+
+    def _create_zarr(self, template: xr.DataArray) -> Any:
+        path = self.directory / f"{self.stem}.zarr"
+        chunks = tuple(c[0] for c in template.chunks)
+        irregular = any(len(set(c[:-1])) > 1 or c[-1] > c[0] for c in template.chunks)
+        if irregular:  # the store's chunks must match the Dask chunks exactly
+            raise ValueError(f"labels have irregular chunks {template.chunks}")
+        ds = template.rename(self.stem).to_dataset()
+        ds[self.stem].attrs.pop("_FillValue", None)
+        ds.to_zarr(
+            path,
+            mode="w-",
+            compute=False,
+            zarr_format=3,
+            consolidated=False,
+            encoding={self.stem: {"chunks": chunks, "fill_value": self.nodata,
+                                  "_FillValue": self.nodata}},
+        )
+        return zarr.open_array(store=str(path), path=self.stem, mode="r+")
+
+    def __setitem__(self, region: tuple[slice, slice], block: np.ndarray) -> None:
+        block = np.asarray(block)
+        if self._tif is not None:
+            ys, xs = region
+            window = ((ys.start, ys.stop), (xs.start, xs.stop))
+            self._tif.write(block, 1, window=window)
+        if self._zarr is not None:
+            self._zarr[region] = block
+        hist = np.bincount(block.ravel(), minlength=int(self.nodata) + 1)
+        self.counts[: self.n_classes] += hist[: self.n_classes]
+        self.counts[-1] += hist[self.nodata]
+        self.blocks_written += 1
+
+    def close(self) -> list[Path]:
+        """Finish every output and return their paths.
+
+        The tiled GeoTIFF gets overviews (mode resampling, right for class maps) and is
+        rewritten as a COG in this one process, as GDAL requires.
+        """
+        outputs: list[Path] = []
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+            cog = self.directory / f"{self.stem}.tif"
+            self._to_cog(self._tif_tmp, cog)
+            self._tif_tmp.unlink()
+            outputs.append(cog)
+        if self._zarr is not None:
+            self._zarr = None
+            outputs.append(self.directory / f"{self.stem}.zarr")
+        return outputs
+
+    def abort(self) -> None:
+        """Close open handles without finishing (the caller removes the directory)."""
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+        self._zarr = None
+
+    @staticmethod
+    def _to_cog(src: Path, dst: Path) -> None:
+        with rasterio.open(src, "r+") as ds:
+            factors = []
+            f = 2
+            while max(ds.width, ds.height) / f >= 256 or not factors:
+                factors.append(f)
+                f *= 2
+                if max(ds.width, ds.height) / f < 1:
+                    break
+            ds.build_overviews(factors, Resampling.mode)
+            ds.update_tags(ns="rio_overview", resampling="mode")
+            blocksize = ds.block_shapes[0][0]
+        rasterio.shutil.copy(
+            src,
+            dst,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            PREDICTOR="YES",
+            LEVEL=6,
+            BLOCKSIZE=blocksize,
+            OVERVIEWS="FORCE_USE_EXISTING",
+            BIGTIFF="IF_SAFER",
+        )
