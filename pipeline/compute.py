@@ -53,18 +53,25 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
+    # distributed configures its loggers at INFO on import: follow ours, at least WARNING
+    ours = logging.getLogger("pipeline").getEffectiveLevel()
+    logging.getLogger("distributed").setLevel(ours if ours < logging.INFO else
+                                              max(ours, logging.WARNING))
+
     if cfg.scheduler == "processes":
         cluster = LocalCluster(
             n_workers=n_workers(cfg),
             threads_per_worker=cfg.threads_per_worker,
             processes=True,
             dashboard_address=":0" if cfg.dashboard else None,
+            scheduler_kwargs={"dashboard": cfg.dashboard},
             memory_limit=cfg.memory_limit or "auto",
             env=env,
             silence_logs=logging.ERROR,
         )
         client = Client(cluster)
-        log.info("started a LocalCluster with %d worker processes", n_workers(cfg))
+        log.info("started a LocalCluster with %d worker processes%s", n_workers(cfg),
+                 f"; dashboard {client.dashboard_link}" if cfg.dashboard else "")
         try:
             yield client
         finally:

@@ -22,6 +22,7 @@ __all__ = [
     "RunConfig",
     "ClusterConfig",
     "ComputeConfig",
+    "PostprocessConfig",
     "load_config",
     "parse_config",
     "apply_overrides",
@@ -64,6 +65,10 @@ class ComputeConfig(_Strict):
                          "such as tcp://host:8786")
 
 
+class PostprocessConfig(_Strict):
+    """``postprocess:``: spatial clean-up of the class map, exact for any chunking."""
+
+
 class RunConfig(_Strict):
     """A whole run: input, output and every stage's options."""
 
@@ -74,6 +79,7 @@ class RunConfig(_Strict):
     features: list[FeatureSpec] = Field(default_factory=lambda: [FeatureSpec.parse("bands")])
     cluster: ClusterConfig = ClusterConfig()
     compute: ComputeConfig = ComputeConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
     formats: list[Literal["cog", "zarr"]] = Field(default_factory=lambda: ["cog", "zarr"],
                                                   min_length=1)
 

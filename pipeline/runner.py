@@ -107,16 +107,17 @@ class _Progress:
             self.bar.close()
 
 
-class _Target:
-    """``da.store`` target: forwards blocks to the writer, one at a time."""
+class _Targets:
+    """``da.store`` target for one raster: forwards blocks to its writer."""
 
-    def __init__(self, writer: LabelWriter, progress: _Progress) -> None:
+    def __init__(self, writer: LabelWriter, progress: _Progress | None) -> None:
         self.writer = writer
         self.progress = progress
 
     def __setitem__(self, region: tuple[slice, slice], block: np.ndarray) -> None:
         self.writer[region] = block
-        self.progress.update()
+        if self.progress is not None:
+            self.progress.update()
 
 
 def _regions(arr: da.Array) -> list[tuple[slice, slice]]:
@@ -126,39 +127,50 @@ def _regions(arr: da.Array) -> list[tuple[slice, slice]]:
             for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
 
 
-def store_labels(labels: xr.DataArray, writer: LabelWriter, client: Any,
-                 progress: _Progress) -> None:
-    """Compute every label block and hand it to the writer (this computes).
+def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWriter],
+                  client: Any, progress: _Progress) -> None:
+    """Compute every block of every raster once and hand it to its writer (computes).
 
-    With threads, ``da.store`` writes under a lock as blocks finish. With a
+    The rasters share one graph, so common stages (reading, features, labels) run once
+    per chunk. With threads, ``da.store`` writes under one lock as blocks finish. With a
     ``distributed`` client, blocks are computed on the workers a bounded number at a
     time and written here, in the process that owns the file handles.
     """
-    target = _Target(writer, progress)
+    names = list(rasters)
+    arrays = [rasters[n].data for n in names]
+    if len({a.chunks for a in arrays}) != 1:
+        raise ValueError("rasters to write must share one chunking")
     if client is None:
-        da.store(labels.data, target, lock=threading.Lock(), compute=True)
+        targets = [_Targets(writers[n], progress if i == 0 else None)
+                   for i, n in enumerate(names)]
+        da.store(arrays, targets, lock=threading.Lock(), compute=True)
         return
     from distributed import as_completed
 
-    regions = _regions(labels.data)
-    blocks = labels.data.to_delayed().ravel().tolist()
-    window = 4 * max(1, len(client.scheduler_info().get("workers", {})) or 1)
+    regions = _regions(arrays[0])
+    per_array = [a.to_delayed(optimize_graph=False).ravel().tolist() for a in arrays]
+    blocks = [dask.delayed(tuple)(list(t)) for t in zip(*per_array, strict=True)]
+    window = 4 * max(1, len(client.scheduler_info().get("workers", {})))
     pending = list(zip(regions, blocks, strict=True))[::-1]
     futures = as_completed()
-    where = {}
-    while pending and len(where) < window:
+    where: dict[str, tuple[slice, slice]] = {}
+
+    def submit() -> None:
         region, block = pending.pop()
-        fut = client.compute(block)
+        fut = client.compute(block, optimize_graph=True)
         where[fut.key] = region
         futures.add(fut)
+
+    while pending and len(where) < window:
+        submit()
     for fut in futures:
-        target[where.pop(fut.key)] = fut.result()
+        region = where.pop(fut.key)
+        for name, block in zip(names, fut.result(), strict=True):
+            writers[name][region] = block
+        progress.update()
         fut.release()
         if pending:
-            region, block = pending.pop()
-            nxt = client.compute(block)
-            where[nxt.key] = region
-            futures.add(nxt)
+            submit()
 
 
 def plan(config: RunConfig) -> dict[str, Any]:
@@ -219,26 +231,34 @@ def run(
                     n_init=c.n_init, max_iter=c.max_iter, tol=c.tol, refine=c.refine)
         timings["sample_fit"] = time.perf_counter() - t
         labels = predict(features, model)
+        rasters = {"labels": labels}
+        # post-processing stages add or replace entries of `rasters` here, in order:
+        # majority filter (replaces "labels", keeps "labels_raw"), then segments.
         with staged_output(output, overwrite) as staging:
             t = time.perf_counter()
-            writer = LabelWriter(staging, labels, nodata=model.nodata, n_classes=model.k,
-                                 formats=tuple(config.formats))
+            writers = {
+                name: LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
+                                  n_classes=model.k if name.startswith("labels") else None,
+                                  formats=tuple(config.formats))
+                for name, arr in rasters.items()
+            }
             bar = _Progress(labels.data.npartitions, "label+write", progress)
             try:
-                store_labels(labels, writer, client, bar)
+                store_rasters(rasters, writers, client, bar)
             except BaseException:
-                writer.abort()
+                for w in writers.values():
+                    w.abort()
                 raise
             finally:
                 bar.close()
             timings["label_write"] = time.perf_counter() - t
             t = time.perf_counter()
-            written = writer.close()
+            written = [p for w in writers.values() for p in w.close()]
             timings["cog"] = time.perf_counter() - t
             model.save(staging / "model.json")
             timings["total"] = time.perf_counter() - t0
             names = [p.name for p in written] + ["model.json", "report.json"]
-            report = build_report(image, model, writer.counts, config=config.to_dict(),
+            report = build_report(image, model, writers["labels"].counts, config=config.to_dict(),
                                   timings=timings, outputs=names)
             write_report(report, staging / "report.json")
     outputs = [output / n for n in names]

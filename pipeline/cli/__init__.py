@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from ._options import setup_logging, verbosity
 
 __all__ = ["main"]
 
@@ -36,64 +35,14 @@ def main() -> None:
     """Seam-free unsupervised segmentation of rasters larger than memory."""
 
 
-def _start(verbose: int, quiet: bool) -> None:
-    click.get_current_context().meta["tileseg.verbose"] = verbose > 0
-    setup_logging(verbose, quiet)
+def _register() -> None:
+    # one module per command; each is imported only for the group (click needs the
+    # command objects), and each imports the heavy libraries inside its body
+    from ._demo import demo
+    from ._run import run
+
+    for command in (run, demo):
+        main.add_command(command)
 
 
-@main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. --set cluster.k=5 (repeatable).")
-@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
-@click.option("--dry-run", is_flag=True, help="Validate and show the plan; compute nothing.")
-@verbosity
-def run(config: str, overrides: tuple[str, ...], overwrite: bool, dry_run: bool,
-        verbose: int, quiet: bool) -> None:
-    """Segment the raster named in CONFIG (YAML) and write the outputs."""
-    _start(verbose, quiet)
-    import json
-
-    from ..config import load_config
-    from ..runner import plan
-    from ..runner import run as run_pipeline
-
-    cfg = load_config(config, overrides)
-    if dry_run:
-        click.echo(json.dumps(plan(cfg), indent=2))
-        return
-    result = run_pipeline(cfg, overwrite=overwrite, progress=not quiet)
-    if not quiet:
-        r = result.report
-        click.echo(f"segmented {r['input']['width']} x {r['input']['height']} pixels into "
-                   f"{r['k']} classes in {r['timings_s']['total']:.1f} s")
-        for p in result.outputs:
-            click.echo(f"  {p}")
-
-
-@main.command()
-@click.option("--output", "-o", default="tileseg-demo", show_default=True,
-              type=click.Path(file_okay=False), help="Directory for the scene and results.")
-@click.option("--size", default=4096, show_default=True, type=click.IntRange(min=64),
-              help="Side of the synthetic scene in pixels.")
-@click.option("--scheduler", default="processes", show_default=True,
-              help="threads, processes (a local cluster) or tcp://host:port.")
-@click.option("--overwrite", is_flag=True, help="Replace the output directory if it exists.")
-@verbosity
-def demo(output: str, size: int, scheduler: str, overwrite: bool, verbose: int,
-         quiet: bool) -> None:
-    """Generate a synthetic scene with known classes, segment it and score the result."""
-    _start(verbose, quiet)
-    from ..runner import run_demo
-
-    result, ari, cfg = run_demo(output, size=size, overwrite=overwrite, progress=not quiet,
-                                scheduler=scheduler)
-    if not quiet:
-        r = result.report
-        click.echo(f"synthetic scene: {r['input']['width']} x {r['input']['height']} x "
-                   f"{r['input']['bands']} {r['input']['dtype']}, {r['k']} classes")
-        click.echo(f"segmented in {r['timings_s']['total']:.1f} s; outputs:")
-        for p in result.outputs:
-            click.echo(f"  {p}")
-        click.echo(f"adjusted Rand index against the truth: {ari:.4f}")
-        click.echo(f"rerun with: tileseg run {cfg} --overwrite")
+_register()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-__all__ = ["verbosity", "setup_logging"]
+__all__ = ["verbosity", "setup_logging", "start"]
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
@@ -31,3 +31,9 @@ def verbosity(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("-v", "--verbose", count=True,
                         help="More logging (-vv for debug); tracebacks on errors.")(func)
     return func
+
+
+def start(verbose: int, quiet: bool) -> None:
+    """Record ``-v`` for the error handler and configure logging."""
+    click.get_current_context().meta["tileseg.verbose"] = verbose > 0
+    setup_logging(verbose, quiet)

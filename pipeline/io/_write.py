@@ -69,8 +69,9 @@ class LabelWriter:
         are copied; its data are not computed.
     nodata : int
         The label written for invalid pixels.
-    n_classes : int
-        Number of classes, for the colour table and the histogram.
+    n_classes : int, optional
+        Number of classes of a class map: adds a colour table and the histogram
+        :attr:`counts`. ``None`` for ID rasters (segments).
     formats : sequence of {"cog", "zarr"}
         Outputs to write.
     stem : str
@@ -89,7 +90,7 @@ class LabelWriter:
         template: xr.DataArray,
         *,
         nodata: int,
-        n_classes: int,
+        n_classes: int | None = None,
         formats: tuple[str, ...] = LABEL_FORMATS,
         stem: str = "labels",
     ) -> None:
@@ -99,7 +100,7 @@ class LabelWriter:
         self.n_classes = n_classes
         self.formats = tuple(formats)
         self.dtype = np.dtype(template.dtype)
-        self.counts = np.zeros(n_classes + 1, dtype=np.int64)
+        self.counts = None if n_classes is None else np.zeros(n_classes + 1, dtype=np.int64)
         self.blocks_written = 0
         self._tif: Any = None
         self._zarr: Any = None
@@ -125,13 +126,14 @@ class LabelWriter:
                 zlevel=6,
                 BIGTIFF="IF_SAFER",
             )
-            self._tif.write_colormap(1, self.colormap())
+            if n_classes is not None:
+                self._tif.write_colormap(1, self.colormap())
         if "zarr" in self.formats:
             self._zarr = self._create_zarr(template)
 
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         """The colour table written into the GeoTIFF (nodata transparent)."""
-        cmap = palette(self.n_classes)
+        cmap = palette(self.n_classes or 0)
         cmap[self.nodata] = (0, 0, 0, 0)
         return cmap
 
@@ -162,9 +164,11 @@ class LabelWriter:
             self._tif.write(block, 1, window=window)
         if self._zarr is not None:
             self._zarr[region] = block
-        hist = np.bincount(block.ravel(), minlength=int(self.nodata) + 1)
-        self.counts[: self.n_classes] += hist[: self.n_classes]
-        self.counts[-1] += hist[self.nodata]
+        if self.counts is not None:
+            k = self.n_classes or 0
+            hist = np.bincount(block.ravel(), minlength=int(self.nodata) + 1)
+            self.counts[:k] += hist[:k]
+            self.counts[-1] += hist[self.nodata]
         self.blocks_written += 1
 
     def close(self) -> list[Path]:
