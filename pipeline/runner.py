@@ -307,7 +307,8 @@ def run_demo(
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True)
     try:
-        info = make_scene(out / "scene.tif", size=size, truth_path=out / "truth.tif")
+        info = make_scene(out / "scene.tif", size=size, truth_path=out / "truth.tif",
+                          cell=max(16, size // 16), border=max(2, size // 64))
         cfg = {
             "input": str(out / "scene.tif"),
             "output": str(out / "result"),

@@ -66,9 +66,9 @@ def _select(block, y0, x0, width, seed_key, threshold):  # pragma: no cover - co
 def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarray:
     """Return the sampling keys of pixels at global positions ``(y, x)`` (for tests)."""
     out = np.empty(np.size(y), dtype=np.uint64)
-    seed_key = _splitmix64(_U(seed))
+    seed_key = _U(_splitmix64(_U(seed)))
     for n, (yy, xx) in enumerate(zip(np.ravel(y), np.ravel(x), strict=True)):
-        out[n] = _splitmix64(_splitmix64(_U(int(yy) * width + int(xx))) ^ seed_key)
+        out[n] = _splitmix64(_U(_splitmix64(_U(int(yy) * width + int(xx)))) ^ seed_key)
     return out
 
 
@@ -110,7 +110,7 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int):
     n_pixels = height * width
     fraction = min(1.0, OVERSAMPLE * size / max(n_pixels, 1))
     threshold = _U(np.iinfo(np.uint64).max) if fraction >= 1.0 else _U(int(fraction * 2.0**64))
-    seed_key = _splitmix64(_U(seed))
+    seed_key = _U(_splitmix64(_U(seed)))
     data = features.data.rechunk({0: -1})
     blocks = data.to_delayed()
     ystarts = np.concatenate([[0], np.cumsum(data.chunks[1])[:-1]])

@@ -140,8 +140,11 @@ class FeatureSpec:
         if raw is None:
             raw = {}
         elif not isinstance(raw, Mapping):
-            first = next(iter(family.params.model_fields))
-            raw = {first: raw}
+            # shorthand: {bands: [1, 2]} sets the family's own first parameter
+            own = [f for f in family.params.model_fields if f not in FeatureParams.model_fields]
+            if not own:
+                raise TypeError(f"feature {name!r} takes no value, got {raw!r}")
+            raw = {own[0]: raw}
         return cls(name=name, params=family.params.model_validate(dict(raw)))
 
     @property

@@ -126,7 +126,7 @@ def _mosaic_vrt(paths: list[str]) -> str:
         t, t0 = info["transform"], first["transform"]
         if not np.allclose((t.a, t.b, t.d, t.e), (t0.a, t0.b, t0.d, t0.e)):
             raise InputError(f"{p}: pixel size differs from {paths[0]}; expected one grid")
-        col, row = ~t0 * (t.c, t.f)
+        col, row = ~t0 @ (t.c, t.f)
         if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
             raise InputError(f"{p}: not aligned to the pixel grid of {paths[0]}")
         info["offset"] = (int(round(row)), int(round(col)))
@@ -134,7 +134,7 @@ def _mosaic_vrt(paths: list[str]) -> str:
     c0 = min(i["offset"][1] for i in infos)
     height = max(i["offset"][0] + i["shape"][0] for i in infos) - r0
     width = max(i["offset"][1] + i["shape"][1] for i in infos) - c0
-    origin = first["transform"] * (c0, r0)
+    origin = first["transform"] @ (c0, r0)
     t0 = first["transform"]
     gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                  "int32": "Int32", "float32": "Float32", "float64": "Float64"}[first["dtype"]]
@@ -170,10 +170,15 @@ def _mosaic_vrt(paths: list[str]) -> str:
 
 def _open_zarr(path: str, chunks: int | None) -> xr.DataArray:
     try:
-        ds = xr.open_zarr(path, mask_and_scale=False, consolidated=None)
+        with warnings.catch_warnings():
+            # stores without consolidated metadata (ours among them) are fine to open
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ds = xr.open_zarr(path, mask_and_scale=False, consolidated=None)
     except Exception as exc:  # zarr raises many types for a bad store
         raise InputError(f"{path}: not a readable Zarr store ({exc})") from None
-    names = list(ds.data_vars)
+    refs = {ds[v].attrs.get("grid_mapping") for v in ds.data_vars} | {"spatial_ref"}
+    ds = ds.set_coords([v for v in ds.data_vars if v in refs])
+    names = [v for v in ds.data_vars if ds[v].ndim >= 2]
     if len(names) == 1:
         name = names[0]
     elif "image" in names:
@@ -192,8 +197,6 @@ def _open_zarr(path: str, chunks: int | None) -> xr.DataArray:
     if str(da.dtype) not in SUPPORTED_DTYPES:
         raise InputError(f"{path}: data type {da.dtype} is not supported")
     fill = da.encoding.get("_FillValue", da.attrs.get("_FillValue", da.attrs.get("nodata")))
-    if "spatial_ref" in ds.coords and "spatial_ref" not in da.coords:
-        da = da.assign_coords(spatial_ref=ds["spatial_ref"])
     da = da.rio.write_nodata(fill, encoded=False) if fill is not None else da
     da = da.chunk({"band": -1, "y": chunks, "x": chunks} if chunks else {"band": -1})
     return da

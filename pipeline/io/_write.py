@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import rasterio.shutil
 import xarray as xr
 import zarr
 from rasterio.enums import Resampling
+from zarr.errors import ZarrUserWarning
 
 __all__ = ["LabelWriter", "palette", "label_dtype", "LABEL_FORMATS"]
 
@@ -187,7 +189,13 @@ class LabelWriter:
             outputs.append(cog)
         if self._zarr is not None:
             self._zarr = None
-            outputs.append(self.directory / f"{self.stem}.zarr")
+            path = self.directory / f"{self.stem}.zarr"
+            with warnings.catch_warnings():
+                # consolidated metadata is a zarr-python extension of Zarr v3; with it,
+                # xarray.open_zarr(path) opens the store quietly and in one read
+                warnings.simplefilter("ignore", ZarrUserWarning)
+                zarr.consolidate_metadata(str(path))
+            outputs.append(path)
         return outputs
 
     def abort(self) -> None:

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import json
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+import pipeline
+from pipeline.cluster import KMeansModel, load_model, nearest_centroid, pixel_keys, sample_pixels
+from pipeline.errors import InputError, ModelError
+from pipeline.testing import SHARED_DATA
+
+
+def _cube(arr: np.ndarray, chunks) -> xr.DataArray:
+    data = dask.array.from_array(arr, chunks=(arr.shape[0],) + tuple(chunks))
+    return xr.DataArray(data, dims=("feature", "y", "x"),
+                        coords={"feature": [f"f{i}" for i in range(arr.shape[0])],
+                                "scale": ("feature", [True] * arr.shape[0])})
+
+
+_RNG = np.random.default_rng(42)
+_ARR = _RNG.normal(size=(3, 37, 29)).astype(np.float32)
+_ARR[:, 3:9, 4:7] = np.nan
+
+
+@settings(max_examples=25, deadline=None)
+@given(cy=st.integers(1, 37), cx=st.integers(1, 29), size=st.integers(1, 2000),
+       seed=st.integers(0, 2**32))
+@example(cy=37, cx=29, size=50, seed=0)
+@example(cy=1, cx=1, size=50, seed=1)
+@example(cy=5, cx=7, size=5000, seed=2)
+def test_sample_does_not_depend_on_chunking(cy, cx, size, seed):
+    with dask.config.set(scheduler="synchronous"):
+        ref, n_ref = sample_pixels(_cube(_ARR, (37, 29)), size, seed).compute()
+        got, n_got = sample_pixels(_cube(_ARR, (cy, cx)), size, seed).compute()
+    np.testing.assert_array_equal(ref, got)
+    assert n_ref == n_got == np.isfinite(_ARR).all(0).sum()
+    assert len(ref) == min(size, n_ref)
+    assert np.isfinite(ref).all()
+
+
+def test_sample_is_the_smallest_keys_among_valid_pixels():
+    yy, xx = np.nonzero(np.isfinite(_ARR).all(0))
+    keys = pixel_keys(yy, xx, _ARR.shape[2], seed=9)
+    order = np.argsort(keys)[:100]
+    expected = _ARR[:, yy[order], xx[order]].T
+    got, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 9).compute(scheduler="synchronous")
+    np.testing.assert_array_equal(got, expected.astype(np.float64))
+
+
+def test_sample_seed_changes_the_sample():
+    a, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 1).compute(scheduler="synchronous")
+    b, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 2).compute(scheduler="synchronous")
+    assert not np.array_equal(a, b)
+
+
+def test_nearest_centroid_kernel_matches_numpy():
+    rng = np.random.default_rng(1)
+    block = rng.normal(size=(4, 50, 60)).astype(np.float32)
+    block[:, 0, :5] = np.nan
+    block[2, 1, 1] = np.nan
+    cents = rng.normal(size=(7, 4)).astype(np.float32)
+    w = rng.uniform(0.5, 2, 4).astype(np.float32)
+    got = nearest_centroid(block, cents, w, 255, np.dtype(np.uint8))
+    d = (w[None, :, None, None] * (block[None] - cents[:, :, None, None]) ** 2).sum(1)
+    ref = np.argmin(np.nan_to_num(d, nan=np.inf), axis=0).astype(np.uint8)
+    ref[~np.isfinite(block).all(0)] = 255
+    np.testing.assert_array_equal(got, ref)
+    assert got.dtype == np.uint8
+    u16 = nearest_centroid(block, cents, w, 65535, np.dtype(np.uint16))
+    assert u16.dtype == np.uint16 and u16[0, 0] == 65535
+
+
+def _inertia(x, centroids):
+    return ((x[:, None, :] - centroids[None]) ** 2).sum(-1).min(1).sum()
+
+
+def _check_inertia_against_sklearn(image):
+    feats = pipeline.compute_features(image, ["bands"])
+    model = pipeline.fit(feats, k=8, seed=0, sample_size=20000)
+    from pipeline.cluster._sample import sample_pixels as sp
+
+    sample, _ = sp(feats, 20000, 0).compute()
+    xs = (sample - model.mean) / model.scale
+    ours = _inertia(xs, model.centroids)
+    ref = KMeans(n_clusters=8, n_init=4, random_state=0).fit(xs).inertia_
+    assert ours <= ref * 1.01, (ours, ref)
+    assert model.inertia == pytest.approx(ours, rel=1e-9)
+
+
+def test_inertia_within_one_percent_of_sklearn_synthetic(scene):
+    _check_inertia_against_sklearn(pipeline.open_image(scene.path, chunks=96))
+
+
+def test_inertia_within_one_percent_of_sklearn_real_multispectral():
+    # RGB.byte.tif is a Landsat 7 subset (3 bands, nodata collar); the 4-band
+    # RGBA.uint16.tif of the same collection is constant in its colour bands.
+    path = SHARED_DATA / "geotiff" / "RGB.byte.tif"
+    if not path.exists():
+        pytest.skip(f"optional real data not present: {path}")
+    _check_inertia_against_sklearn(pipeline.open_image(path, chunks=128))
+
+
+def test_ari_against_truth_and_class_order(scene):
+    image = pipeline.open_image(scene.path, chunks=100)
+    labels, model = pipeline.segment(image, ["bands"], k=scene.n_classes, seed=0)
+    truth = pipeline.open_image(scene.truth_path).values[0]
+    got = labels.values
+    valid = truth != 255
+    assert (got[~valid] == model.nodata).all()
+    assert adjusted_rand_score(truth[valid], got[valid]) >= 0.95
+    c = model.centroids_original
+    assert all(tuple(c[i]) <= tuple(c[i + 1]) for i in range(len(c) - 1))
+    assert labels.rio.crs == image.rio.crs and labels.rio.nodata == 255
+
+
+def test_fit_is_deterministic_for_any_chunking(scene):
+    models = []
+    for chunks in (64, 100, 320):
+        feats = pipeline.compute_features(pipeline.open_image(scene.path, chunks=chunks))
+        models.append(pipeline.fit(feats, k=5, seed=4, sample_size=5000))
+    for m in models[1:]:
+        np.testing.assert_array_equal(m.centroids, models[0].centroids)
+        np.testing.assert_array_equal(m.mean, models[0].mean)
+
+
+def test_refine_is_exact_for_any_chunking(scene):
+    models = []
+    for chunks in (48, 320):
+        feats = pipeline.compute_features(pipeline.open_image(scene.path, chunks=chunks))
+        models.append(pipeline.fit(feats, k=5, seed=0, sample_size=3000, refine=2))
+    np.testing.assert_array_equal(models[0].centroids, models[1].centroids)
+    assert models[0].n_iter > 0
+
+
+def test_model_json_round_trip_is_exact(tmp_path, scene):
+    feats = pipeline.compute_features(pipeline.open_image(scene.path), [{"bands": [1, 3]}])
+    model = pipeline.fit(feats, k=3, seed=1, sample_size=3000)
+    path = model.save(tmp_path / "model.json")
+    again = load_model(path)
+    for name in ("centroids", "mean", "scale"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(model, name))
+    d = json.loads(path.read_text())
+    assert d["features"] == [{"bands": {"scale": True, "bands": [1, 3]}}]
+    assert d["feature_names"] == ["band1", "band3"]
+    assert d["fit"]["seed"] == 1 and "scikit-learn" in d["versions"]
+    assert np.allclose(d["centroids_original"], model.centroids_original)
+    from dask.base import tokenize
+
+    assert tokenize(again) == tokenize(model)
+
+
+def test_model_errors(tmp_path, scene):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ModelError, match="not a tileseg model"):
+        load_model(bad)
+    with pytest.raises(ModelError, match="cannot read"):
+        load_model(tmp_path / "none.json")
+    model = KMeansModel(centroids=np.zeros((2, 2)), mean=np.zeros(2), scale=np.ones(2),
+                        features=[], feature_names=["a", "b"], n_bands=2)
+    feats = pipeline.compute_features(pipeline.open_image(scene.path))
+    with pytest.raises(ModelError, match="do not match"):
+        pipeline.predict(feats, model)
+
+
+def test_all_nodata_and_too_few_pixels():
+    arr = np.full((2, 20, 20), np.nan, np.float32)
+    with pytest.raises(InputError, match="every pixel is nodata"):
+        pipeline.fit(_cube(arr, (10, 10)), k=2)
+    arr[:, 0, 0] = 1
+    with pytest.raises(InputError, match="only 1 valid pixels"):
+        pipeline.fit(_cube(arr, (10, 10)), k=2)
