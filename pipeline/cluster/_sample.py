@@ -38,6 +38,7 @@ def _select(block, y0, x0, width, seed_key, threshold):  # pragma: no cover - co
     valid = 0
     keys = np.empty(h * w, dtype=np.uint64)
     index = np.empty(h * w, dtype=np.int64)
+    gidx = np.empty(h * w, dtype=np.int64)
     for i in range(h):
         for j in range(w):
             ok = True
@@ -53,6 +54,7 @@ def _select(block, y0, x0, width, seed_key, threshold):  # pragma: no cover - co
             if key <= threshold:
                 keys[n] = key
                 index[n] = i * w + j
+                gidx[n] = (y0 + i) * width + (x0 + j)
                 n += 1
     rows = np.empty((n, nf), dtype=np.float32)
     for m in range(n):
@@ -60,7 +62,7 @@ def _select(block, y0, x0, width, seed_key, threshold):  # pragma: no cover - co
         j = index[m] % w
         for f in range(nf):
             rows[m, f] = block[f, i, j]
-    return keys[:n], rows, valid
+    return keys[:n], gidx[:n], rows, valid
 
 
 def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarray:
@@ -73,17 +75,23 @@ def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarra
 
 
 def _select_block(block, y0, x0, width, seed_key, threshold):
-    keys, rows, valid = _select(np.ascontiguousarray(block), y0, x0, width, seed_key,
-                                threshold)
-    return keys, rows, valid
+    return _select(np.ascontiguousarray(block), y0, x0, width, seed_key, threshold)
 
 
 def _merge(parts, size, n_features):
-    valid = sum(p[2] for p in parts)
-    keys = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint64)
-    rows = (np.concatenate([p[1] for p in parts]) if parts
-            else np.empty((0, n_features), np.float32))
-    order = np.argsort(keys, kind="stable")[:size]
+    """Keep the ``size`` candidates with the smallest (key, global index)."""
+    valid = sum(p[3] for p in parts)
+    if not parts:
+        return np.empty((0, n_features)), 0
+    keys = np.concatenate([p[0] for p in parts])
+    gidx = np.concatenate([p[1] for p in parts])
+    rows = np.concatenate([p[2] for p in parts])
+    if len(keys) > size:  # O(n) cut first: sorting every candidate is the slow part
+        kth = np.partition(keys, size - 1)[size - 1]
+        keep = np.flatnonzero(keys <= kth)
+        keys, gidx, rows = keys[keep], gidx[keep], rows[keep]
+    # the global index breaks (astronomically rare) key ties the same for any chunking
+    order = np.lexsort((gidx, keys))[:size]
     return rows[order].astype(np.float64), int(valid)
 
 
@@ -115,7 +123,7 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int):
     blocks = data.to_delayed()
     ystarts = np.concatenate([[0], np.cumsum(data.chunks[1])[:-1]])
     xstarts = np.concatenate([[0], np.cumsum(data.chunks[2])[:-1]])
-    select = dask.delayed(_select_block, pure=True, nout=3)
+    select = dask.delayed(_select_block, pure=True, nout=4)
     parts = []
     for i, y0 in enumerate(ystarts):
         for j, x0 in enumerate(xstarts):

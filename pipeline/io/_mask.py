@@ -13,7 +13,7 @@ def _masked_float_block(block: np.ndarray, nodata: float | None) -> np.ndarray:
     bad = np.zeros(block.shape[1:], dtype=bool)
     if nodata is not None and not np.isnan(nodata):
         bad |= (block == np.asarray(nodata).astype(block.dtype)).any(axis=0)
-    if out.dtype.kind == "f":
+    if block.dtype.kind == "f":
         bad |= ~np.isfinite(out).all(axis=0)
     if bad.any():
         out[:, bad] = np.nan
