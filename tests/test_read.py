@@ -119,3 +119,24 @@ def test_unsupported_dtype(tmp_path):
     p = write_raster(tmp_path / "c.tif", np.zeros((1, 16, 16), np.complex64))
     with pytest.raises(InputError, match="complex64 is not supported"):
         open_image(p)
+
+
+def test_remote_cog_over_http_on_loopback(tmp_path, scene):
+    from pipeline.config import parse_config
+    from pipeline.runner import run
+    from pipeline.testing import serve_directory
+
+    import shutil
+
+    shutil.copy(scene.path, tmp_path / "remote.tif")
+    url, stop = serve_directory(tmp_path)
+    try:
+        remote = open_image(f"{url}/remote.tif", chunks=128)
+        np.testing.assert_array_equal(remote.values, open_image(scene.path).values)
+        res = run(parse_config({"input": f"{url}/remote.tif", "output": str(tmp_path / "o"),
+                                "cluster": {"k": 3, "sample_size": 5000}}))
+        assert res.report["input"]["source"] == f"{url}/remote.tif"
+    finally:
+        stop()
+    with pytest.raises(InputError, match="not a readable raster"):
+        open_image(f"{url}/missing.tif")
