@@ -10,10 +10,17 @@ import difflib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .features import FeatureSpec, families
@@ -22,7 +29,11 @@ __all__ = [
     "RunConfig",
     "ClusterConfig",
     "ComputeConfig",
+    "ReportConfig",
     "PostprocessConfig",
+    "MajorityConfig",
+    "SegmentsConfig",
+    "MinAreaConfig",
     "load_config",
     "parse_config",
     "apply_overrides",
@@ -34,16 +45,91 @@ class _Strict(BaseModel):
 
 
 class ClusterConfig(_Strict):
-    """``cluster:``: the clustering model and its fit."""
+    """``cluster:``: the clustering method and its fit.
 
-    method: Literal["kmeans"] = "kmeans"
-    k: int = Field(8, ge=2, le=65535)
+    ``sample_size`` defaults to the method's own (``pipeline.cluster.METHODS``); each
+    method reads only its options (see ``configs/default.yaml``).
+    """
+
+    method: str = "kmeans"
+    k: int | Literal["auto"] = 8
+    k_range: tuple[int, int] = (2, 16)
     seed: int = Field(0, ge=0, lt=2**63)
     sample_size: int = Field(1_000_000, ge=1)
     n_init: int = Field(3, ge=1)
     max_iter: int = Field(300, ge=1)
     tol: float = Field(1e-4, ge=0)
     refine: int = Field(0, ge=0)
+    bandwidth: float | None = Field(None, gt=0)
+    quantile: float = Field(0.1, gt=0, le=1)
+    eps: float | None = Field(None, gt=0)
+    min_samples: int | None = Field(None, ge=1)
+    min_cluster_size: int | None = Field(None, ge=2)
+    linkage: Literal["ward", "average", "complete"] = "ward"
+    n_micro: int = Field(256, ge=2, le=1024)
+    covariance: Literal["full", "tied", "diag", "spherical"] = "full"
+    confidence: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("sample_size") is None:
+            from .cluster._methods import METHODS
+
+            method = data.get("method", "kmeans")
+            data = {**data, "sample_size": METHODS[method].sample_size
+                    if method in METHODS else None}
+        return data
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from .cluster._methods import method_info
+
+        return method_info(v).name
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 65535:
+            raise ValueError("expected a number of classes greater than or equal to 2 "
+                             "(at most 65535), or auto")
+        return v
+
+    @field_validator("k_range")
+    @classmethod
+    def _k_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 2 <= v[0] < v[1] <= 65535:
+            raise ValueError("expected [k_min, k_max] with 2 <= k_min < k_max")
+        return v
+
+    @model_validator(mode="after")
+    def _confidence(self) -> ClusterConfig:
+        if self.confidence and self.method != "gmm":
+            raise ValueError(f"confidence: a per-pixel confidence needs method gmm, not "
+                             f"{self.method}")
+        return self
+
+    def fit_options(self) -> dict[str, Any]:
+        """Return the options of the configured method (``METHODS[method].options``)."""
+        from .cluster._methods import method_options
+
+        return method_options(self.method, self.model_dump())
+
+    @property
+    def k_given(self) -> bool:
+        """Whether ``k`` was set (methods that find k warn that they ignore it)."""
+        return "k" in self.model_fields_set
+
+
+class ReportConfig(_Strict):
+    """``report:``: optional figures."""
+
+    # k values of comparison.png (the original next to the segmentation at each k)
+    comparison: list[Annotated[int, Field(ge=2, le=65535)]] = Field(default_factory=list)
+    comparison_size: int = Field(1024, ge=64, le=8192)  # long side of the figure's images
 
 
 class ComputeConfig(_Strict):
@@ -65,8 +151,88 @@ class ComputeConfig(_Strict):
                          "such as tcp://host:8786")
 
 
+class MajorityConfig(_Strict):
+    """``postprocess.majority:``: the majority (mode) filter of the class map."""
+
+    radius: int = Field(0, ge=0, le=32)  # window (2r+1)^2; 0: no filter
+
+
+class SegmentsConfig(_Strict):
+    """``postprocess.segments:``: connected segments of one class, with global IDs."""
+
+    connectivity: Literal[4, 8] = 8  # 8: pixels touching by a corner are connected
+
+
+class MinAreaConfig(_Strict):
+    """``postprocess.min_size: {area: A}``: the minimum segment area in map units."""
+
+    area: float = Field(gt=0)  # squared map units (pixels without georeferencing)
+
+
+def _submodel(model: type[BaseModel], v: Any) -> BaseModel:
+    """Validate a nested mapping, naming its bad key and the keys it accepts."""
+    if not isinstance(v, Mapping):
+        raise ValueError(f"expected a mapping with keys {', '.join(model.model_fields)}")
+    try:
+        return model.model_validate(dict(v))
+    except ValidationError as exc:
+        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown key {key!r}{hint}; expected one of "
+                             + ", ".join(model.model_fields)) from None
+        raise ValueError(f"{key}: {err['msg']} (got {err.get('input')!r})") from None
+
+
 class PostprocessConfig(_Strict):
     """``postprocess:``: spatial clean-up of the class map, exact for any chunking."""
+
+    majority: MajorityConfig = MajorityConfig()
+    keep_raw: bool = False  # also write the class map before post-processing (labels_raw.*)
+    # connected segments with global IDs (segments.tif/.zarr, segments.parquet); implied
+    # by min_size and polygons; `true` means the defaults
+    segments: SegmentsConfig | None = None
+    # merge segments smaller than this many pixels, or {area: A} in squared map units
+    min_size: Annotated[int, Field(ge=1)] | MinAreaConfig | None = None
+    polygons: bool = False  # one polygon per segment: polygons.gpkg + polygons.parquet
+
+    @field_validator("segments", mode="before")
+    @classmethod
+    def _segments(cls, v: Any) -> Any:
+        return v if v is None or isinstance(v, SegmentsConfig) else _submodel(SegmentsConfig, v)
+
+    @field_validator("min_size", mode="before")
+    @classmethod
+    def _min_size(cls, v: Any) -> Any:
+        if v is None or isinstance(v, MinAreaConfig):
+            return v
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            return v
+        if isinstance(v, Mapping):
+            return _submodel(MinAreaConfig, v)
+        raise ValueError("expected a pixel count >= 1 (e.g. 16) or {area: A} in squared "
+                         "map units")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_segments(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        seg = data.get("segments")
+        if seg is True:
+            data["segments"] = {}
+        elif seg is False:
+            data["segments"] = None
+        wanted = data.get("min_size") is not None or bool(data.get("polygons"))
+        if wanted and data.get("segments") is None:
+            if seg is False:
+                raise ValueError("min_size and polygons need segments; "
+                                 "remove segments: false")
+            data["segments"] = {}
+        return data
 
 
 class RunConfig(_Strict):
@@ -80,6 +246,7 @@ class RunConfig(_Strict):
     cluster: ClusterConfig = ClusterConfig()
     compute: ComputeConfig = ComputeConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
+    report: ReportConfig = ReportConfig()
     formats: list[Literal["cog", "zarr"]] = Field(default_factory=lambda: ["cog", "zarr"],
                                                   min_length=1)
 

@@ -9,6 +9,7 @@ into place only when complete, so a failed run leaves nothing that looks finishe
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -26,15 +27,41 @@ import numpy as np
 import xarray as xr
 from rasterio.errors import RasterioError
 
-from .cluster import KMeansModel, fit, predict
+from .cluster import (
+    ELBOW_SAMPLE_SIZE,
+    METHODS,
+    ClusterModel,
+    ElbowResult,
+    Sample,
+    draw_sample,
+    elbow_on,
+    fit_on,
+    load_model,
+    predict,
+    predict_confidence,
+)
 from .compute import dask_context, n_workers
 from .config import RunConfig
-from .errors import InputError, OutputExistsError
+from .errors import InputError, ModelError, OutputExistsError
 from .features import compute_features
-from .io import LabelWriter, open_image
-from .report import build_report, describe_image, write_report
+from .io import LabelWriter, masked_float, open_image
+from .postprocess import (
+    SegmentIndex,
+    chunk_polygons,
+    dissolve_polygons,
+    majority_filter,
+    merge_small_segments,
+    pixels_for_area,
+    polygons_frame,
+    relabel_segments,
+    resolve_segments,
+    segment_table,
+    segment_tasks,
+)
+from .report import build_report, describe_image, plot_comparison, plot_elbow, write_report
 
-__all__ = ["run", "plan", "RunResult", "staged_output"]
+__all__ = ["run", "plan", "RunResult", "staged_output", "fit_model", "predict_model",
+           "elbow_model"]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +72,17 @@ class RunResult:
 
     output: Path
     outputs: list[Path]
-    model: KMeansModel
+    model: ClusterModel
     report: dict[str, Any] = field(repr=False)
 
 
 @contextlib.contextmanager
-def staged_output(output: Path, overwrite: bool) -> Iterator[Path]:
+def staged_output(output: Path, overwrite: bool, keep: tuple[Path, ...] = ()
+                  ) -> Iterator[Path]:
     """Yield a staging directory that replaces ``output`` only if the block succeeds.
+
+    Files in ``keep`` (of the old ``output``) are copied into the staging directory
+    first, so they survive unless the block rewrites them.
 
     Raises
     ------
@@ -64,6 +95,8 @@ def staged_output(output: Path, overwrite: bool) -> Iterator[Path]:
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    for path in keep:
+        shutil.copy2(path, staging / path.name)
     try:
         yield staging
     except BaseException:
@@ -86,6 +119,18 @@ def _reading(source: str) -> Iterator[None]:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{source}: cannot read the pixels ({first}); "
                          "expected a complete, readable raster") from None
+
+
+@contextlib.contextmanager
+def _stage_progress(enabled: bool) -> Iterator[None]:
+    """Dask's text progress bar for a stage computed on the local scheduler."""
+    if not (enabled and sys.stderr.isatty()):
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr, minimum=1.0):
+        yield
 
 
 class _Progress:
@@ -173,6 +218,231 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
             submit()
 
 
+@dataclass
+class _Segments:
+    """What the segments stage resolved: the index (for the lazy raster) and its table."""
+
+    index: SegmentIndex = field(repr=False)
+    table: Any = field(repr=False)
+    summary: dict[str, Any]
+
+
+def _segments_stage(config: RunConfig, features: xr.DataArray, model: Any,
+                    rasters: dict[str, xr.DataArray], timings: dict[str, float]
+                    ) -> _Segments | None:
+    """Global segments of ``rasters["labels"]``, merged to ``min_size`` (computes).
+
+    Computes the per-chunk summaries (one more pass of read, features, labels and
+    local labelling), resolves and merges them in memory, and adds the lazy
+    ``rasters["segments"]``, which the write pass computes with the other rasters.
+    Feature means and the merge's similarity use the model's standardisation
+    (``model.mean``, ``model.scale``), the units the classes were fitted in.
+    """
+    pp = config.postprocess
+    if pp.segments is None:
+        return None
+    t = time.perf_counter()
+    labels = rasters["labels"]
+    transform = labels.rio.transform()
+    min_px = (None if pp.min_size is None else pp.min_size if isinstance(pp.min_size, int)
+              else pixels_for_area(pp.min_size.area, transform))
+    tasks = segment_tasks(labels, features, connectivity=pp.segments.connectivity,
+                          min_pixels=min_px, offset=model.mean, scale=model.scale)
+    pieces, joins = dask.compute(tasks.pieces, tasks.joins)
+    index = resolve_segments(tasks, pieces, joins)
+    n_found = index.n_segments
+    if min_px is not None:
+        index = merge_small_segments(index, min_px)
+    rasters["segments"] = relabel_segments(labels, index)
+    table = segment_table(index.stats, transform=transform, feature_names=model.feature_names,
+                          offset=model.mean, scale=model.scale)
+    summary = {"connectivity": index.connectivity, "found": n_found,
+               "min_pixels": min_px, "segments": index.n_segments}
+    log.info("segments: %d found, %d after merging below %s pixels", n_found,
+             index.n_segments, min_px)
+    timings["segments"] = time.perf_counter() - t
+    return _Segments(index=index, table=table, summary=summary)
+
+
+def _write_segments(seg: _Segments, raster: xr.DataArray, staging: Path, config: RunConfig,
+                    timings: dict[str, float]) -> list[Path]:
+    """Write segments.parquet and, if asked, the polygons (computes, on local threads).
+
+    The polygons are vectorised from the segment raster just written (Zarr, else the
+    COG), read back chunk by chunk: no further pass over the input.
+    """
+    t = time.perf_counter()
+    out = [staging / "segments.parquet"]
+    seg.table.to_parquet(out[0], index=False)
+    if config.postprocess.polygons:
+        if "zarr" in config.formats:
+            data = da.from_zarr(str(staging / "segments.zarr"), component="segments")
+        else:
+            data = open_image(staging / "segments.tif",
+                              chunks=max(16, int(raster.chunks[0][0]))).data[0]
+        written = xr.DataArray(data, dims=("y", "x"))
+        # the staging directory is local: read it here, not on remote workers
+        (parts,) = dask.compute(chunk_polygons(written), scheduler="threads")
+        ids, geoms = dissolve_polygons(parts)
+        frame = polygons_frame(ids, geoms, seg.table, transform=raster.rio.transform(),
+                               crs=raster.rio.crs)
+        out += [staging / "polygons.gpkg", staging / "polygons.parquet"]
+        frame.to_file(out[1], driver="GPKG", layer="polygons", engine="pyogrio")
+        frame.to_parquet(out[2], index=False)
+    timings["segments_write"] = time.perf_counter() - t
+    return out
+
+
+#: Files of ``tileseg fit`` and ``tileseg elbow``: an output holding only these is not a
+#: finished run, so ``run`` and ``predict`` write into it (keeping the figures).
+PREPARED = ("model.json", "model.npz", "elbow.json", "elbow.png", "comparison.png")
+
+
+def _prepared(output: Path) -> tuple[Path, ...] | None:
+    """Return the figures to keep if ``output`` holds only fit/elbow files, else None."""
+    if not output.is_dir():
+        return None
+    entries = list(output.iterdir())
+    if not entries or any(p.name not in PREPARED or not p.is_file() for p in entries):
+        return None
+    return tuple(p for p in entries if p.name not in ("model.json", "model.npz"))
+
+
+@dataclass
+class _Fitted:
+    """The model of a run, and the sample and elbow it came from (when fitted here)."""
+
+    model: ClusterModel
+    sample: Sample | None = None
+    elbow: ElbowResult | None = None
+
+
+def _fit_stage(config: RunConfig, features: xr.DataArray) -> _Fitted:
+    """Draw the sample, choose k when ``auto``, fit the configured method (computes)."""
+    c = config.cluster
+    finds_k = METHODS[c.method].finds_k
+    sample = draw_sample(features, c.sample_size, c.seed)
+    k: Any = c.k if c.k_given or not finds_k else None
+    result = None
+    if c.k == "auto" and not finds_k:
+        ks = range(c.k_range[0], c.k_range[1] + 1)
+        result = elbow_on(sample.head(ELBOW_SAMPLE_SIZE), ks, n_init=c.n_init,
+                          max_iter=c.max_iter, tol=c.tol)
+        k = result.k
+        log.info("k = %d, chosen by %s over k = %d..%d", k, result.chosen_by, *c.k_range)
+    model = fit_on(sample, k, method=c.method, features=features, **c.fit_options())
+    return _Fitted(model, sample, result)
+
+
+def _given_model(config: RunConfig, model: ClusterModel) -> _Fitted:
+    """Check that a loaded model fits the config's features and outputs."""
+    wanted = [f.describe() for f in config.features]
+    if model.features and list(model.features) != wanted:
+        raise ModelError(f"model: fitted with features {model.features}, but the config "
+                         f"asks for {wanted}; expected the model's features in the config")
+    if config.cluster.confidence and not hasattr(model, "confidence_block"):
+        raise ModelError(f"model: cluster.confidence needs a gmm model, not {model.method}")
+    return _Fitted(model)
+
+
+def _save_model(model: ClusterModel, directory: Path) -> list[str]:
+    npz = directory / "model.npz"
+    npz.unlink(missing_ok=True)  # never leave another model's arrays beside model.json
+    model.save(directory / "model.json")
+    return ["model.json"] + (["model.npz"] if npz.exists() else [])
+
+
+def _write_elbow(result: ElbowResult, directory: Path) -> list[str]:
+    summary = result.to_dict()
+    (directory / "elbow.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_elbow(summary, directory / "elbow.png")
+    return ["elbow.json", "elbow.png"]
+
+
+def _overview(config: RunConfig, image: xr.DataArray, size: int) -> xr.DataArray:
+    """Read the input decimated to ``size`` pixels on its long side (computes).
+
+    A single GDAL raster is read with ``out_shape``, so GDAL uses its overviews when
+    it has them; other inputs (mosaics, Zarr) are read chunk by chunk and strided.
+    """
+    import warnings
+
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
+
+    height, width = image.sizes["y"], image.sizes["x"]
+    step = max(1, -(-max(height, width) // size))
+    shape = (image.sizes["band"], -(-height // step), -(-width // step))
+    data = None
+    src = config.input
+    if isinstance(src, str) and not src.rstrip("/").endswith(".zarr") \
+            and not any(ch in src for ch in "*?["):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(src) as ds:
+                    data = ds.read(out_shape=shape, resampling=Resampling.nearest)
+        except RasterioError:
+            data = None
+    if data is None:
+        data = image.data[:, ::step, ::step].compute()
+    small = xr.DataArray(data, dims=("band", "y", "x"), attrs=dict(image.attrs))
+    if image.rio.nodata is not None:
+        small = small.rio.write_nodata(image.rio.nodata, encoded=False)
+    return small.chunk({"band": -1})
+
+
+def _comparison_models(config: RunConfig, fitted: _Fitted) -> list[tuple[str, ClusterModel]]:
+    """Return the models of comparison.png: the run's, then one per comparison k.
+
+    Each is a cut of the model's hierarchy, else the method refitted on the first
+    ``ELBOW_SAMPLE_SIZE`` sampled pixels (K-means for methods that find their own k);
+    loaded models are only cut.
+    """
+    model, c = fitted.model, config.cluster
+    panels = [(f"{model.method}, k={model.k}", model)]
+    for k in config.report.comparison:
+        if k == model.k:
+            continue
+        if model.cuttable:
+            with contextlib.suppress(ModelError):
+                panels.append((f"{model.method}, k={k}", model.cut(k)))
+                continue
+        if fitted.sample is None:
+            log.warning("comparison: k=%d is left out: a loaded %s model cannot be cut "
+                        "there", k, model.method)
+            continue
+        method = "kmeans" if METHODS[model.method].finds_k else model.method
+        opts = {} if method != c.method else {
+            n: v for n, v in c.fit_options().items() if n != "refine"}
+        other = fit_on(fitted.sample.head(ELBOW_SAMPLE_SIZE), k, method=method, **opts)
+        panels.append((f"{method}, k={k}", other))
+    return panels
+
+
+def _write_comparison(config: RunConfig, image: xr.DataArray,
+                      panels: list[tuple[str, ClusterModel]], path: Path) -> Path:
+    """``comparison.png``: the decimated original next to each model's labels."""
+    small = _overview(config, image, config.report.comparison_size)
+    feats = compute_features(small, config.features).values
+    shown = [(title, m.predict_block(feats), m.class_names, m.nodata) for title, m in panels]
+    plot_comparison(masked_float(small).values, shown, path,
+                    source=str(image.attrs.get("source", "")))
+    return path
+
+
+def _write_figures(config: RunConfig, image: xr.DataArray, fitted: _Fitted,
+                   directory: Path) -> list[str]:
+    """elbow.json/png when k was chosen here, comparison.png when asked (computes)."""
+    names = _write_elbow(fitted.elbow, directory) if fitted.elbow is not None else []
+    if config.report.comparison:
+        _write_comparison(config, image, _comparison_models(config, fitted),
+                          directory / "comparison.png")
+        names.append("comparison.png")
+    return names
+
+
 def plan(config: RunConfig) -> dict[str, Any]:
     """Describe what :func:`run` would do, without computing anything."""
     image = open_image(config.input, chunks=config.chunks, nodata=config.nodata)
@@ -186,13 +456,23 @@ def plan(config: RunConfig) -> dict[str, Any]:
         "workers": n_workers(config.compute),
         "output": str(out),
         "output_exists": out.exists(),
-        "writes": [f"labels.{'tif' if f == 'cog' else 'zarr'}" for f in config.formats]
+        "writes": [f"{stem}.{'tif' if f == 'cog' else 'zarr'}"
+                   for stem in ["labels"] + (["labels_raw"] if config.postprocess.keep_raw else [])
+                   + (["segments"] if config.postprocess.segments else [])
+                   for f in config.formats]
+        + (["segments.parquet"] if config.postprocess.segments else [])
+        + (["polygons.gpkg", "polygons.parquet"] if config.postprocess.polygons else [])
+        + [f"confidence.{'tif' if f == 'cog' else 'zarr'}" for f in config.formats
+           if config.cluster.confidence]
+        + (["elbow.json", "elbow.png"] if config.cluster.k == "auto" else [])
+        + (["comparison.png"] if config.report.comparison else [])
         + ["model.json", "report.json"],
     }
 
 
 def run(
-    config: RunConfig, *, overwrite: bool = False, progress: bool = False
+    config: RunConfig, *, overwrite: bool = False, progress: bool = False,
+    model: ClusterModel | None = None,
 ) -> RunResult:
     """Run the whole pipeline on a config.
 
@@ -200,9 +480,14 @@ def run(
     ----------
     config : RunConfig
     overwrite : bool
-        Replace an existing ``output`` (only once the new one is complete).
+        Replace an existing ``output`` (only once the new one is complete). An
+        ``output`` holding only files of ``tileseg fit`` / ``tileseg elbow`` is
+        written into without it (its figures are kept).
     progress : bool
         Show progress bars on a terminal.
+    model : ClusterModel, optional
+        Label with this model instead of fitting one (``tileseg predict``); it must
+        have the config's features.
 
     Returns
     -------
@@ -217,24 +502,34 @@ def run(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     output = Path(config.output)
-    if output.exists() and not overwrite:
+    keep = _prepared(output)
+    if output.exists() and not overwrite and keep is None:
         raise OutputExistsError(f"{output}: output exists; pass --overwrite to replace it")
     image = open_image(config.input, chunks=config.chunks, nodata=config.nodata)
     features = compute_features(image, config.features)
     source = image.attrs["source"]
     timings["open"] = time.perf_counter() - t0
     log.info("config: %s", config.to_dict())
-    c = config.cluster
     with dask_context(config.compute) as client, _reading(source):
         t = time.perf_counter()
-        model = fit(features, c.k, seed=c.seed, sample_size=c.sample_size,
-                    n_init=c.n_init, max_iter=c.max_iter, tol=c.tol, refine=c.refine)
+        with _stage_progress(progress and client is None):
+            fitted = (_fit_stage(config, features) if model is None
+                      else _given_model(config, model))
+        model = fitted.model
         timings["sample_fit"] = time.perf_counter() - t
         labels = predict(features, model)
         rasters = {"labels": labels}
+        if config.cluster.confidence:
+            rasters["confidence"] = predict_confidence(features, model)
         # post-processing stages add or replace entries of `rasters` here, in order:
         # majority filter (replaces "labels", keeps "labels_raw"), then segments.
-        with staged_output(output, overwrite) as staging:
+        pp = config.postprocess
+        if pp.keep_raw:
+            rasters["labels_raw"] = labels
+        if pp.majority.radius:
+            rasters["labels"] = majority_filter(labels, pp.majority.radius)
+        segments = _segments_stage(config, features, model, rasters, timings)
+        with staged_output(output, overwrite or keep is not None, keep or ()) as staging:
             t = time.perf_counter()
             writers = {
                 name: LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
@@ -255,15 +550,120 @@ def run(
             t = time.perf_counter()
             written = [p for w in writers.values() for p in w.close()]
             timings["cog"] = time.perf_counter() - t
-            model.save(staging / "model.json")
+            if segments is not None:
+                written += _write_segments(segments, rasters["segments"], staging, config,
+                                           timings)
+            figures = _write_figures(config, image, fitted, staging)
+            figures += [p.name for p in keep or () if p.name not in figures]
             timings["total"] = time.perf_counter() - t0
-            names = [p.name for p in written] + ["model.json", "report.json"]
+            names = ([p.name for p in written] + _save_model(model, staging) + figures
+                     + ["report.json"])
             report = build_report(image, model, writers["labels"].counts, config=config.to_dict(),
                                   timings=timings, outputs=names)
+            report["model_source"] = "fitted" if fitted.sample is not None else "loaded"
+            if fitted.elbow is not None:
+                report["elbow"] = fitted.elbow.to_dict()
+            if segments is not None:
+                report["segments"] = segments.summary
             write_report(report, staging / "report.json")
     outputs = [output / n for n in names]
     log.info("wrote %s", ", ".join(str(p) for p in outputs))
     return RunResult(output=output, outputs=outputs, model=model, report=report)
+
+
+def _open(config: RunConfig) -> tuple[xr.DataArray, xr.DataArray]:
+    image = open_image(config.input, chunks=config.chunks, nodata=config.nodata)
+    return image, compute_features(image, config.features)
+
+
+def fit_model(config: RunConfig, *, overwrite: bool = False
+              ) -> tuple[ClusterModel, list[Path]]:
+    """``tileseg fit``: fit the configured model and write it into ``output``.
+
+    Writes ``model.json`` (and ``model.npz`` for density models), plus ``elbow.*``
+    when ``cluster.k`` is ``auto`` and ``comparison.png`` when asked; other files in
+    ``output`` are left alone.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``output/model.json`` exists and ``overwrite`` is false.
+    """
+    output = Path(config.output)
+    if (output / "model.json").exists() and not overwrite:
+        raise OutputExistsError(f"{output / 'model.json'}: a model exists; pass "
+                                "--overwrite to replace it")
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"{output}: exists and is not a directory")
+    image, features = _open(config)
+    with dask_context(config.compute), _reading(image.attrs["source"]):
+        fitted = _fit_stage(config, features)
+        output.mkdir(parents=True, exist_ok=True)
+        names = _save_model(fitted.model, output) + _write_figures(config, image, fitted,
+                                                                   output)
+    log.info("wrote %s", ", ".join(names))
+    return fitted.model, [output / n for n in names]
+
+
+def predict_model(config: RunConfig, model_path: str | os.PathLike[str], *,
+                  k: int | None = None, overwrite: bool = False, progress: bool = False
+                  ) -> RunResult:
+    """``tileseg predict``: label the config's input with a saved model.
+
+    Writes what :func:`run` writes; with the same input the labels equal those of the
+    run that fitted the model, whatever the chunking.
+
+    Parameters
+    ----------
+    k : int, optional
+        Cut a hierarchical or bisecting_kmeans model at this k (no refit).
+
+    Raises
+    ------
+    ModelError
+        Unreadable model, features or bands other than the model's, or a ``k`` the
+        model cannot be cut at.
+    """
+    model = load_model(model_path)
+    if k is not None and k != model.k:
+        model = model.cut(k)
+    return run(config, overwrite=overwrite, progress=progress, model=model)
+
+
+def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
+                comparison: Any = None, overwrite: bool = False
+                ) -> tuple[ElbowResult, list[Path]]:
+    """``tileseg elbow``: K-means scores over ``ks`` on the config's sample.
+
+    Writes ``elbow.json`` and ``elbow.png`` into ``output`` and, for the k in
+    ``comparison`` (default ``report.comparison``), ``comparison.png``.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``output/elbow.json`` exists and ``overwrite`` is false.
+    """
+    output = Path(config.output)
+    if (output / "elbow.json").exists() and not overwrite:
+        raise OutputExistsError(f"{output / 'elbow.json'}: exists; pass --overwrite to "
+                                "replace it")
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"{output}: exists and is not a directory")
+    image, features = _open(config)
+    c = config.cluster
+    wanted = list(config.report.comparison if comparison is None else comparison)
+    with dask_context(config.compute), _reading(image.attrs["source"]):
+        sample = draw_sample(features, sample_size or ELBOW_SAMPLE_SIZE, c.seed)
+        result = elbow_on(sample, ks, n_init=c.n_init, max_iter=c.max_iter, tol=c.tol)
+        panels = [(f"kmeans, k={k}", result.models.get(k) or fit_on(sample, k))
+                  for k in wanted]
+        output.mkdir(parents=True, exist_ok=True)
+        names = _write_elbow(result, output)
+        if panels:
+            _write_comparison(config, image, panels, output / "comparison.png")
+            names.append("comparison.png")
+    log.info("k = %d (%s); wrote %s", result.k, result.chosen_by, ", ".join(names))
+    return result, [output / n for n in names]
 
 
 def _ari(pred_path: Path, truth_path: Path, k: int, n_true: int) -> float:

@@ -39,9 +39,13 @@ def _register() -> None:
     # one module per command; each is imported only for the group (click needs the
     # command objects), and each imports the heavy libraries inside its body
     from ._demo import demo
+    from ._elbow import elbow
+    from ._evaluate import evaluate
+    from ._fit import fit
+    from ._predict import predict
     from ._run import run
 
-    for command in (run, demo):
+    for command in (run, fit, predict, elbow, demo, evaluate):
         main.add_command(command)
 
 

@@ -1,5 +1,8 @@
-"""Global K-means: fitted on a seeded sample, optionally refined over every pixel,
-then applied lazily block by block."""
+"""Global K-means.
+
+Fitted on a seeded sample, optionally refined over every pixel, then applied lazily
+block by block.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from ..errors import InputError
-from ._model import KMeansModel
+from ._model import ClusterModel, KMeansModel
 from ._predict import _nearest
-from ._sample import sample_pixels
+from ._training import Sample, draw_sample
 
-__all__ = ["fit", "fit_sample", "predict", "FIXED_POINT_BITS"]
+__all__ = ["fit", "fit_kmeans", "fit_sample", "predict", "refine_centroids",
+           "FIXED_POINT_BITS"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,19 @@ def _lloyd_block(block, centroids_raw, weights, mean, inv_scale, unit):  # pragm
 
 def _refine(features: xr.DataArray, model: KMeansModel, passes: int, tol: float) -> int:
     """Lloyd passes over every pixel with exact integer partial sums. Computes."""
+    return refine_centroids(features, model, passes, tol)[0]
+
+
+def refine_centroids(features: xr.DataArray, model: KMeansModel, passes: int,
+                     tol: float) -> tuple[int, np.ndarray]:
+    """Lloyd passes over every pixel with exact integer partial sums (computes).
+
+    Updates ``model.centroids`` in place (not reordered) and returns the passes run
+    and the pixel count of each centroid in the last pass: both the same for any
+    chunking and any number of workers.
+    """
     unit = float(2**FIXED_POINT_BITS)
+    counts = [0] * model.k
     data = features.data.rechunk({0: -1})
     done = 0
     for _ in range(passes):
@@ -144,7 +159,64 @@ def _refine(features: xr.DataArray, model: KMeansModel, passes: int, tol: float)
         done += 1
         if shift <= tol * 1e-4:
             break
-    return done
+    return done, np.asarray(counts, dtype=np.int64)
+
+
+def fit_kmeans(
+    sample: Sample,
+    k: int,
+    *,
+    n_init: int = 3,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    refine: int = 0,
+    features: xr.DataArray | None = None,
+) -> KMeansModel:
+    """Fit K-means on a drawn sample (and refine it over every pixel when asked).
+
+    Parameters
+    ----------
+    sample : Sample
+        From :func:`draw_sample`; its seed seeds the initialisation.
+    k : int
+        Number of clusters (>= 2).
+    n_init, max_iter, tol :
+        See :func:`fit_sample`.
+    refine : int
+        Lloyd passes over every pixel of ``features`` after the sample fit; computes.
+    features : DataArray, optional
+        The feature cube, needed only when ``refine > 0``.
+
+    Returns
+    -------
+    KMeansModel
+        Centroids ordered lexicographically (original units).
+
+    Raises
+    ------
+    InputError
+        If the image has no valid pixel, or fewer valid pixels than ``k``.
+    """
+    if k < 2:
+        raise ValueError(f"cluster.k: expected at least 2 clusters, got {k}")
+    sample.require(k, f"k={k} clusters")
+    mean, scale, xs = sample.standardised()
+    centroids, inertia, n_iter = fit_sample(
+        xs, k, seed=sample.seed, n_init=n_init, max_iter=max_iter, tol=tol
+    )
+    model = KMeansModel(centroids=centroids, inertia=inertia, n_iter=n_iter,
+                        **sample.model_fields(mean, scale))
+    if refine:
+        if features is None:
+            raise ValueError("refine > 0 needs the feature cube (features=...)")
+        model.n_iter += _refine(features, model, refine, tol)
+        d = ((xs[:, None, :] - model.centroids[None]) ** 2).sum(-1).min(1)
+        model.inertia = float(d.sum())
+    perm = _order(model.centroids_original)
+    model.centroids = np.ascontiguousarray(model.centroids[perm])
+    log.info("fitted k=%d on %d pixels: inertia %.6g in %d iterations",
+             k, len(sample), model.inertia, model.n_iter)
+    return model
 
 
 def fit(
@@ -163,6 +235,7 @@ def fit(
     This function computes: it draws the seeded sample (one pass over the image) and,
     when ``refine > 0``, that many Lloyd passes over every pixel. It uses whatever
     Dask scheduler is active (threads by default, or a ``distributed.Client``).
+    :func:`pipeline.fit` does the same for every method.
 
     Parameters
     ----------
@@ -192,88 +265,13 @@ def fit(
     """
     if k < 2:
         raise ValueError(f"cluster.k: expected at least 2 clusters, got {k}")
-    source = features.attrs.get("source", "input")
-    specs = features.attrs.get("features", [])
-    sample, n_valid = sample_pixels(features, sample_size, seed).compute()
-    if n_valid == 0:
-        raise InputError(f"{source}: every pixel is nodata; expected some valid pixels")
-    if len(sample) < k:
-        raise InputError(
-            f"{source}: only {len(sample)} valid pixels were found for k={k} clusters; "
-            "expected at least k (lower cluster.k)"
-        )
-    scaled = np.asarray(features["scale"].values, dtype=bool)
-    mean = np.where(scaled, sample.mean(axis=0), 0.0)
-    std = sample.std(axis=0)
-    scale = np.where(scaled & (std > 0), std, 1.0)
-    xs = (sample - mean) / scale
-    centroids, inertia, n_iter = fit_sample(
-        xs, k, seed=seed, n_init=n_init, max_iter=max_iter, tol=tol
-    )
-    model = KMeansModel(
-        centroids=centroids,
-        mean=mean,
-        scale=scale,
-        features=[s.describe() for s in specs],
-        feature_names=[str(n) for n in features["feature"].values],
-        n_bands=int(features.attrs.get("n_bands", 0)),
-        seed=seed,
-        sample_size=len(sample),
-        n_valid=int(n_valid),
-        inertia=inertia,
-        n_iter=n_iter,
-    )
-    if refine:
-        model.n_iter += _refine(features, model, refine, tol)
-        d = ((xs[:, None, :] - model.centroids[None]) ** 2).sum(-1).min(1)
-        model.inertia = float(d.sum())
-    perm = _order(model.centroids_original)
-    model.centroids = np.ascontiguousarray(model.centroids[perm])
-    log.info("fitted k=%d on %d pixels: inertia %.6g in %d iterations",
-             k, len(sample), model.inertia, model.n_iter)
-    return model
+    sample = draw_sample(features, sample_size, seed)
+    return fit_kmeans(sample, k, n_init=n_init, max_iter=max_iter, tol=tol, refine=refine,
+                      features=features)
 
 
-def _label_block(block: np.ndarray, model: KMeansModel) -> np.ndarray:
-    return model.predict_block(block)
+def predict(features: xr.DataArray, model: ClusterModel) -> xr.DataArray:
+    """Label every pixel with the model, lazily (see :func:`pipeline.predict`)."""
+    from ._fit import predict as _predict
 
-
-def predict(features: xr.DataArray, model: KMeansModel) -> xr.DataArray:
-    """Label every pixel with its nearest centroid, lazily.
-
-    Parameters
-    ----------
-    features : DataArray, shape (feature, y, x)
-        Computed with the model's feature specs.
-    model : KMeansModel
-
-    Returns
-    -------
-    DataArray, shape (y, x), uint8 (uint16 above 255 classes)
-        Lazy, chunked like ``features``; invalid pixels get ``model.nodata`` (also
-        in ``rio.nodata``); georeferencing kept.
-
-    Raises
-    ------
-    pipeline.errors.ModelError
-        If the features do not match the model's.
-    """
-    from ..errors import ModelError
-
-    names = [str(n) for n in features["feature"].values]
-    if names != model.feature_names:
-        raise ModelError(
-            f"model: features {model.feature_names} do not match the image's features "
-            f"{names}; expected the same features (and band count) as the fitted scene"
-        )
-    dtype = model.label_dtype
-    data = features.data.rechunk({0: -1}).map_blocks(
-        _label_block,
-        model,
-        drop_axis=0,
-        dtype=dtype,
-        meta=np.empty((0, 0), dtype),
-    )
-    coords = {n: c for n, c in features.coords.items() if "feature" not in c.dims}
-    labels = xr.DataArray(data, dims=("y", "x"), coords=coords, name="labels")
-    return labels.rio.write_nodata(model.nodata, encoded=False)
+    return _predict(features, model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["nearest_centroid"]
+__all__ = ["nearest_centroid", "descend_tree", "gaussian_posterior"]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=False)
@@ -64,3 +64,152 @@ def nearest_centroid(
         out,
     )
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _descend(block, centres, children, leaf_class, weights, nodata, out):  # pragma: no cover
+    nf, h, w = block.shape
+    for i in range(h):
+        for j in range(w):
+            ok = True
+            for f in range(nf):
+                if not np.isfinite(block[f, i, j]):
+                    ok = False
+                    break
+            if not ok:
+                out[i, j] = nodata
+                continue
+            node = 0
+            while children[node, 0] >= 0:
+                a = children[node, 0]
+                b = children[node, 1]
+                da = 0.0
+                db = 0.0
+                for f in range(nf):
+                    v = np.float64(block[f, i, j])
+                    ea = v - centres[a, f]
+                    eb = v - centres[b, f]
+                    da += weights[f] * ea * ea
+                    db += weights[f] * eb * eb
+                node = a if da <= db else b
+            out[i, j] = leaf_class[node]
+
+
+def descend_tree(
+    block: np.ndarray,
+    centres: np.ndarray,
+    children: np.ndarray,
+    leaf_class: np.ndarray,
+    weights: np.ndarray,
+    nodata: int,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """Label each pixel with the leaf reached by descending a binary tree of centres.
+
+    At every internal node the pixel goes to the nearer of the two children (the left
+    one on a tie), as bisecting K-means assigned its sample.
+
+    Parameters
+    ----------
+    block : ndarray, shape (feature, y, x), float32
+        Raw features; NaN marks invalid pixels.
+    centres : ndarray, shape (node, feature), float64
+        Node centres in raw units; node 0 is the root.
+    children : ndarray, shape (node, 2), int64
+        Child node indices, ``-1`` for leaves.
+    leaf_class : ndarray, shape (node,), int64
+        Class ID of each leaf.
+    weights : ndarray, shape (feature,), float64
+        Per-feature weights of the squared distance.
+    nodata : int
+    dtype : numpy dtype
+
+    Returns
+    -------
+    ndarray, shape (y, x)
+    """
+    out = np.empty(block.shape[1:], dtype=dtype)
+    _descend(np.ascontiguousarray(block, dtype=np.float32),
+             np.ascontiguousarray(centres, dtype=np.float64),
+             np.ascontiguousarray(children, dtype=np.int64),
+             np.ascontiguousarray(leaf_class, dtype=np.int64),
+             np.ascontiguousarray(weights, dtype=np.float64), nodata, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _gaussian(block, means, prec_chol, log_norm, nodata, out, conf):  # pragma: no cover
+    nf, h, w = block.shape
+    k = means.shape[0]
+    lp = np.empty(k, dtype=np.float64)
+    diff = np.empty(nf, dtype=np.float64)
+    for i in range(h):
+        for j in range(w):
+            ok = True
+            for f in range(nf):
+                if not np.isfinite(block[f, i, j]):
+                    ok = False
+                    break
+            if not ok:
+                out[i, j] = nodata
+                conf[i, j] = 255
+                continue
+            best = -np.inf
+            arg = 0
+            for c in range(k):
+                for f in range(nf):
+                    diff[f] = np.float64(block[f, i, j]) - means[c, f]
+                sq = 0.0
+                for g in range(nf):
+                    y = 0.0
+                    for f in range(nf):
+                        y += diff[f] * prec_chol[c, f, g]
+                    sq += y * y
+                lp[c] = log_norm[c] - 0.5 * sq
+                if lp[c] > best:
+                    best = lp[c]
+                    arg = c
+            total = 0.0
+            for c in range(k):
+                total += np.exp(lp[c] - best)
+            out[i, j] = arg
+            conf[i, j] = np.uint8(np.rint(100.0 / total))
+
+
+def gaussian_posterior(
+    block: np.ndarray,
+    means: np.ndarray,
+    prec_chol: np.ndarray,
+    log_norm: np.ndarray,
+    nodata: int,
+    dtype: np.dtype,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Most probable Gaussian component of each pixel, and its posterior in percent.
+
+    Parameters
+    ----------
+    block : ndarray, shape (feature, y, x), float32
+        Raw features; NaN marks invalid pixels.
+    means : ndarray, shape (k, feature), float64
+        Component means in raw units.
+    prec_chol : ndarray, shape (k, feature, feature), float64
+        Cholesky factors of the precision matrices in raw units (``P = L L^T``).
+    log_norm : ndarray, shape (k,), float64
+        ``log weight + log det L - feature / 2 log(2 pi)`` per component.
+    nodata : int
+    dtype : numpy dtype
+
+    Returns
+    -------
+    labels : ndarray, shape (y, x)
+        Ties broken towards the lower class ID.
+    confidence : ndarray, shape (y, x), uint8
+        ``round(100 * max posterior)``; 255 for invalid pixels.
+    """
+    out = np.empty(block.shape[1:], dtype=dtype)
+    conf = np.empty(block.shape[1:], dtype=np.uint8)
+    _gaussian(np.ascontiguousarray(block, dtype=np.float32),
+              np.ascontiguousarray(means, dtype=np.float64),
+              np.ascontiguousarray(prec_chol, dtype=np.float64),
+              np.ascontiguousarray(log_norm, dtype=np.float64), nodata, out, conf)
+    return out, conf

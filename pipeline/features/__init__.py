@@ -1,6 +1,7 @@
 """Feature families and the lazy feature cube."""
 
-from . import _spectral  # noqa: F401  (registers the built-in families)
+# importing the family modules registers the built-in families
+from . import _colour, _coords, _indices, _spectral, _texture  # noqa: F401
 from ._registry import FeatureFamily, FeatureParams, FeatureSpec, families, get_family, register
 from ._stack import compute_features, parse_features
 

@@ -1,0 +1,309 @@
+"""Shared helpers of the benchmark scripts: scenes, process measurement, label writing.
+
+Every script in ``bench/`` is run as ``python bench/<script>.py``; this module sits
+beside them and is imported as ``_harness`` (the script's directory is on ``sys.path``).
+It imports nothing heavy at module level, so the measured peer scripts pay only for
+what they use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+DATA = BENCH / "data"
+OUT = BENCH / "out"
+
+#: Exit code of a peer script that cannot run here (missing library, too little memory).
+SKIP_EXIT = 3
+#: Prefix of the one stdout line in which a script hands its details to the harness.
+RESULT_PREFIX = "BENCH-RESULT "
+
+# --------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class SceneParams:
+    """What identifies a benchmark scene (the rest are make_scene's defaults)."""
+
+    size: int = 12000
+    bands: int = 4
+    tile: int = 512
+    seed: int = 0
+    dtype: str = "uint16"
+    crs: str = "EPSG:32633"
+
+    def default_path(self) -> Path:
+        return DATA / (f"scene-{self.size}x{self.size}x{self.bands}-{self.dtype}"
+                       f"-t{self.tile}-s{self.seed}.tif")
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".params.json")
+
+
+def scene_is_current(path: Path, params: SceneParams) -> bool:
+    """True when ``path`` is a complete scene written with ``params``."""
+    side = _sidecar(path)
+    if not (path.exists() and side.exists()):
+        return False
+    try:
+        return json.loads(side.read_text()) == asdict(params)
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_scene(params: SceneParams, path: Path | None = None, *,
+                 quiet: bool = False) -> tuple[Path, bool]:
+    """Write the scene unless an identical one exists; return (path, built).
+
+    The file is written under a temporary name and renamed when complete, and its
+    parameters go to a ``.params.json`` sidecar, so an interrupted build is never reused.
+    """
+    from pipeline.synthetic import make_scene
+
+    path = Path(path) if path is not None else params.default_path()
+    if scene_is_current(path, params):
+        return path, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    side = _sidecar(path)
+    side.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    if not quiet:
+        print(f"building {path} ({params.size} x {params.size} x {params.bands} "
+              f"{params.dtype}, {params.tile}-pixel tiles) ...", file=sys.stderr, flush=True)
+    try:
+        make_scene(tmp, size=params.size, bands=params.bands, dtype=params.dtype,
+                   tile=params.tile, seed=params.seed, crs=params.crs)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    side.write_text(json.dumps(asdict(params)))
+    if not quiet:
+        print(f"built {path} in {time.perf_counter() - t0:.0f} s "
+              f"({path.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr, flush=True)
+    return path, True
+
+
+def tile_for(size: int, tile: int = 512) -> int:
+    """The internal tile side for a scene of ``size`` pixels (at most the image, >= 16)."""
+    side = tile
+    while side > 16 and side > size:
+        side //= 2
+    return side
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Measurement:
+    """One whole-process run."""
+
+    cmd: list[str]
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_tree_mib: float
+    maxrss_single_mib: float
+    max_processes: int
+    log: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def peak_rss_mib(self) -> float:
+        """The larger of the polled process-tree sum and the kernel's per-process max."""
+        return max(self.peak_rss_tree_mib, self.maxrss_single_mib)
+
+
+def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path,
+            cwd: Path | None = None, interval: float = 0.02) -> Measurement:
+    """Run ``cmd`` as a child process and measure it as a whole.
+
+    Wall time runs from just before the process is started to its exit (interpreter
+    start-up and imports included). Memory: a thread polls the resident set size of the
+    child and all its descendants (Dask worker processes, nannies, ...) every
+    ``interval`` seconds and keeps the peak of their sum; ``os.wait4`` adds the kernel's
+    exact ``ru_maxrss`` of the largest single process among the child and its reaped
+    descendants, and their user + system CPU time.
+    """
+    import psutil
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    peak = [0]
+    nproc = [1]
+    stop = threading.Event()
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+
+    def poll() -> None:
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.Error:
+            return
+        while not stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak[0] = max(peak[0], total)
+            nproc[0] = max(nproc[0], len(procs))
+            stop.wait(interval)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stop.set()
+    poller.join()
+    text = log_path.read_text(errors="replace")
+    result: dict[str, Any] = {}
+    for line in text.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+    return Measurement(
+        cmd=[str(c) for c in cmd], returncode=proc.returncode, wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_tree_mib=peak[0] / 2**20,
+        maxrss_single_mib=usage.ru_maxrss / 1024, max_processes=nproc[0], log=text,
+        result=result,
+    )
+
+
+def report_result(**info: Any) -> None:
+    """Print the line the harness reads back from a measured script."""
+    print(RESULT_PREFIX + json.dumps(info), flush=True)
+
+
+def skip(reason: str) -> None:
+    """Exit a peer script that cannot run here, saying why."""
+    print(f"SKIP: {reason}", flush=True)
+    raise SystemExit(SKIP_EXIT)
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def label_profile(src: Any, *, tile: int = 512) -> dict[str, Any]:
+    """The uint8 label GeoTIFF every peer and the floor write: tiled, DEFLATE, predictor 2."""
+    side = tile_for(max(src.width, src.height), tile)
+    return dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8",
+                crs=src.crs, transform=src.transform, nodata=255, tiled=True,
+                blockxsize=side, blockysize=side, compress="deflate", predictor=2,
+                BIGTIFF="IF_SAFER")
+
+
+def windows(height: int, width: int, side: int) -> list[Any]:
+    """Row-major ``side`` x ``side`` windows covering the raster."""
+    from rasterio.windows import Window
+
+    return [Window(x, y, min(side, width - x), min(side, height - y))
+            for y in range(0, height, side) for x in range(0, width, side)]
+
+
+def valid_mask(block: Any, nodata: float | None) -> Any:
+    """Pixels of a (bands, h, w) block where no band is nodata (or NaN)."""
+    import numpy as np
+
+    ok = np.ones(block.shape[1:], dtype=bool)
+    if nodata is not None:
+        ok &= (block != nodata).all(axis=0)
+    if block.dtype.kind == "f":
+        ok &= np.isfinite(block).all(axis=0)
+    return ok
+
+
+def sample_pass(path: Path, n: int, seed: int = 0) -> tuple[Any, int]:
+    """Read every tile once (one thread) and keep about ``n`` random valid pixels.
+
+    Returns ``(sample float32 (n, bands), n_valid)``: what a peer built from
+    scikit-learn or faiss does to fit on a bounded sample.
+    """
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(path) as src:
+        side = src.block_shapes[0][0]
+        rate = min(1.0, 1.25 * n / (src.width * src.height))
+        parts = []
+        n_valid = 0
+        for w in windows(src.height, src.width, side):
+            block = src.read(window=w)
+            ok = valid_mask(block, src.nodata)
+            n_valid += int(ok.sum())
+            rng = np.random.default_rng([seed, w.row_off, w.col_off])
+            keep = ok & (rng.random(ok.shape) < rate)
+            parts.append(block[:, keep].T.astype(np.float32))
+    sample = np.concatenate(parts)
+    if len(sample) > n:
+        sample = sample[np.random.default_rng(seed).choice(len(sample), n, replace=False)]
+    return sample, n_valid
+
+
+def label_pass(path: Path, out: Path, predict: Any, mean: Any, std: Any) -> None:
+    """Read every tile, standardise, ``predict`` labels, write them: one tile at a time.
+
+    ``predict`` maps a float32 ``(pixels, bands)`` array to integer labels.
+    """
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(path) as src:
+        side = src.block_shapes[0][0]
+        with rasterio.open(out, "w", **label_profile(src, tile=side)) as dst:
+            for w in windows(src.height, src.width, side):
+                block = src.read(window=w)
+                ok = valid_mask(block, src.nodata)
+                labels = np.full(ok.shape, 255, dtype=np.uint8)
+                if ok.any():
+                    x = (block[:, ok].T.astype(np.float32) - mean) / std
+                    labels[ok] = predict(np.ascontiguousarray(x, dtype=np.float32))
+                dst.write(labels, 1, window=w)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+#: Bytes per pixel the tutorials' in-memory K-means needs (4 bands): the uint16 image,
+#: float64 features of the valid pixels, scikit-learn's centred copy, weights, labels.
+INMEMORY_BYTES_PER_PIXEL_PER_BAND = 21.0
+
+
+def inmemory_estimate_bytes(n_pixels: int, bands: int) -> float:
+    """Estimated peak memory of ``peer_sklearn_inmemory.py`` on an image."""
+    return n_pixels * bands * INMEMORY_BYTES_PER_PIXEL_PER_BAND + 300 * 2**20
+
+
+def inmemory_safe(n_pixels: int, bands: int) -> tuple[bool, str]:
+    """Whether the in-memory peer may run: its estimate within half the RAM and 80 %
+    of what is available now (other people share this machine)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    need = inmemory_estimate_bytes(n_pixels, bands)
+    limit = min(0.5 * vm.total, 0.8 * vm.available)
+    msg = (f"needs ~{need / 2**30:.1f} GiB (estimate), limit {limit / 2**30:.1f} GiB "
+           f"(half the RAM, 80% of the available)")
+    return need <= limit, msg

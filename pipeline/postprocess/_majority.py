@@ -1,0 +1,192 @@
+"""Majority (mode) filter of a class map, exact for any chunking."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import xarray as xr
+
+__all__ = ["majority_filter", "majority_block"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _majority_direct(block, radius, nodata, counts, out):  # pragma: no cover - compiled
+    """Count each window afresh: 3 visits of (2r+1)^2 pixels, whatever the class count."""
+    h, w = block.shape
+    for i in range(h):
+        i0 = max(i - radius, 0)
+        i1 = min(i + radius + 1, h)
+        for j in range(w):
+            c = block[i, j]
+            if c == nodata:
+                out[i, j] = nodata
+                continue
+            j0 = max(j - radius, 0)
+            j1 = min(j + radius + 1, w)
+            for a in range(i0, i1):
+                for b in range(j0, j1):
+                    v = block[a, b]
+                    if v != nodata:
+                        counts[v] += 1
+            best_n = 0
+            best_v = c
+            for a in range(i0, i1):
+                for b in range(j0, j1):
+                    v = block[a, b]
+                    if v != nodata:
+                        n = counts[v]
+                        if n > best_n or (n == best_n and v < best_v):
+                            best_n = n
+                            best_v = v
+            out[i, j] = c if counts[c] == best_n else best_v
+            for a in range(i0, i1):
+                for b in range(j0, j1):
+                    counts[block[a, b]] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _majority_sliding(block, radius, nodata, n_bins, counts, out):  # pragma: no cover
+    """Slide a class histogram along each row, for few classes.
+
+    Per pixel: 2 (2r+1) updates and ``n_bins`` (largest class + 1) bins to scan.
+    """
+    h, w = block.shape
+    for i in range(h):
+        i0 = max(i - radius, 0)
+        i1 = min(i + radius + 1, h)
+        for v in range(n_bins):
+            counts[v] = 0
+        for b in range(min(radius, w)):
+            for a in range(i0, i1):
+                v = block[a, b]
+                if v != nodata:
+                    counts[v] += 1
+        for j in range(w):
+            enter = j + radius
+            if enter < w:
+                for a in range(i0, i1):
+                    v = block[a, enter]
+                    if v != nodata:
+                        counts[v] += 1
+            leave = j - radius - 1
+            if leave >= 0:
+                for a in range(i0, i1):
+                    v = block[a, leave]
+                    if v != nodata:
+                        counts[v] -= 1
+            c = block[i, j]
+            if c == nodata:
+                out[i, j] = nodata
+                continue
+            best_n = 0
+            best_v = c
+            for v in range(n_bins):  # ascending: ties go to the smallest ID
+                if counts[v] > best_n:
+                    best_n = counts[v]
+                    best_v = v
+            out[i, j] = c if counts[c] == best_n else best_v
+
+
+def majority_block(block: np.ndarray, radius: int, nodata: int) -> np.ndarray:
+    """Majority filter of one (halo-extended) block; also the whole-image reference.
+
+    Parameters
+    ----------
+    block : ndarray, shape (y, x), uint8 or uint16
+        Class IDs; ``nodata`` marks invalid pixels.
+    radius : int
+        The window is ``(2 * radius + 1)`` pixels square, cut at the block edge.
+    nodata : int
+        The nodata label.
+
+    Returns
+    -------
+    ndarray, shape (y, x), same dtype
+        The most frequent class among the valid pixels of each window. Ties keep the
+        centre pixel's class when it is among the most frequent, else the smallest ID.
+        Nodata is never counted and nodata pixels stay nodata.
+    """
+    # Hand-written (numba) rather than skimage.filters.rank.majority: that kernel breaks
+    # ties towards the smallest value only (not the centre class), and scans every
+    # histogram bin per pixel (65536 for uint16 labels). Here a sliding histogram serves
+    # few classes, and counting each window afresh serves many; both give the same map.
+    block = np.ascontiguousarray(block)
+    nodata_v = block.dtype.type(nodata)
+    counts = np.zeros(int(np.iinfo(block.dtype).max) + 1, dtype=np.int32)
+    out = np.empty_like(block)
+    valid = block[block != nodata_v]
+    n_bins = int(valid.max()) + 1 if valid.size else 0
+    side = 2 * int(radius) + 1
+    if 2 * side + n_bins < 3 * side * side:
+        _majority_sliding(block, int(radius), nodata_v, n_bins, counts, out)
+    else:
+        _majority_direct(block, int(radius), nodata_v, counts, out)
+    return out
+
+
+def majority_filter(
+    labels: xr.DataArray, radius: int = 1, *, nodata: int | None = None
+) -> xr.DataArray:
+    """Replace each pixel's class by the most frequent class around it, lazily.
+
+    Parameters
+    ----------
+    labels : DataArray, shape (y, x), uint8 or uint16
+        A class map, e.g. from :func:`pipeline.predict`.
+    radius : int
+        Window of ``(2 * radius + 1) x (2 * radius + 1)`` pixels (>= 1); also the halo
+        each chunk reads from its neighbours (``map_overlap``).
+    nodata : int, optional
+        The nodata label; by default ``labels.rio.nodata``.
+
+    Returns
+    -------
+    DataArray, shape (y, x)
+        Lazy, same dtype, chunks, coordinates and nodata as ``labels``. Nodata pixels stay
+        nodata and are never counted; pixels beyond the image edge are not counted either.
+        Ties keep the centre class when it is among the most frequent, else the smallest
+        class ID, so the result is deterministic and identical for any chunking.
+
+    Raises
+    ------
+    TypeError
+        If the labels are not uint8 or uint16.
+    ValueError
+        If ``radius < 1`` or no nodata label is known.
+
+    Examples
+    --------
+    >>> smooth = majority_filter(predict(feats, model), radius=2)  # doctest: +SKIP
+    """
+    if labels.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"majority_filter: expected uint8 or uint16 labels, got {labels.dtype}")
+    if int(radius) != radius or radius < 1:
+        raise ValueError(f"majority_filter: radius must be an integer >= 1, got {radius!r}")
+    if nodata is None:
+        nodata = labels.rio.nodata
+    if nodata is None:
+        raise ValueError("majority_filter: the labels have no nodata value; pass nodata=")
+    radius = int(radius)
+    data = labels.data
+    # halo = radius on axes with several chunks; an axis shorter than the halo is made
+    # one chunk (dask cannot overlap it)
+    depth: dict[int, int] = {}
+    single: dict[int, int] = {}
+    for axis, chunks in enumerate(data.chunks):
+        if len(chunks) > 1 and sum(chunks) <= radius:
+            single[axis] = -1
+        depth[axis] = radius if len(chunks) > 1 and axis not in single else 0
+    src = data.rechunk(single) if single else data
+    out = src.map_overlap(
+        majority_block,
+        depth=depth,
+        boundary="none",  # the kernel cuts windows at the image edge: outside never counts
+        dtype=labels.dtype,
+        meta=np.empty((0, 0), labels.dtype),
+        radius=radius,
+        nodata=int(nodata),
+    )
+    if out.chunks != data.chunks:
+        # map_overlap merges chunks thinner than the halo; give back the input's chunks
+        out = out.rechunk(data.chunks)
+    return labels.copy(data=out)

@@ -1,0 +1,196 @@
+"""Minimum mapping unit: merge small segments into their most similar neighbour.
+
+Pure and in memory: it works on the :class:`SegmentIndex` (segment statistics and the
+adjacency of small segments) that :func:`resolve_segments` built from the per-chunk
+summaries, so it sees exactly the same integers for any chunking and gives exactly
+the same merges. The rasters are then relabelled lazily with the composed tables.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numba
+import numpy as np
+from affine import Affine
+
+from ._kernels import _find, _min_by_group
+from ._segments import SegmentIndex, segment_dtype
+
+__all__ = ["merge_small_segments", "pixels_for_area"]
+
+
+def pixels_for_area(area: float, transform: Affine) -> int:
+    """Smallest pixel count whose area is at least ``area`` map units squared.
+
+    Parameters
+    ----------
+    area : float
+        Minimum area in squared map units (> 0).
+    transform : Affine
+        Pixel-to-map transform; ``|det|`` is the area of one pixel.
+
+    Returns
+    -------
+    int
+        ``n`` such that a segment of ``m`` pixels is small exactly when ``m < n``.
+    """
+    if not area > 0:
+        raise ValueError(f"area must be > 0, got {area!r}")
+    pixel = abs(transform.a * transform.e - transform.b * transform.d)
+    if not pixel > 0:
+        raise ValueError("the transform has a zero pixel area")
+    n = max(1, math.ceil(area / pixel))
+    while n > 1 and (n - 1) * pixel >= area:  # guard the division's rounding
+        n -= 1
+    while n * pixel < area:
+        n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _mean_dist(hi, lo, count, g, h):  # pragma: no cover - compiled
+    """Squared distance between the mean feature vectors of groups g and h."""
+    d = 0.0
+    for f in range(hi.shape[1]):
+        mg = (np.float64(hi[g, f]) * 4294967296.0 + np.float64(lo[g, f])) / count[g]
+        mh = (np.float64(hi[h, f]) * 4294967296.0 + np.float64(lo[h, f])) / count[h]
+        d += (mg - mh) * (mg - mh)
+    return d
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_kernel(count, hi, lo, ptr, nbr, blen, small, min_pixels):  # pragma: no cover
+    """Merge small groups, smallest first (ties: lowest ID), into the closest neighbour.
+
+    ``parent`` is a union-find forest whose roots are the groups; a group is named by
+    the segment that the others merged into. Only small segments have adjacency rows
+    (``ptr``/``nbr``/``blen``, CSR); a small group's members are all small segments,
+    so its neighbours are found by walking its members' rows.
+    """
+    n = count.size
+    parent = np.arange(n)
+    nxt = np.full(n, -1, dtype=np.int64)  # members as linked lists
+    tail = np.arange(n)
+    stamp = np.full(n, -1, dtype=np.int64)
+    acc = np.zeros(n, dtype=np.int64)
+    touched = np.empty(n, dtype=np.int64)
+    heap = [(count[0], np.int64(0)) for _ in range(0)]
+    for i in small:  # sorted by (size, index): already a heap
+        heap.append((count[i], i))
+    it = 0
+    while len(heap) > 0:
+        c, g = heapq.heappop(heap)
+        if parent[g] != g or count[g] != c:
+            continue  # stale entry: merged away, or grown since it was pushed
+        it += 1
+        nt = 0
+        m = g
+        while m != -1:
+            for e in range(ptr[m], ptr[m + 1]):
+                h = _find(parent, nbr[e])
+                if h == g:
+                    continue
+                if stamp[h] != it:
+                    stamp[h] = it
+                    acc[h] = 0
+                    touched[nt] = h
+                    nt += 1
+                acc[h] += blen[e]
+            m = nxt[m]
+        if nt == 0:
+            continue  # no neighbour: it stays small
+        best = -1
+        best_d = 0.0
+        for t in range(nt):
+            h = touched[t]
+            d = _mean_dist(hi, lo, count, g, h)
+            if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
+                    or (d == best_d and acc[h] == acc[best] and h < best)):
+                best = h
+                best_d = d
+        parent[g] = best
+        count[best] += count[g]
+        for f in range(hi.shape[1]):
+            s = lo[best, f] + lo[g, f]
+            hi[best, f] += hi[g, f] + (s >> 32)
+            lo[best, f] = s & 0xFFFFFFFF
+        nxt[tail[best]] = g
+        tail[best] = tail[g]
+        if count[best] < min_pixels:
+            heapq.heappush(heap, (count[best], best))
+    for i in range(n):
+        parent[i] = _find(parent, i)
+    return parent
+
+
+def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
+    """Merge every segment smaller than ``min_pixels`` into its most similar neighbour.
+
+    Smallest segments first (ties: lowest ID); the neighbour with the closest mean
+    feature vector wins (squared Euclidean distance in the units of
+    :func:`segment_tasks`' ``offset``/``scale``), ties going to the longest shared
+    border (4-adjacent pixel pairs), then to the lowest ID. The statistics of the
+    merged segment are updated after each merge, and it keeps the class of the
+    segment it merged into; a merged segment still too small goes on merging. A
+    segment without neighbours (surrounded by nodata) stays as it is.
+
+    The merged segments are renumbered canonically again (by first pixel), so the
+    result is what a single-chunk run gives, exactly.
+
+    Parameters
+    ----------
+    index : SegmentIndex
+        From :func:`resolve_segments` with ``min_pixels`` given to
+        :func:`segment_tasks` (the adjacency of small segments).
+    min_pixels : int
+        Segments with fewer pixels are merged; at most the ``min_pixels`` the
+        adjacency was collected with.
+
+    Returns
+    -------
+    SegmentIndex
+        New statistics, lookup tables composed with the merge, and no edges.
+
+    Raises
+    ------
+    ValueError
+        If the index has no adjacency, or it was collected for a smaller size.
+    """
+    if index.edges is None:
+        raise ValueError("the index has no adjacency: pass min_pixels to segment_tasks")
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels must be >= 1, got {min_pixels!r}")
+    stats = index.stats
+    n = len(stats)
+    a, b, length = (np.asarray(x, dtype=np.int64) for x in index.edges)
+    small = stats.count < min_pixels
+    # directed rows for the small endpoint(s) of every edge
+    src = np.concatenate([a[small[a - 1]], b[small[b - 1]]]) - 1
+    dst = np.concatenate([b[small[a - 1]], a[small[b - 1]]]) - 1
+    blen = np.concatenate([length[small[a - 1]], length[small[b - 1]]])
+    order = np.argsort(src)  # the order within a row does not matter
+    src, dst, blen = src[order], dst[order], blen[order]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
+    count = stats.count.astype(np.int64, copy=True)
+    hi = np.ascontiguousarray(stats.hi, dtype=np.int64).copy()
+    lo = np.ascontiguousarray(stats.lo, dtype=np.int64).copy()
+    # the heap of small segments, (size, index): a sorted list is a valid heap
+    ids = np.flatnonzero(small)
+    ids = ids[np.lexsort((ids, count[ids]))]
+    parent = _merge_kernel(count, hi, lo, ptr, dst, blen, ids.astype(np.int64), min_pixels)
+    # a group is numbered by its first pixel: the lowest ID among its members
+    roots = np.flatnonzero(parent == np.arange(n))
+    group_min = _min_by_group(parent, n, np.arange(n, dtype=np.int64))
+    order = np.argsort(group_min[roots], kind="stable")
+    new_id = np.zeros(n, dtype=np.int64)
+    new_id[roots[order]] = np.arange(1, roots.size + 1)
+    merged = stats.reduce(new_id[parent] - 1, roots.size)
+    merged.klass = stats.klass[roots[order]]  # the class of the segment merged into
+    table = np.concatenate([[0], new_id[parent]]).astype(segment_dtype(roots.size))
+    luts = [table[lut] for lut in index.luts]
+    return SegmentIndex(stats=merged, luts=luts, edges=None, chunks=index.chunks,
+                        connectivity=index.connectivity)
+

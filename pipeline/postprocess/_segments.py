@@ -1,0 +1,562 @@
+"""Connected segments of a class map with global IDs, exact for any chunking.
+
+A segment is a connected set of pixels of one class (4- or 8-connectivity). Its ID is
+its rank in raster order of its first pixel, so the IDs equal those of a single-chunk
+run (``scipy.ndimage.label`` class by class, renumbered by first pixel), not just a
+permutation of them. Three steps, in the order the orchestrator runs them:
+
+1. :func:`segment_tasks` (lazy): every chunk is labelled on its own (local labels in
+   raster order) and summarised: per local piece its class, first pixel, pixel count,
+   bounding box and feature sums (exact integers), optionally its adjacency; the edge
+   rows and columns of the local labels go to one join task per chunk, which pairs
+   pieces across the chunk's right and bottom faces and its bottom-right corner.
+2. :func:`resolve_segments` (pure, in memory, on the computed summaries): union-find
+   over the face pairs, canonical renumbering, per-segment statistics from the partial
+   sums, one lookup table (local label -> global ID) per chunk.
+3. :func:`relabel_segments` (lazy): labels each chunk again and applies its table.
+
+No task ever holds more than one chunk and its neighbours' edge strips; only the
+per-piece summaries (the size of the segment table) come back to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import dask
+import dask.array as da
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ._kernels import (
+    FIXED_POINT_BITS,
+    _min_by_group,
+    _piece_kernel,
+    _reduce_kernel,
+    label_chunk,
+)
+
+__all__ = [
+    "FIXED_POINT_BITS",
+    "SegmentIndex",
+    "SegmentStats",
+    "SegmentTasks",
+    "fixed_to_float",
+    "relabel_segments",
+    "resolve_segments",
+    "segment_dtype",
+    "segment_tasks",
+]
+
+_LOW = np.int64(0xFFFFFFFF)
+_KEY_SHIFT = 32  # piece key = chunk index << 32 | local label
+
+
+def segment_dtype(n_segments: int) -> np.dtype:
+    """uint32 IDs, or uint64 when ``n_segments`` does not fit (0 is nodata)."""
+    return np.dtype(np.uint32) if n_segments <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
+
+
+def fixed_to_float(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Value of normalised two-word fixed-point sums, ``(hi * 2**32 + lo) / 2**bits``.
+
+    The result depends only on the exact integer sums, never on how they were added.
+    """
+    return (hi.astype(np.float64) * 4294967296.0 + lo.astype(np.float64)) / 2.0**FIXED_POINT_BITS
+
+
+# ---------------------------------------------------------------------------------
+# Per-chunk summaries (the lazy part)
+# ---------------------------------------------------------------------------------
+
+
+class ChunkPieces(NamedTuple):
+    """What one chunk tells the resolver about its local pieces (one row each).
+
+    ``edge_a``/``edge_b`` are local labels (1-based) of pieces that touch under the
+    connectivity, ``edge_len`` the number of 4-adjacent pixel pairs between them (0 for
+    a corner contact); kept only when one of the two pieces is smaller than the
+    minimum size (a piece at least that large belongs to a large segment).
+    """
+
+    klass: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    rmin: np.ndarray
+    rmax: np.ndarray
+    cmin: np.ndarray
+    cmax: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+    edge_a: np.ndarray
+    edge_b: np.ndarray
+    edge_len: np.ndarray
+
+
+class ChunkStrips(NamedTuple):
+    """Local labels and classes of a chunk's outer rows and columns."""
+
+    index: int
+    top: np.ndarray
+    top_cls: np.ndarray
+    bottom: np.ndarray
+    bottom_cls: np.ndarray
+    left: np.ndarray
+    left_cls: np.ndarray
+    right: np.ndarray
+    right_cls: np.ndarray
+
+
+class Joins(NamedTuple):
+    """Piece pairs across a chunk's faces and corner (piece keys: chunk << 32 | local)."""
+
+    join_a: np.ndarray
+    join_b: np.ndarray
+    edge_a: np.ndarray
+    edge_b: np.ndarray
+    edge_len: np.ndarray
+
+
+def _combine_pairs(a: np.ndarray, b: np.ndarray, length: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Order each pair (min, max), merge duplicates, sum their lengths."""
+    lo = np.minimum(a, b)
+    hi = np.maximum(a, b)
+    if lo.size == 0:
+        return lo, hi, length.astype(np.int64)
+    top = int(hi.max()) + 1
+    if int(lo.max()) < (2**62) // top:  # one int64 key sorts faster than two
+        order = np.argsort(lo * top + hi)  # equal keys are summed: any order will do
+    else:
+        order = np.lexsort((hi, lo))
+    lo, hi, length = lo[order], hi[order], length[order]
+    start = np.ones(lo.size, dtype=bool)
+    start[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    idx = np.flatnonzero(start)
+    return lo[idx], hi[idx], np.add.reduceat(length.astype(np.int64), idx)
+
+
+def _neighbour_views(lab: np.ndarray, conn8: bool) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Pairs of views (p, q, border length) over every neighbour pair of a block."""
+    views = [(lab[:, :-1], lab[:, 1:], 1), (lab[:-1, :], lab[1:, :], 1)]
+    if conn8:
+        views += [(lab[:-1, :-1], lab[1:, 1:], 0), (lab[:-1, 1:], lab[1:, :-1], 0)]
+    return views
+
+
+def _interior_edges(lab: np.ndarray, count: np.ndarray, conn8: bool, min_pixels: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    parts_a, parts_b, parts_len = [], [], []
+    for p, q, length in _neighbour_views(lab, conn8):
+        # within a chunk, touching pixels of one class share a label: a != b means
+        # two different segments (of two different classes)
+        m = (p != q) & (p > 0) & (q > 0)
+        a = p[m].astype(np.int64)
+        b = q[m].astype(np.int64)
+        small = (count[a - 1] < min_pixels) | (count[b - 1] < min_pixels)
+        parts_a.append(a[small])
+        parts_b.append(b[small])
+        parts_len.append(np.full(int(small.sum()), length, dtype=np.int64))
+    a, b, length = _combine_pairs(np.concatenate(parts_a), np.concatenate(parts_b),
+                                  np.concatenate(parts_len))
+    return a.astype(np.int32), b.astype(np.int32), length.astype(np.int32)
+
+
+def _chunk_task(classes: np.ndarray, feats: np.ndarray | None, index: int, y0: int, x0: int,
+                width: int, nodata: int | None, connectivity: int, offset: np.ndarray,
+                scale: np.ndarray, min_pixels: int | None) -> tuple[ChunkPieces, ChunkStrips]:
+    lab, n = label_chunk(classes, nodata, connectivity)
+    h, w = lab.shape
+    if feats is None:
+        feats = np.empty((0, h, w), dtype=np.float32)
+    cls = np.ascontiguousarray(classes)
+    stats = _piece_kernel(lab, n, cls, np.ascontiguousarray(feats), offset, scale,
+                          y0, x0, width)
+    if min_pixels is None:
+        empty = np.empty(0, dtype=np.int32)
+        edges = (empty, empty, empty)
+    else:
+        edges = _interior_edges(lab, stats[2], connectivity == 8, min_pixels)
+    pieces = ChunkPieces(*stats, *edges)
+
+    def strip(a: np.ndarray) -> np.ndarray:
+        return a.astype(np.int64)  # a copy: the chunk itself is not kept
+
+    strips = ChunkStrips(index, strip(lab[0]), strip(cls[0]), strip(lab[-1]), strip(cls[-1]),
+                         strip(lab[:, 0]), strip(cls[:, 0]), strip(lab[:, -1]),
+                         strip(cls[:, -1]))
+    return pieces, strips
+
+
+def _pairs(la: np.ndarray, ca: np.ndarray, ia: int, lb: np.ndarray, cb: np.ndarray, ib: int,
+           length: int, joins: list, edges: list) -> None:
+    """Sort aligned pixel pairs into same-class joins and different-class edges."""
+    valid = (la > 0) & (lb > 0)
+    same = valid & (ca == cb)
+    diff = valid & (ca != cb)
+    ka = (np.int64(ia) << _KEY_SHIFT) | la.astype(np.int64)
+    kb = (np.int64(ib) << _KEY_SHIFT) | lb.astype(np.int64)
+    joins.append((ka[same], kb[same]))
+    if edges is not None:
+        edges.append((ka[diff], kb[diff], np.full(int(diff.sum()), length, dtype=np.int64)))
+
+
+def _join_task(c00: ChunkStrips, c01: ChunkStrips | None, c10: ChunkStrips | None,
+               c11: ChunkStrips | None, connectivity: int, with_edges: bool) -> Joins:
+    """Pairs across the right face, the bottom face and the bottom-right corner."""
+    conn8 = connectivity == 8
+    joins: list = []
+    edges: list | None = [] if with_edges else None
+    faces = []
+    if c01 is not None:  # right face: my last column against its first column
+        faces.append((c00.right, c00.right_cls, c01.left, c01.left_cls, c01.index))
+    if c10 is not None:  # bottom face: my last row against its first row
+        faces.append((c00.bottom, c00.bottom_cls, c10.top, c10.top_cls, c10.index))
+    for la, ca, lb, cb, ib in faces:
+        _pairs(la, ca, c00.index, lb, cb, ib, 1, joins, edges)
+        if conn8 and la.size > 1:  # diagonals along the face
+            _pairs(la[:-1], ca[:-1], c00.index, lb[1:], cb[1:], ib, 0, joins, edges)
+            _pairs(la[1:], ca[1:], c00.index, lb[:-1], cb[:-1], ib, 0, joins, edges)
+    if conn8 and c11 is not None:  # the two diagonals across the corner
+        assert c01 is not None and c10 is not None
+        _pairs(c00.bottom[-1:], c00.bottom_cls[-1:], c00.index, c11.top[:1], c11.top_cls[:1],
+               c11.index, 0, joins, edges)
+        _pairs(c01.bottom[:1], c01.bottom_cls[:1], c01.index, c10.top[-1:], c10.top_cls[-1:],
+               c10.index, 0, joins, edges)
+    empty = np.empty(0, dtype=np.int64)
+    ja = np.concatenate([j[0] for j in joins]) if joins else empty
+    jb = np.concatenate([j[1] for j in joins]) if joins else empty
+    ja, jb, _ = _combine_pairs(ja, jb, np.zeros(ja.size, dtype=np.int64))
+    if edges:
+        ea, eb, el = _combine_pairs(np.concatenate([e[0] for e in edges]),
+                                    np.concatenate([e[1] for e in edges]),
+                                    np.concatenate([e[2] for e in edges]))
+    else:
+        ea, eb, el = empty, empty, empty
+    return Joins(ja, jb, ea, eb, el)
+
+
+@dataclass(frozen=True)
+class SegmentTasks:
+    """The lazy per-chunk work of :func:`segment_tasks`.
+
+    Attributes
+    ----------
+    pieces : list of Delayed
+        One :class:`ChunkPieces` per chunk, chunks in row-major order.
+    joins : list of Delayed
+        One :class:`Joins` per chunk (its right face, bottom face and corner).
+    chunks : tuple of tuple of int
+        The chunking of the class map.
+    connectivity : int
+    min_pixels : int or None
+    """
+
+    pieces: list[Any] = field(repr=False)
+    joins: list[Any] = field(repr=False)
+    chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    connectivity: int
+    min_pixels: int | None
+
+
+def _nodata(labels: xr.DataArray) -> int | None:
+    nodata = labels.rio.nodata
+    return None if nodata is None or not np.isfinite(nodata) else int(nodata)
+
+
+def _check_connectivity(connectivity: int) -> int:
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    return int(connectivity)
+
+
+def segment_tasks(
+    labels: xr.DataArray,
+    features: xr.DataArray | None = None,
+    *,
+    connectivity: int = 8,
+    min_pixels: int | None = None,
+    offset: Sequence[float] | np.ndarray | None = None,
+    scale: Sequence[float] | np.ndarray | None = None,
+) -> SegmentTasks:
+    """Build the lazy per-chunk summaries of a class map's segments.
+
+    Nothing is computed: compute ``tasks.pieces`` and ``tasks.joins`` together (one
+    pass over the class map) and give the results to :func:`resolve_segments`.
+
+    Parameters
+    ----------
+    labels : DataArray, shape (y, x), integer
+        Class map, Dask-backed (chunks as they come); ``rio.nodata`` marks invalid
+        pixels, which belong to no segment.
+    features : DataArray, shape (feature, y, x), optional
+        Per-pixel features whose per-segment means go into the table; finite wherever
+        ``labels`` is valid. Rechunked to the class map's chunks.
+    connectivity : {4, 8}
+        Pixels of one class touching by a side (4) or also by a corner (8) are one
+        segment.
+    min_pixels : int, optional
+        Collect the adjacency of pieces smaller than this (needed to merge small
+        segments, see :func:`pipeline.postprocess.merge_small_segments`).
+    offset, scale : array-like, shape (feature,), optional
+        Features are summed as ``(x - offset) / scale`` (defaults 0 and 1): the units
+        of the similarity used by the merge. Use the model's standardisation.
+
+    Returns
+    -------
+    SegmentTasks
+
+    Raises
+    ------
+    ValueError
+        If ``connectivity`` is not 4 or 8, ``min_pixels < 1``, or the shapes differ.
+    TypeError
+        If ``labels`` is not an integer 2-D array.
+    """
+    connectivity = _check_connectivity(connectivity)
+    if labels.ndim != 2 or labels.dtype.kind not in "iub":
+        raise TypeError(f"labels must be a 2-D integer DataArray, got {labels.ndim}-D "
+                        f"{labels.dtype}")
+    if min_pixels is not None and min_pixels < 1:
+        raise ValueError(f"min_pixels must be >= 1, got {min_pixels!r}")
+    data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data)
+    nodata = _nodata(labels)
+    nf = 0 if features is None else int(features.shape[0])
+    if features is not None and features.shape[1:] != labels.shape:
+        raise ValueError(f"features have shape {features.shape[1:]}, labels {labels.shape}; "
+                         "expected the same (y, x) shape")
+    off = np.zeros(nf) if offset is None else np.asarray(offset, dtype=np.float64)
+    scl = np.ones(nf) if scale is None else np.asarray(scale, dtype=np.float64)
+    if off.shape != (nf,) or scl.shape != (nf,):
+        raise ValueError(f"offset and scale must have one value per feature ({nf})")
+    lab_blocks = data.to_delayed(optimize_graph=False)
+    if features is not None:
+        fdata = features.data if isinstance(features.data, da.Array) \
+            else da.from_array(features.data)
+        fdata = fdata.rechunk((-1,) + data.chunks)
+        feat_blocks = fdata.to_delayed(optimize_graph=False)[0]
+    ys = np.concatenate([[0], np.cumsum(data.chunks[0])])
+    xs = np.concatenate([[0], np.cumsum(data.chunks[1])])
+    ny, nx = lab_blocks.shape
+    width = int(labels.shape[1])
+    task = dask.delayed(_chunk_task, pure=True, nout=2)
+    pieces, strips = [], {}
+    for i in range(ny):
+        for j in range(nx):
+            fb = None if features is None else feat_blocks[i, j]
+            p, s = task(lab_blocks[i, j], fb, i * nx + j, int(ys[i]), int(xs[j]), width,
+                        nodata, connectivity, off, scl, min_pixels)
+            pieces.append(p)
+            strips[i, j] = s
+    join = dask.delayed(_join_task, pure=True)
+    joins = [join(strips[i, j], strips.get((i, j + 1)), strips.get((i + 1, j)),
+                  strips.get((i + 1, j + 1)), connectivity, min_pixels is not None)
+             for i in range(ny) for j in range(nx)]
+    return SegmentTasks(pieces, joins, data.chunks, connectivity, min_pixels)
+
+
+# ---------------------------------------------------------------------------------
+# The resolver (pure, in memory)
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentStats:
+    """Per-segment statistics; row ``i`` is segment ID ``i + 1``.
+
+    Attributes
+    ----------
+    klass, first, count : ndarray, shape (n,), int64
+        Class, first pixel (global flat index in raster order), pixel count.
+    rmin, rmax, cmin, cmax : ndarray, shape (n,), int64
+        Bounding box in global pixel indices (inclusive).
+    hi, lo : ndarray, shape (n, feature), int64
+        Exact fixed-point feature sums: see :func:`fixed_to_float`.
+    """
+
+    klass: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    rmin: np.ndarray
+    rmax: np.ndarray
+    cmin: np.ndarray
+    cmax: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.count.size)
+
+    def means(self) -> np.ndarray:
+        """Mean of each (offset and scaled) feature, shape (n, feature), float64."""
+        return fixed_to_float(self.hi, self.lo) / np.maximum(self.count, 1)[:, None]
+
+    def reduce(self, group: np.ndarray, n_groups: int) -> SegmentStats:
+        """Statistics of groups of segments; ``group[i]`` in ``0..n_groups-1``.
+
+        A group's class is that of its member with the smallest first pixel.
+        """
+        fields = _reduce_kernel(
+            np.ascontiguousarray(group, dtype=np.int64), int(n_groups),
+            *(np.ascontiguousarray(getattr(self, f))
+              for f in ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")),
+        )
+        return SegmentStats(*fields)
+
+
+@dataclass
+class SegmentIndex:
+    """Everything known about the segments after :func:`resolve_segments`.
+
+    Attributes
+    ----------
+    stats : SegmentStats
+        One row per segment, ID order.
+    luts : list of ndarray
+        Per chunk (row-major), local label -> segment ID (index 0 -> 0, nodata).
+    edges : tuple of ndarray or None
+        ``(a, b, length)``: 1-based IDs ``a < b`` of touching segments, of which at
+        least one is smaller than ``min_pixels``, and their border length (4-adjacent
+        pixel pairs; 0 for a corner contact). ``None`` without ``min_pixels``.
+    chunks : tuple of tuple of int
+    connectivity : int
+    """
+
+    stats: SegmentStats
+    luts: list[np.ndarray] = field(repr=False)
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(repr=False)
+    chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    connectivity: int
+
+    @property
+    def n_segments(self) -> int:
+        """Number of segments."""
+        return len(self.stats)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Integer type of the segment IDs."""
+        return segment_dtype(self.n_segments)
+
+
+def resolve_segments(
+    tasks: SegmentTasks, pieces: Sequence[ChunkPieces], joins: Sequence[Joins]
+) -> SegmentIndex:
+    """Join the chunk pieces into global, canonically numbered segments.
+
+    Pure and in memory: union-find (connected components of the face-pair graph) over
+    the pieces, then every segment is numbered by the rank of its first pixel in
+    raster order, and its statistics are reduced from the pieces' partial sums.
+
+    Parameters
+    ----------
+    tasks : SegmentTasks
+        What :func:`segment_tasks` returned.
+    pieces, joins : sequence
+        ``dask.compute(tasks.pieces, tasks.joins)``.
+
+    Returns
+    -------
+    SegmentIndex
+    """
+    if len(pieces) != len(tasks.pieces) or len(joins) != len(tasks.joins):
+        raise ValueError("pieces and joins must be the computed tasks.pieces and tasks.joins")
+    counts = np.array([p.count.size for p in pieces], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    total = int(offsets[-1])
+
+    def dense(key: np.ndarray) -> np.ndarray:
+        return offsets[key >> _KEY_SHIFT] + (key & _LOW) - 1
+
+    ja = np.concatenate([dense(j.join_a) for j in joins]) if joins else np.empty(0, np.int64)
+    jb = np.concatenate([dense(j.join_b) for j in joins]) if joins else np.empty(0, np.int64)
+    graph = coo_matrix((np.ones(ja.size, dtype=np.int32), (ja, jb)), shape=(total, total))
+    n_comp, comp = connected_components(graph.tocsr(), directed=False)
+    stat_fields = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
+    nf = pieces[0].hi.shape[1] if pieces else 0
+    cat = {name: np.concatenate([getattr(p, name) for p in pieces]) if pieces
+           else np.empty((0, nf) if name in ("hi", "lo") else 0, np.int64)
+           for name in stat_fields}
+    piece_stats = SegmentStats(**cat)
+    del cat
+    # canonical IDs: components ranked by their first pixel in raster order
+    comp_first = _min_by_group(comp.astype(np.int64), n_comp, piece_stats.first)
+    rank = np.empty(n_comp, dtype=np.int64)
+    rank[np.argsort(comp_first)] = np.arange(n_comp)
+    stats = piece_stats.reduce(rank[comp], n_comp)
+    del piece_stats
+    seg_of_piece = rank[comp] + 1
+    dtype = segment_dtype(n_comp)
+    luts = [np.concatenate([[0], seg_of_piece[offsets[c]:offsets[c + 1]]]).astype(dtype)
+            for c in range(len(pieces))]
+    edges = None
+    if tasks.min_pixels is not None:
+        ea = [seg_of_piece[offsets[c] + p.edge_a - 1] for c, p in enumerate(pieces)]
+        eb = [seg_of_piece[offsets[c] + p.edge_b - 1] for c, p in enumerate(pieces)]
+        el = [p.edge_len for p in pieces]
+        ea += [seg_of_piece[dense(j.edge_a)] for j in joins]
+        eb += [seg_of_piece[dense(j.edge_b)] for j in joins]
+        el += [j.edge_len for j in joins]
+        a, b, length = np.concatenate(ea), np.concatenate(eb), np.concatenate(el)
+        # only contacts of a segment smaller than min_pixels matter to the merge
+        keep = (stats.count[a - 1] < tasks.min_pixels) | (stats.count[b - 1] < tasks.min_pixels)
+        edges = _combine_pairs(a[keep], b[keep], length[keep])
+    return SegmentIndex(stats=stats, luts=luts, edges=edges, chunks=tasks.chunks,
+                        connectivity=tasks.connectivity)
+
+
+# ---------------------------------------------------------------------------------
+# Relabelling (lazy)
+# ---------------------------------------------------------------------------------
+
+
+def _relabel_block(classes: np.ndarray, lut: np.ndarray, nodata: int | None,
+                   connectivity: int) -> np.ndarray:
+    lab, n = label_chunk(classes, nodata, connectivity)
+    if n + 1 != lut.size:
+        raise RuntimeError(f"chunk has {n} segments, its lookup table {lut.size - 1}: "
+                           "the class map changed between the summary and the relabel pass")
+    return lut[lab]
+
+
+def relabel_segments(labels: xr.DataArray, index: SegmentIndex) -> xr.DataArray:
+    """Give every pixel its global segment ID, lazily, one chunk at a time.
+
+    Parameters
+    ----------
+    labels : DataArray, shape (y, x)
+        The class map :func:`segment_tasks` summarised (same values, same chunks).
+    index : SegmentIndex
+        From :func:`resolve_segments` (or :func:`merge_small_segments`).
+
+    Returns
+    -------
+    DataArray, shape (y, x), uint32 (uint64 above 2**32 - 1 segments)
+        Segment IDs, 0 for nodata (also in ``rio.nodata``); coordinates and
+        georeferencing of ``labels``. Each task carries only its chunk's lookup table.
+    """
+    data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data)
+    if data.chunks != index.chunks:
+        raise ValueError(f"labels have chunks {data.chunks}, the index {index.chunks}; "
+                         "relabel the class map that was summarised")
+    nodata = _nodata(labels)
+    dtype = index.dtype
+    blocks = data.to_delayed(optimize_graph=False)
+    task = dask.delayed(_relabel_block, pure=True)
+    ny, nx = blocks.shape
+    rows = [[da.from_delayed(task(blocks[i, j], index.luts[i * nx + j], nodata,
+                                  index.connectivity),
+                             shape=(data.chunks[0][i], data.chunks[1][j]), dtype=dtype,
+                             meta=np.empty((0, 0), dtype))
+             for j in range(nx)] for i in range(ny)]
+    out = da.block(rows) if rows else data.astype(dtype)
+    coords = {n: c for n, c in labels.coords.items()}
+    seg = xr.DataArray(out, dims=labels.dims, coords=coords, name="segments")
+    seg.attrs = {}
+    return seg.rio.write_nodata(0, encoded=False)
+

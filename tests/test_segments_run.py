@@ -1,0 +1,91 @@
+"""End to end: segments, merge and polygons through pipeline.runner.run, any chunking."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import shapely
+import xarray as xr
+
+from pipeline.config import parse_config
+from pipeline.runner import plan, run
+from pipeline.synthetic import make_scene
+
+
+@pytest.fixture(scope="module")
+def noisy_scene(tmp_path_factory):
+    """96 x 96, noisy enough to give many small segments; 10 m pixels."""
+    d = tmp_path_factory.mktemp("segscene")
+    return make_scene(d / "scene.tif", size=96, bands=3, n_classes=4, cell=20, border=5,
+                      noise=0.07, tile=32, seed=5)
+
+
+def _config(tmp_path, scene, name, chunks, postprocess, formats=("cog", "zarr")):
+    return parse_config({
+        "input": str(scene.path), "output": str(tmp_path / name), "chunks": chunks,
+        "cluster": {"k": 4, "seed": 0, "sample_size": 5000},
+        "formats": list(formats), "postprocess": postprocess,
+    })
+
+
+def _outputs(out):
+    with rasterio.open(out / "segments.tif") as ds:
+        tif = ds.read(1)
+        meta = (ds.crs, ds.transform, ds.nodata, ds.dtypes[0])
+    z = xr.open_zarr(out / "segments.zarr", mask_and_scale=False)["segments"].values
+    table = pd.read_parquet(out / "segments.parquet")
+    polys = gpd.read_parquet(out / "polygons.parquet")
+    gpkg = gpd.read_file(out / "polygons.gpkg")
+    return tif, meta, z, table, polys, gpkg
+
+
+def test_two_chunkings_give_identical_outputs(tmp_path, noisy_scene):
+    pp = {"segments": {"connectivity": 8}, "min_size": {"area": 1000}, "polygons": True}
+    cfgs = [_config(tmp_path, noisy_scene, f"c{c}", c, pp) for c in (16, 40)]
+    assert set(plan(cfgs[0])["writes"]) >= {"segments.tif", "segments.zarr", "segments.parquet",
+                                            "polygons.gpkg", "polygons.parquet"}
+    results = [run(c) for c in cfgs]
+    ref = _outputs(results[0].output)
+    tif, meta, z, table, polys, gpkg = ref
+    assert meta[2] == 0 and meta[3] == "uint32"
+    np.testing.assert_array_equal(z, tif)
+    report = results[0].report["segments"]
+    assert report["min_pixels"] == 10 and report["connectivity"] == 8
+    assert report["found"] > report["segments"] == len(table) == tif.max()
+    # after the merge every segment has at least min_size pixels, or no neighbour
+    assert (table["area_px"] >= 10).all() and (table["area"] >= 1000).all()
+    np.testing.assert_array_equal(np.bincount(tif.ravel())[1:], table["area_px"])
+    assert polys["id"].tolist() == table["id"].tolist()
+    assert polys.crs.to_epsg() == 32633 and gpkg.crs.to_epsg() == 32633
+    np.testing.assert_allclose(polys.geometry.area, table["area"])
+    for r in results[1:]:
+        other = _outputs(r.output)
+        np.testing.assert_array_equal(other[0], tif)
+        assert other[1] == meta
+        np.testing.assert_array_equal(other[2], z)
+        pd.testing.assert_frame_equal(other[3], table)
+        assert shapely.to_wkb(other[4].geometry.values).tolist() == \
+            shapely.to_wkb(polys.geometry.values).tolist()
+        pd.testing.assert_frame_equal(other[5], gpkg)
+        assert r.report["segments"] == report
+        assert set(r.report["outputs"]) >= {"segments.parquet", "polygons.gpkg"}
+
+
+def test_segments_follow_the_filtered_labels_and_cog_only(tmp_path, noisy_scene):
+    pp = {"majority": {"radius": 1}, "segments": {"connectivity": 4}, "polygons": True}
+    cfg = _config(tmp_path, noisy_scene, "cog", 24, pp, formats=("cog",))
+    run(cfg)
+    out = tmp_path / "cog"
+    with rasterio.open(out / "segments.tif") as ds:
+        seg = ds.read(1)
+    with rasterio.open(out / "labels.tif") as ds:
+        labels = ds.read(1)
+    table = pd.read_parquet(out / "segments.parquet")
+    # without a merge, every pixel's class is its segment's class
+    klass = np.concatenate([[255], table["class"].to_numpy()])
+    np.testing.assert_array_equal(klass[seg], labels)
+    polys = gpd.read_parquet(out / "polygons.parquet")
+    assert len(polys) == len(table) and not (out / "segments.zarr").exists()
