@@ -42,7 +42,10 @@ def masked_float(image: xr.DataArray) -> xr.DataArray:
         dtype=np.float32,
         meta=np.empty((0, 0, 0), np.float32),
     )
-    return image.copy(data=data)
+    out = image.copy(data=data)
+    # colour features scale by the source dtype's range (uint8 / 255, uint16 / 65535)
+    out.encoding["source_dtype"] = str(image.dtype)
+    return out
 
 
 def valid_mask(image: xr.DataArray) -> xr.DataArray:
