@@ -637,3 +637,16 @@ def test_summary_is_a_flat_rounded_row():
     assert ev.summary(r, decimals=None)["ARI"] == r["class"]["adjusted_rand_index"]
     one = np.zeros((2, 2), int)
     assert ev.summary(ev.measures(table(one, one)))["Cohen's kappa"] is None
+
+
+def test_no_compared_pixel_gives_nan_and_a_user_error():
+    pred = np.array([[1, 2], [3, 4]])
+    truth = np.zeros((2, 2), int)
+    r = ev.measures(table(pred, truth, ignore=[0]))
+    assert r["pixels"]["compared"] == 0
+    for section, key in (("class", "adjusted_rand_index"), ("class", "normalized_mutual_info"),
+                         ("region", "probabilistic_rand_index"),
+                         ("region", "variation_of_information")):
+        assert math.isnan(r[section][key]), key
+    with pytest.raises(InputError, match="every valid pixel has an ignored truth label"):
+        ev.evaluate_rasters(pred, truth, ignore=[0])

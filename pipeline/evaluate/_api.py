@@ -192,6 +192,9 @@ def evaluate_rasters(
     if table.n == 0:
         raise InputError(f"{names[1]}: no pixel is valid in both maps ({table.nodata_pixels} "
                          "nodata); expected overlapping labelled areas")
+    if table.compared().n == 0:
+        raise InputError(f"{names[1]}: every valid pixel has an ignored truth label "
+                         f"({', '.join(map(str, table.ignore))}); expected some labelled pixels")
     return {"pred": names[0], "truth": names[1],
             **measures(table, max_classes=max_classes, iou_threshold=iou_threshold)}
 

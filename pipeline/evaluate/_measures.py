@@ -127,10 +127,12 @@ def normalized_mutual_info(table: ContingencyTable | np.ndarray) -> float:
 
     ``I(T; P) / ((H(T) + H(P)) / 2)``, as scikit-learn's
     ``normalized_mutual_info_score`` (1 when both maps have one label, 0 when the
-    mutual information is 0).
+    mutual information is 0); NaN when no pixel is compared.
     """
     t = _as_table(table)
-    if len(t.truth_labels) == len(t.pred_labels) <= 1:
+    if t.n == 0:
+        return math.nan
+    if len(t.truth_labels) == len(t.pred_labels) == 1:
         return 1.0
     mi = _mutual_info(t)
     if mi == 0.0:
@@ -169,10 +171,12 @@ def adjusted_rand_index(table: ContingencyTable | np.ndarray) -> float:
     -------
     float
         As scikit-learn's ``adjusted_rand_score``: 1 for identical partitions (up to
-        renaming), about 0 for independent ones.
+        renaming), about 0 for independent ones; NaN when no pixel is compared.
     """
     t = _as_table(table)
     sq, sq_t, sq_p, n = _pair_counts(t)
+    if n == 0:
+        return math.nan
     tp = sq - n
     fp = sq_t - sq  # ordered pairs together in the truth only
     fn = sq_p - sq
@@ -195,7 +199,7 @@ def _tables(tables: ContingencyTable | Sequence[ContingencyTable]) -> list[Conti
 def _rand_index(t: ContingencyTable) -> float:
     sq, sq_t, sq_p, n = _pair_counts(t)
     if n < 2:
-        return 1.0
+        return math.nan if n == 0 else 1.0
     disagree = (sq_t + sq_p - 2 * sq) // 2
     return float(1 - disagree / (n * (n - 1) // 2))
 
@@ -205,7 +209,7 @@ def probabilistic_rand_index(tables: ContingencyTable | Sequence[ContingencyTabl
 
     The Rand index of one truth is the fraction of unordered pixel pairs on which the
     maps agree: ``1 - (sum r_i**2 / 2 + sum c_j**2 / 2 - sum n_ij**2) / C(N, 2)``
-    (BSDS500 ``compare_segmentations``), on the compared pixels.
+    (BSDS500 ``compare_segmentations``), on the compared pixels; NaN without any.
     """
     return float(np.mean([_rand_index(t.compared()) for t in _tables(tables)]))
 
@@ -214,7 +218,7 @@ def _voi(t: ContingencyTable) -> tuple[float, float]:
     """(H(pred | truth), H(truth | pred)) in bits."""
     n = float(t.n)
     if n == 0:
-        return 0.0, 0.0
+        return math.nan, math.nan
     joint = _entropy(t.counts, n, np.log2)
     h_t = _entropy(t.truth_sizes(), n, np.log2)
     h_p = _entropy(t.pred_sizes(), n, np.log2)
@@ -229,7 +233,7 @@ def variation_of_information(
     ``VI = H(P | T) + H(T | P)`` with base-2 logarithms (BSDS500), on the compared
     pixels. With ``split=True`` return ``(H(P | T), H(T | P))`` instead: false splits
     (over-segmentation) and false merges (under-segmentation), in the order of
-    scikit-image's ``variation_of_information``.
+    scikit-image's ``variation_of_information``. NaN when no pixel is compared.
     """
     parts = np.array([_voi(t.compared()) for t in _tables(tables)]).mean(axis=0)
     if split:

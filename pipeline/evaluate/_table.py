@@ -36,7 +36,7 @@ _LOW = np.uint64(0xFFFFFFFF)
 _DEFAULT_CHUNK = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ContingencyTable:
     """Sparse counts of (truth label, predicted label) pairs over the valid pixels.
 
@@ -83,6 +83,15 @@ class ContingencyTable:
             Label values that mean "no label".
         pred_nodata, truth_nodata : float, optional
             Values whose pixels are left out of everything.
+
+        Returns
+        -------
+        ContingencyTable
+
+        Raises
+        ------
+        InputError
+            Different shapes, labels that are not whole numbers or do not fit 32 bits.
         """
         pred, truth = np.asarray(pred), np.asarray(truth)
         if pred.shape != truth.shape:
