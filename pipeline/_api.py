@@ -6,7 +6,7 @@ from typing import Any
 
 import xarray as xr
 
-from .cluster import KMeansModel, fit, predict
+from .cluster import ClusterModel, fit, predict
 from .features import compute_features
 from .features._stack import SomeFeatures
 
@@ -19,9 +19,9 @@ def segment(
     k: int = 8,
     *,
     seed: int = 0,
-    sample_size: int = 1_000_000,
+    sample_size: int | None = None,
     **fit_options: Any,
-) -> tuple[xr.DataArray, KMeansModel]:
+) -> tuple[xr.DataArray, ClusterModel]:
     """Features, global fit and lazy labels in one call.
 
     Parameters
@@ -31,13 +31,14 @@ def segment(
     features : sequence
         Feature entries as in the config.
     k, seed, sample_size, **fit_options :
-        Passed to :func:`pipeline.fit` (which computes its sample).
+        Passed to :func:`pipeline.fit` (which computes its sample); ``sample_size``
+        ``None`` takes the method's own default, ``method=`` picks the method.
 
     Returns
     -------
     labels : DataArray, shape (y, x)
         Lazy class map with the image's georeferencing.
-    model : KMeansModel
+    model : ClusterModel
 
     Examples
     --------

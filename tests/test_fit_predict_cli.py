@@ -177,3 +177,13 @@ def test_config_errors_for_the_new_keys(tmp_path, config):
                            ({"linkage": "single"}, "cluster.linkage")]:
         res = _invoke("fit", config(cluster=cluster))
         assert res.exit_code == 2 and match in res.stderr, res.stderr
+
+
+def test_a_shared_config_switches_to_a_method_that_finds_k(tmp_path, config):
+    res = _invoke("fit", config(), "--set", "cluster.method=hdbscan", "-q")
+    assert res.exit_code == 0, res.output
+    res = _invoke("fit", config(), "--set", "cluster.method=meanshift", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert "cluster.k=5 is ignored: method 'meanshift'" in res.stderr
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["method"] == "meanshift"
+    assert not (tmp_path / "out" / "model.npz").exists()  # the hdbscan arrays are gone

@@ -261,3 +261,20 @@ def test_hierarchical_refine_weights_every_pixel_for_any_chunking(scene, truth):
     m = models[0]
     assert m.fit_info["micro_weights_from"] == "every pixel"
     assert m.micro_weights.sum() == (truth != 255).sum() == m.n_valid
+
+
+def test_pruned_nearest_centroid_is_exact():
+    from pipeline.cluster._predict import nearest_centroid_sorted
+
+    rng = np.random.default_rng(7)
+    block = rng.normal(size=(3, 40, 50)).astype(np.float32)
+    block[:, 0, :4] = np.nan
+    for m in (1, 2, 37):
+        cents = rng.normal(size=(m, 3)) * np.array([5.0, 1.0, 0.2])
+        w = rng.uniform(0.5, 2, 3)
+        got = nearest_centroid_sorted(block, cents, w, 255, np.dtype(np.uint8))
+        d = (w[None, :, None, None]
+             * (block[None].astype(np.float64) - cents[:, :, None, None]) ** 2).sum(1)
+        ref = np.argmin(np.nan_to_num(d, nan=np.inf), axis=0).astype(np.uint8)
+        ref[~np.isfinite(block).all(0)] = 255
+        np.testing.assert_array_equal(got, ref)

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import InputError, ModelError
 from ._kmeans import refine_centroids
 from ._model import FittedModel, KMeansModel, register_model
-from ._predict import nearest_centroid
+from ._predict import nearest_centroid_sorted
 from ._training import Sample
 
 __all__ = ["HierarchicalModel", "agglomerate", "cut_tree", "fit_hierarchical", "LINKAGES"]
@@ -181,9 +181,9 @@ class HierarchicalModel(FittedModel):
         return self.to_raw(self._centres)
 
     def predict_block(self, block: np.ndarray) -> np.ndarray:
-        """Nearest micro-centroid, then its class; NaN is nodata."""
-        micro = nearest_centroid(block, self.to_raw(self.micro), self.distance_weights,
-                                 65535, np.dtype(np.uint16))
+        """Nearest micro-centroid (exact, pruned search), then its class; NaN is nodata."""
+        micro = nearest_centroid_sorted(block, self.to_raw(self.micro),
+                                        self.distance_weights, 65535, np.dtype(np.uint16))
         return self._lut[micro]
 
     def cut(self, k: int) -> HierarchicalModel:

@@ -63,7 +63,7 @@ METHODS: Mapping[str, MethodInfo] = {
                    ("linkage", "n_micro", "n_init", "refine"),
                    "agglomeration (ward, average or complete) of MiniBatch K-means "
                    "micro-clusters"),
-        MethodInfo("gmm", 1_000_000, False, False, ("covariance", "n_init", "max_iter", "tol"),
+        MethodInfo("gmm", 200_000, False, False, ("covariance", "n_init", "max_iter", "tol"),
                    "Gaussian mixture (EM); optional per-pixel confidence"),
     )
 }
