@@ -123,9 +123,9 @@ class LabelWriter:
                 tiled=True,
                 blockxsize=_blocksize(height, width),
                 blockysize=_blocksize(height, width),
-                compress="deflate",
-                predictor=2,
-                zlevel=6,
+                # uncompressed while streaming: the COG is encoded once, at the end,
+                # with every core (encoding twice cost a third of the write stage)
+                compress="none",
                 BIGTIFF="IF_SAFER",
             )
             if n_classes is not None:
@@ -176,8 +176,9 @@ class LabelWriter:
     def close(self) -> list[Path]:
         """Finish every output and return their paths.
 
-        The tiled GeoTIFF gets overviews (mode resampling, right for class maps) and is
-        rewritten as a COG in this one process, as GDAL requires.
+        The streamed (uncompressed, tiled) GeoTIFF gets overviews (mode resampling,
+        right for class maps) and is encoded once as a COG (DEFLATE, predictor 2, all
+        cores) in this one process, as GDAL requires; the temporary file is removed.
         """
         outputs: list[Path] = []
         if self._tif is not None:
@@ -207,7 +208,7 @@ class LabelWriter:
 
     @staticmethod
     def _to_cog(src: Path, dst: Path) -> None:
-        with rasterio.open(src, "r+") as ds:
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(src, "r+") as ds:
             factors = []
             f = 2
             while max(ds.width, ds.height) / f >= 256 or not factors:
@@ -228,4 +229,5 @@ class LabelWriter:
             BLOCKSIZE=blocksize,
             OVERVIEWS="FORCE_USE_EXISTING",
             BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
         )
