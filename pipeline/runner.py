@@ -30,6 +30,7 @@ from rasterio.errors import RasterioError
 from .cluster import (
     ELBOW_SAMPLE_SIZE,
     METHODS,
+    SAMPLE_CELL,
     ClusterModel,
     ElbowResult,
     Sample,
@@ -317,11 +318,27 @@ class _Fitted:
     elbow: ElbowResult | None = None
 
 
+def _draw(config: RunConfig, features: xr.DataArray, size: int) -> Sample:
+    """Draw the run's sample (computes).
+
+    With per-pixel features only, the sample is drawn from the same features on the
+    fixed sample-cell grid, so the pass reads only the tiles of the seeded cells (the
+    features are seam-free, so the values, and the sample, are those of ``features``).
+    Neighbourhood features would make each cell read its 8 neighbours: those runs
+    sample from every pixel of ``features``.
+    """
+    c = config.cluster
+    if any(spec.halo for spec in config.features):
+        return draw_sample(features, size, c.seed, cells=False)
+    image = open_image(config.input, chunks=SAMPLE_CELL, nodata=config.nodata)
+    return draw_sample(compute_features(image, config.features), size, c.seed)
+
+
 def _fit_stage(config: RunConfig, features: xr.DataArray) -> _Fitted:
     """Draw the sample, choose k when ``auto``, fit the configured method (computes)."""
     c = config.cluster
     finds_k = METHODS[c.method].finds_k
-    sample = draw_sample(features, c.sample_size, c.seed)
+    sample = _draw(config, features, c.sample_size)
     k: Any = c.k if c.k_given or not finds_k else None
     result = None
     if c.k == "auto" and not finds_k:
@@ -653,7 +670,7 @@ def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
     c = config.cluster
     wanted = list(config.report.comparison if comparison is None else comparison)
     with dask_context(config.compute), _reading(image.attrs["source"]):
-        sample = draw_sample(features, sample_size or ELBOW_SAMPLE_SIZE, c.seed)
+        sample = _draw(config, features, sample_size or ELBOW_SAMPLE_SIZE)
         result = elbow_on(sample, ks, n_init=c.n_init, max_iter=c.max_iter, tol=c.tol)
         panels = [(f"kmeans, k={k}", result.models.get(k) or fit_on(sample, k))
                   for k in wanted]

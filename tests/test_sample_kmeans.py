@@ -37,8 +37,8 @@ _ARR[:, 3:9, 4:7] = np.nan
 @example(cy=5, cx=7, size=5000, seed=2)
 def test_sample_does_not_depend_on_chunking(cy, cx, size, seed):
     with dask.config.set(scheduler="synchronous"):
-        ref, n_ref = sample_pixels(_cube(_ARR, (37, 29)), size, seed).compute()
-        got, n_got = sample_pixels(_cube(_ARR, (cy, cx)), size, seed).compute()
+        ref, n_ref, _ = sample_pixels(_cube(_ARR, (37, 29)), size, seed).compute()
+        got, n_got, _ = sample_pixels(_cube(_ARR, (cy, cx)), size, seed).compute()
     np.testing.assert_array_equal(ref, got)
     assert n_ref == n_got == np.isfinite(_ARR).all(0).sum()
     assert len(ref) == min(size, n_ref)
@@ -50,14 +50,64 @@ def test_sample_is_the_smallest_keys_among_valid_pixels():
     keys = pixel_keys(yy, xx, _ARR.shape[2], seed=9)
     order = np.argsort(keys)[:100]
     expected = _ARR[:, yy[order], xx[order]].T
-    got, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 9).compute(scheduler="synchronous")
+    got, _, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 9).compute(scheduler="synchronous")
     np.testing.assert_array_equal(got, expected.astype(np.float64))
 
 
 def test_sample_seed_changes_the_sample():
-    a, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 1).compute(scheduler="synchronous")
-    b, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 2).compute(scheduler="synchronous")
+    a, _, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 1).compute(scheduler="synchronous")
+    b, _, _ = sample_pixels(_cube(_ARR, (10, 10)), 100, 2).compute(scheduler="synchronous")
     assert not np.array_equal(a, b)
+
+
+_BIG = np.random.default_rng(7).normal(size=(2, 96, 80)).astype(np.float32)
+_BIG[:, 40:50, :] = np.nan
+
+
+@settings(max_examples=15, deadline=None)
+@given(cy=st.integers(3, 96), cx=st.integers(3, 80), seed=st.integers(0, 1000))
+@example(cy=16, cx=16, seed=0)
+@example(cy=96, cx=80, seed=5)
+def test_cell_subset_sample_does_not_depend_on_chunking(cy, cx, seed):
+    kw = dict(cell=16, min_cells=6)
+    with dask.config.set(scheduler="synchronous"):
+        ref = sample_pixels(_cube(_BIG, (96, 80)), 40, seed, **kw).compute()
+        got = sample_pixels(_cube(_BIG, (cy, cx)), 40, seed, **kw).compute()
+    np.testing.assert_array_equal(ref[0], got[0])
+    assert ref[1] == got[1] and ref[2] == got[2] < 1.0
+    assert 0 < len(ref[0]) <= 40
+
+
+def test_cell_subset_reads_only_the_chosen_cells():
+    from pipeline.cluster._sample import _chosen_cells, cell_fraction
+
+    frac = cell_fraction(96, 80, 40, 16, 6)
+    chosen = _chosen_cells(96, 80, frac, 3, 16)
+    assert 0 < chosen.sum() < chosen.size
+    graph = sample_pixels(_cube(_BIG, (16, 16)), 40, 3, cell=16, min_cells=6)
+    read = {k[1:] for k in dict(graph.__dask_graph__()) if isinstance(k, tuple)
+            and str(k[0]).startswith("array")}
+    assert read == {(0, int(i), int(j)) for i, j in zip(*np.nonzero(chosen), strict=True)}
+    # every sampled pixel lies in a chosen cell
+    x, n_valid, fraction = graph.compute(scheduler="synchronous")
+    yy, xx = np.nonzero(np.isfinite(_BIG).all(0) & np.kron(chosen, np.ones((16, 16), bool)))
+    assert n_valid == len(yy)
+    rows = {tuple(r) for r in _BIG[:, yy, xx].T.astype(np.float64)}
+    assert {tuple(r) for r in x} <= rows
+
+
+def test_sparse_image_falls_back_to_every_cell():
+    from pipeline.cluster._training import draw_sample
+
+    sparse = np.full((1, 96, 80), np.nan, np.float32)
+    sparse[0, 90, 70] = 1.0
+    s = draw_sample(_cube(sparse, (16, 16)), 10, 0)
+    assert len(s) == 1 and s.n_valid == 1
+    # 2 % valid: one pass yields too few candidates, the second pass yields `size`
+    sparse[0, ::7, ::7] = 2.0
+    n = int(np.isfinite(sparse).sum())
+    s = draw_sample(_cube(sparse, (16, 16)), 60, 0)
+    assert s.n_valid == n and len(s) == 60
 
 
 def test_nearest_centroid_kernel_matches_numpy():
@@ -86,7 +136,7 @@ def _check_inertia_against_sklearn(image):
     model = pipeline.fit(feats, k=8, seed=0, sample_size=20000)
     from pipeline.cluster._sample import sample_pixels as sp
 
-    sample, _ = sp(feats, 20000, 0).compute()
+    sample, _, _ = sp(feats, 20000, 0).compute()
     xs = (sample - model.mean) / model.scale
     ours = _inertia(xs, model.centroids)
     ref = KMeans(n_clusters=8, n_init=4, random_state=0).fit(xs).inertia_

@@ -41,6 +41,7 @@ _WHERE = {
     "KMeansModel": "_model",
     "load_model": "_model",
     "nearest_centroid": "_predict",
+    "SAMPLE_CELL": "_sample",
     "pixel_keys": "_sample",
     "sample_pixels": "_sample",
     "Sample": "_training",
@@ -58,6 +59,7 @@ __all__ = [
     "KMeansModel",
     "METHODS",
     "MeanShiftModel",
+    "SAMPLE_CELL",
     "MethodInfo",
     "Sample",
     "agglomerate",
@@ -97,7 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._methods import METHODS, MethodInfo, method_info, method_options
     from ._model import ClusterModel, KMeansModel, load_model
     from ._predict import nearest_centroid
-    from ._sample import pixel_keys, sample_pixels
+    from ._sample import SAMPLE_CELL, pixel_keys, sample_pixels
     from ._training import Sample, draw_sample
 
 

@@ -5,6 +5,13 @@ Every pixel gets a 64-bit key from a counter-based hash of its global index
 scikit-learn have no counter-based generator usable per block). The sample is the
 ``size`` valid pixels with the smallest keys: a uniform sample without replacement that
 does not depend on the chunking or the number of workers, drawn in one pass.
+
+On large images the pass reads only a seeded subset of *sample cells*: squares of
+``SAMPLE_CELL`` pixels on a fixed global grid, chosen by a hash of the cell index and
+the seed, enough of them to hold about ``COVER * size`` pixels and at least
+``MIN_CELLS`` cells (spread over the whole image). Cells are defined globally, so the
+sample still does not depend on the chunking; with chunks aligned to the cell grid
+(``open_image(..., chunks=SAMPLE_CELL)``) only the chosen cells' tiles are read.
 """
 
 from __future__ import annotations
@@ -14,11 +21,19 @@ import numba
 import numpy as np
 import xarray as xr
 
-__all__ = ["sample_pixels", "pixel_keys", "OVERSAMPLE"]
+__all__ = ["sample_pixels", "pixel_keys", "cell_fraction", "OVERSAMPLE", "SAMPLE_CELL",
+           "COVER", "MIN_CELLS"]
 
 #: Blocks return the pixels whose key falls below ``OVERSAMPLE * size / n_pixels`` of
-#: the key range, so an image at least ``1 / OVERSAMPLE`` valid yields a full sample.
+#: the key range (pixels of the sampled cells), so an image at least
+#: ``1 / OVERSAMPLE`` valid yields a full sample.
 OVERSAMPLE = 4.0
+#: Side of the sample cells, in pixels (a multiple of the usual 256/512 tiles).
+SAMPLE_CELL = 512
+#: The sampled cells hold about ``COVER * size`` pixels ...
+COVER = 8.0
+#: ... and are at least this many, so the sample covers the whole image.
+MIN_CELLS = 64
 
 _U = np.uint64
 
@@ -32,7 +47,7 @@ def _splitmix64(x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _select(block, y0, x0, width, seed_key, threshold):  # pragma: no cover - compiled
+def _select(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):  # pragma: no cover
     nf, h, w = block.shape
     n = 0
     valid = 0
@@ -41,6 +56,8 @@ def _select(block, y0, x0, width, seed_key, threshold):  # pragma: no cover - co
     gidx = np.empty(h * w, dtype=np.int64)
     for i in range(h):
         for j in range(w):
+            if not cells[(y0 + i) // cell - cy0, (x0 + j) // cell - cx0]:
+                continue
             ok = True
             for f in range(nf):
                 if not np.isfinite(block[f, i, j]):
@@ -74,8 +91,32 @@ def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarra
     return out
 
 
-def _select_block(block, y0, x0, width, seed_key, threshold):
-    return _select(np.ascontiguousarray(block), y0, x0, width, seed_key, threshold)
+def _select_block(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):
+    return _select(np.ascontiguousarray(block), y0, x0, width, seed_key, threshold,
+                   cells, cy0, cx0, cell)
+
+
+def _with_fraction(merged, fraction):
+    return (*merged, fraction)
+
+
+def cell_fraction(height: int, width: int, size: int, cell: int = SAMPLE_CELL,
+                  min_cells: int = MIN_CELLS) -> float:
+    """Fraction of sample cells the pass reads for a ``size``-pixel sample (1: all)."""
+    n_pixels = max(height * width, 1)
+    n_cells = -(-height // cell) * -(-width // cell)
+    return min(1.0, max(COVER * size / n_pixels, min_cells / n_cells))
+
+
+def _chosen_cells(height: int, width: int, fraction: float, seed: int,
+                  cell: int = SAMPLE_CELL) -> np.ndarray:
+    """Boolean grid of the sample cells chosen for ``seed`` (all when fraction is 1)."""
+    ny, nx = -(-height // cell), -(-width // cell)
+    if fraction >= 1.0:
+        return np.ones((ny, nx), dtype=bool)
+    cell_seed = _U(_splitmix64(_U(seed) ^ _U(0x5EED5A3D1E5C0DE5)))
+    keys = pixel_keys(*np.indices((ny, nx)).reshape(2, -1), nx, int(cell_seed))
+    return (keys <= _U(int(fraction * 2.0**64))).reshape(ny, nx)
 
 
 def _merge(parts, size, n_features):
@@ -95,7 +136,9 @@ def _merge(parts, size, n_features):
     return rows[order].astype(np.float64), int(valid)
 
 
-def sample_pixels(features: xr.DataArray, size: int, seed: int):
+def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool = True,
+                  cell: int = SAMPLE_CELL, min_cells: int = MIN_CELLS,
+                  valid_hint: float | None = None):
     """Build the lazy sample of valid pixels.
 
     Parameters
@@ -105,17 +148,28 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int):
     size : int
         Maximum number of pixels in the sample.
     seed : int
-        Seed of the pixel keys.
+        Seed of the pixel keys and of the sample cells.
+    cells : bool
+        Read only a seeded subset of sample cells on large images (see the module
+        notes); ``False`` samples from every pixel.
+    cell, min_cells : int
+        Side of the sample cells and their minimum number.
+    valid_hint : float, optional
+        Expected number of valid pixels among those read (from an earlier pass): sets
+        the key threshold so that sparse images still yield ``size`` pixels.
 
     Returns
     -------
     dask.delayed.Delayed
-        Computes to ``(sample, n_valid)``: ``sample`` is float64 ``(n, feature)`` in
-        key order (random, chunking-independent) with ``n <= size``, and ``n_valid``
-        the exact number of valid pixels in the image.
+        Computes to ``(sample, n_valid, fraction)``: ``sample`` is float64
+        ``(n, feature)`` in key order (random, chunking-independent) with
+        ``n <= size``; ``n_valid`` the exact number of valid pixels in the cells read,
+        and ``fraction`` the fraction of cells read (1.0: the whole image).
     """
     nf, height, width = features.shape
-    n_pixels = height * width
+    cfrac = cell_fraction(height, width, size, cell, min_cells) if cells else 1.0
+    chosen = _chosen_cells(height, width, cfrac, seed, cell)
+    n_pixels = valid_hint if valid_hint else height * width * cfrac
     fraction = min(1.0, OVERSAMPLE * size / max(n_pixels, 1))
     threshold = _U(np.iinfo(np.uint64).max) if fraction >= 1.0 else _U(int(fraction * 2.0**64))
     seed_key = _U(_splitmix64(_U(seed)))
@@ -125,8 +179,15 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int):
     xstarts = np.concatenate([[0], np.cumsum(data.chunks[2])[:-1]])
     select = dask.delayed(_select_block, pure=True, nout=4)
     parts = []
-    for i, y0 in enumerate(ystarts):
-        for j, x0 in enumerate(xstarts):
+    for i, (y0, h) in enumerate(zip(ystarts, data.chunks[1], strict=True)):
+        for j, (x0, w) in enumerate(zip(xstarts, data.chunks[2], strict=True)):
+            cy0, cy1 = int(y0) // cell, (int(y0) + h - 1) // cell + 1
+            cx0, cx1 = int(x0) // cell, (int(x0) + w - 1) // cell + 1
+            mask = chosen[cy0:cy1, cx0:cx1]
+            if not mask.any():  # no task: this block is never read
+                continue
             parts.append(dask.delayed(tuple)(
-                select(blocks[0, i, j], int(y0), int(x0), width, seed_key, threshold)))
-    return dask.delayed(_merge, pure=True)(parts, size, nf)
+                select(blocks[0, i, j], int(y0), int(x0), width, seed_key, threshold,
+                       np.ascontiguousarray(mask), cy0, cx0, cell)))
+    merged = dask.delayed(_merge, pure=True)(parts, size, nf)
+    return dask.delayed(_with_fraction, pure=True)(merged, cfrac)

@@ -27,7 +27,8 @@ class Sample:
     x : ndarray, shape (n, feature), float64
         Raw feature values of the sampled pixels.
     n_valid : int
-        Valid pixels in the whole image.
+        Valid pixels in the part of the image the sample pass read: the whole image,
+        unless it read a subset of sample cells.
     feature_names : list of str
     scaled : ndarray, shape (feature,), bool
         Which features are standardised.
@@ -117,8 +118,9 @@ class Sample:
             )
 
 
-def draw_sample(features: xr.DataArray, size: int, seed: int) -> Sample:
-    """Draw the seeded sample of a feature cube (computes: one pass over the image).
+def draw_sample(features: xr.DataArray, size: int, seed: int, *, cells: bool = True
+                ) -> Sample:
+    """Draw the seeded sample of a feature cube (computes: at most one pass).
 
     Parameters
     ----------
@@ -128,13 +130,23 @@ def draw_sample(features: xr.DataArray, size: int, seed: int) -> Sample:
         Maximum number of valid pixels.
     seed : int
         Seed of the sampling keys.
+    cells : bool
+        On large images, read only a seeded subset of sample cells (see
+        :mod:`pipeline.cluster._sample`). If the pass yields fewer than ``size``
+        pixels while more valid pixels exist (a sparse image, or sparse cells), the
+        sample is drawn again from every pixel with a key threshold set from the
+        valid-pixel count just measured: at most two passes.
 
     Returns
     -------
     Sample
         The same for any chunking and any number of workers.
     """
-    x, n_valid = sample_pixels(features, size, seed).compute()
+    x, n_valid, fraction = sample_pixels(features, size, seed, cells=cells).compute()
+    if len(x) < size and (fraction < 1.0 or n_valid > len(x)):
+        hint = n_valid / fraction if n_valid else None
+        x, n_valid, fraction = sample_pixels(features, size, seed, cells=False,
+                                             valid_hint=hint).compute()
     specs = features.attrs.get("features", [])
     scaled = (np.asarray(features["scale"].values, dtype=bool) if "scale" in features.coords
               else np.ones(features.shape[0], bool))
