@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
-from sklearn.cluster import DBSCAN, HDBSCAN
 from threadpoolctl import threadpool_limits
 
 from ..errors import InputError
@@ -175,6 +174,7 @@ def fit_dbscan(
     InputError
         Too few pixels, or no cluster found.
     """
+    from sklearn.cluster import DBSCAN
     mean, scale, xs = sample.standardised()
     ms = min_samples or default_min_samples(xs.shape[1])
     sample.require(ms, f"min_samples={ms}")
@@ -236,6 +236,7 @@ def fit_hdbscan(
     InputError
         Too few pixels, or no cluster found.
     """
+    from sklearn.cluster import HDBSCAN
     mean, scale, xs = sample.standardised()
     ms = min_samples or default_min_samples(xs.shape[1])
     mcs = min_cluster_size or max(5, len(xs) // 200)

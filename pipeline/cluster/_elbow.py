@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
 from ._kmeans import _order, fit_sample
@@ -159,6 +158,7 @@ def elbow_on(
     -------
     ElbowResult
     """
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 2:
         raise ValueError(f"elbow: expected values of k >= 2, got {ks}")

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from ._model import FittedModel, register_model
@@ -137,6 +135,8 @@ def fit_gmm(
         ``fit_info`` records convergence, iterations, the lower bound and the BIC on
         the sample.
     """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
     if k < 2:
         raise ValueError(f"cluster.k: expected at least 2 clusters, got {k}")
     if covariance not in COVARIANCES:

@@ -17,8 +17,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
-from sklearn.cluster import MiniBatchKMeans
-from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from ..errors import InputError, ModelError
@@ -250,6 +248,8 @@ def fit_hierarchical(
         If the sample has fewer pixels than ``n_micro``, or fewer distinct
         micro-clusters than ``k``.
     """
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.exceptions import ConvergenceWarning
     if k < 2:
         raise ValueError(f"cluster.k: expected at least 2 clusters, got {k}")
     if not 2 <= n_micro <= 1024:

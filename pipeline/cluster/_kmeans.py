@@ -13,8 +13,6 @@ import dask
 import numba
 import numpy as np
 import xarray as xr
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from ._model import ClusterModel, KMeansModel
@@ -72,6 +70,8 @@ def fit_sample(
     n_iter : int
         Lloyd iterations run.
     """
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         coarse = KMeans(

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.cluster import MeanShift, estimate_bandwidth
 from threadpoolctl import threadpool_limits
 
 from ..errors import InputError
@@ -99,6 +98,7 @@ def fit_meanshift(
         If the image has no valid pixel, or the bandwidth is too small to hold any
         sampled pixel.
     """
+    from sklearn.cluster import MeanShift, estimate_bandwidth
     sample.require(1, "mean shift")
     mean, scale, xs = sample.standardised()
     n = len(xs)
