@@ -16,6 +16,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,7 +348,11 @@ def _fit_stage(config: RunConfig, features: xr.DataArray) -> _Fitted:
                           max_iter=c.max_iter, tol=c.tol)
         k = result.k
         log.info("k = %d, chosen by %s over k = %d..%d", k, result.chosen_by, *c.k_range)
-    model = fit_on(sample, k, method=c.method, features=features, **c.fit_options())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model = fit_on(sample, k, method=c.method, features=features, **c.fit_options())
+    for w in caught:  # one log line each (e.g. "cluster.k=5 is ignored: ...")
+        log.warning("%s", w.message)
     return _Fitted(model, sample, result)
 
 
@@ -382,8 +387,6 @@ def _overview(config: RunConfig, image: xr.DataArray, size: int) -> xr.DataArray
     A single GDAL raster is read with ``out_shape``, so GDAL uses its overviews when
     it has them; other inputs (mosaics, Zarr) are read chunk by chunk and strided.
     """
-    import warnings
-
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.errors import NotGeoreferencedWarning
@@ -418,7 +421,7 @@ def _comparison_models(config: RunConfig, fitted: _Fitted) -> list[tuple[str, Cl
     loaded models are only cut.
     """
     model, c = fitted.model, config.cluster
-    panels = [(f"{model.method}, k={model.k}", model)]
+    panels = [(f"{model.method}, k={model.k} (labels.tif)", model)]
     for k in config.report.comparison:
         if k == model.k:
             continue

@@ -155,3 +155,8 @@ def test_errors():
     index = resolve_segments(tasks, *dask.compute(tasks.pieces, tasks.joins))
     with pytest.raises(ValueError, match="no adjacency"):
         merge_small_segments(index, 4)
+    tasks = segment_tasks(lab, min_pixels=3)
+    index = resolve_segments(tasks, *dask.compute(tasks.pieces, tasks.joins))
+    with pytest.raises(ValueError, match="collected for min_pixels=3"):
+        merge_small_segments(index, 4)
+    assert merge_small_segments(index, 2).n_segments == 1

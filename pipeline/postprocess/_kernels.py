@@ -207,3 +207,108 @@ def _min_by_group(group, n, values):  # pragma: no cover - compiled
     for i in range(group.size):
         out[group[i]] = min(out[group[i]], values[i])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _contacts(lab, count, conn8, min_pixels, lo, hi, length, fill):  # pragma: no cover
+    """Count (``fill`` false) or write the contacts of :func:`_contact_kernel`."""
+    h, w = lab.shape
+    offs = ((0, 1, 1), (1, 0, 1), (1, 1, 0), (1, -1, 0))  # (di, dj, side length)
+    nrel = 4 if conn8 else 2
+    m = 0
+    for i in range(h):
+        for j in range(w):
+            p = lab[i, j]
+            if p == 0:
+                continue
+            for r in range(nrel):
+                di, dj, side = offs[r]
+                ii = i + di
+                jj = j + dj
+                if ii >= h or jj < 0 or jj >= w:
+                    continue
+                q = lab[ii, jj]
+                if q == 0 or q == p:
+                    continue
+                if count[p - 1] >= min_pixels and count[q - 1] >= min_pixels:
+                    continue
+                if fill:
+                    lo[m] = min(p, q)
+                    hi[m] = max(p, q)
+                    length[m] = side
+                m += 1
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _contact_kernel(lab, count, conn8, min_pixels):  # pragma: no cover - compiled
+    """Every contact of two different pieces of a block, one of them small.
+
+    Returns ``(lo, hi, length)`` per touching pixel pair (``lo < hi``): length 1 for a
+    side, 0 for a corner (8-connectivity). Within a block, touching pixels of one class
+    share a label, so two labels that touch belong to two classes.
+    """
+    # int32 labels and int8 lengths: at most 4 contacts per pixel, 36 bytes per pixel
+    m = _contacts(lab, count, conn8, min_pixels, np.empty(0, dtype=np.int32),
+                  np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int8), False)
+    lo = np.empty(m, dtype=np.int32)
+    hi = np.empty(m, dtype=np.int32)
+    length = np.empty(m, dtype=np.int8)
+    _contacts(lab, count, conn8, min_pixels, lo, hi, length, True)
+    return lo, hi, length
+
+
+@numba.njit(cache=True, nogil=True)
+def _combine_kernel(lo, hi, length, n):  # pragma: no cover - compiled
+    """Merge duplicate pairs and sum their lengths, sorted by (lo, hi), in linear time.
+
+    ``lo < hi``, both in ``1..n``: a counting sort by ``lo`` makes short buckets, in
+    which a position table finds the duplicates; buckets are then sorted by ``hi``.
+    """
+    m = lo.size
+    ptr = np.zeros(n + 2, dtype=np.int64)
+    for e in range(m):
+        ptr[lo[e] + 1] += 1
+    for i in range(n + 1):
+        ptr[i + 1] += ptr[i]
+    fill = ptr.copy()
+    bucket_hi = np.empty(m, dtype=np.int64)
+    bucket_len = np.empty(m, dtype=np.int64)
+    for e in range(m):
+        k = fill[lo[e]]
+        bucket_hi[k] = hi[e]
+        bucket_len[k] = length[e]
+        fill[lo[e]] += 1
+    pos = np.full(n + 1, -1, dtype=np.int64)
+    out_a = np.empty(m, dtype=np.int64)
+    out_b = np.empty(m, dtype=np.int64)
+    out_l = np.empty(m, dtype=np.int64)
+    k = 0
+    for a in range(1, n + 1):
+        start = k
+        for e in range(ptr[a], ptr[a + 1]):
+            b = bucket_hi[e]
+            if pos[b] < start:  # first time in this bucket
+                pos[b] = k
+                out_a[k] = a
+                out_b[k] = b
+                out_l[k] = bucket_len[e]
+                k += 1
+            else:
+                out_l[pos[b]] += bucket_len[e]
+        if k - start > 16:
+            order = np.argsort(out_b[start:k])
+            out_b[start:k] = out_b[start:k][order]
+            out_l[start:k] = out_l[start:k][order]
+        else:  # short bucket: insertion sort
+            for i in range(start + 1, k):
+                vb = out_b[i]
+                vl = out_l[i]
+                j = i - 1
+                while j >= start and out_b[j] > vb:
+                    out_b[j + 1] = out_b[j]
+                    out_l[j + 1] = out_l[j]
+                    j -= 1
+                out_b[j + 1] = vb
+                out_l[j + 1] = vl
+    return out_a[:k], out_b[:k], out_l[:k]

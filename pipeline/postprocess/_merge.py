@@ -8,7 +8,6 @@ the same merges. The rasters are then relabelled lazily with the composed tables
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numba
@@ -61,13 +60,20 @@ def _mean_dist(hi, lo, count, g, h):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_kernel(count, hi, lo, ptr, nbr, blen, small, min_pixels):  # pragma: no cover
+def _merge_kernel(count, hi, lo, ptr, nbr, blen, small, min_pixels,  # pragma: no cover
+                  levels):
     """Merge small groups, smallest first (ties: lowest ID), into the closest neighbour.
 
     ``parent`` is a union-find forest whose roots are the groups; a group is named by
     the segment that the others merged into. Only small segments have adjacency rows
     (``ptr``/``nbr``/``blen``, CSR); a small group's members are all small segments,
     so its neighbours are found by walking its members' rows.
+
+    The queue is a bucket queue by size: a merged group is larger than the group just
+    taken, so it only ever enters a later bucket, and each bucket is sorted by ID when
+    its turn comes. ``small`` lists the small segments in ascending index order;
+    ``levels`` bounds the size of a small group (their total size + 1, at most
+    ``min_pixels``).
     """
     n = count.size
     parent = np.arange(n)
@@ -76,50 +82,74 @@ def _merge_kernel(count, hi, lo, ptr, nbr, blen, small, min_pixels):  # pragma: 
     stamp = np.full(n, -1, dtype=np.int64)
     acc = np.zeros(n, dtype=np.int64)
     touched = np.empty(n, dtype=np.int64)
-    heap = [(count[0], np.int64(0)) for _ in range(0)]
-    for i in small:  # sorted by (size, index): already a heap
-        heap.append((count[i], i))
+    # bucket s holds the groups of size s, as linked lists of queue entries; every merge
+    # adds at most one entry, so 2 * len(small) entries are enough
+    head = np.full(levels, -1, dtype=np.int64)
+    entry_id = np.empty(2 * small.size + 1, dtype=np.int64)
+    entry_next = np.empty(2 * small.size + 1, dtype=np.int64)
+    n_entries = 0
+    for i in small:
+        entry_id[n_entries] = i
+        entry_next[n_entries] = head[count[i]]
+        head[count[i]] = n_entries
+        n_entries += 1
     it = 0
-    while len(heap) > 0:
-        c, g = heapq.heappop(heap)
-        if parent[g] != g or count[g] != c:
-            continue  # stale entry: merged away, or grown since it was pushed
-        it += 1
-        nt = 0
-        m = g
-        while m != -1:
-            for e in range(ptr[m], ptr[m + 1]):
-                h = _find(parent, nbr[e])
-                if h == g:
-                    continue
-                if stamp[h] != it:
-                    stamp[h] = it
-                    acc[h] = 0
-                    touched[nt] = h
-                    nt += 1
-                acc[h] += blen[e]
-            m = nxt[m]
-        if nt == 0:
-            continue  # no neighbour: it stays small
-        best = -1
-        best_d = 0.0
-        for t in range(nt):
-            h = touched[t]
-            d = _mean_dist(hi, lo, count, g, h)
-            if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
-                    or (d == best_d and acc[h] == acc[best] and h < best)):
-                best = h
-                best_d = d
-        parent[g] = best
-        count[best] += count[g]
-        for f in range(hi.shape[1]):
-            s = lo[best, f] + lo[g, f]
-            hi[best, f] += hi[g, f] + (s >> 32)
-            lo[best, f] = s & 0xFFFFFFFF
-        nxt[tail[best]] = g
-        tail[best] = tail[g]
-        if count[best] < min_pixels:
-            heapq.heappush(heap, (count[best], best))
+    for size in range(1, levels):
+        k = 0
+        e = head[size]
+        while e != -1:
+            k += 1
+            e = entry_next[e]
+        ids = np.empty(k, dtype=np.int64)
+        k = 0
+        e = head[size]
+        while e != -1:
+            ids[k] = entry_id[e]
+            k += 1
+            e = entry_next[e]
+        ids.sort()
+        for g in ids:
+            if parent[g] != g or count[g] != size:
+                continue  # merged away, or grown since it was queued
+            it += 1
+            nt = 0
+            m = g
+            while m != -1:
+                for e in range(ptr[m], ptr[m + 1]):
+                    h = _find(parent, nbr[e])
+                    if h == g:
+                        continue
+                    if stamp[h] != it:
+                        stamp[h] = it
+                        acc[h] = 0
+                        touched[nt] = h
+                        nt += 1
+                    acc[h] += blen[e]
+                m = nxt[m]
+            if nt == 0:
+                continue  # no neighbour: it stays small
+            best = -1
+            best_d = 0.0
+            for t in range(nt):
+                h = touched[t]
+                d = _mean_dist(hi, lo, count, g, h)
+                if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
+                        or (d == best_d and acc[h] == acc[best] and h < best)):
+                    best = h
+                    best_d = d
+            parent[g] = best
+            count[best] += count[g]
+            for f in range(hi.shape[1]):
+                s = lo[best, f] + lo[g, f]
+                hi[best, f] += hi[g, f] + (s >> 32)
+                lo[best, f] = s & 0xFFFFFFFF
+            nxt[tail[best]] = g
+            tail[best] = tail[g]
+            if count[best] < min_pixels:  # larger than size: a later bucket
+                entry_id[n_entries] = best
+                entry_next[n_entries] = head[count[best]]
+                head[count[best]] = n_entries
+                n_entries += 1
     for i in range(n):
         parent[i] = _find(parent, i)
     return parent
@@ -162,6 +192,9 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
         raise ValueError("the index has no adjacency: pass min_pixels to segment_tasks")
     if min_pixels < 1:
         raise ValueError(f"min_pixels must be >= 1, got {min_pixels!r}")
+    if index.min_pixels is not None and min_pixels > index.min_pixels:
+        raise ValueError(f"the adjacency was collected for min_pixels={index.min_pixels}; "
+                         f"pass at least {min_pixels} to segment_tasks")
     stats = index.stats
     n = len(stats)
     a, b, length = (np.asarray(x, dtype=np.int64) for x in index.edges)
@@ -177,10 +210,9 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
     count = stats.count.astype(np.int64, copy=True)
     hi = np.ascontiguousarray(stats.hi, dtype=np.int64).copy()
     lo = np.ascontiguousarray(stats.lo, dtype=np.int64).copy()
-    # the heap of small segments, (size, index): a sorted list is a valid heap
-    ids = np.flatnonzero(small)
-    ids = ids[np.lexsort((ids, count[ids]))]
-    parent = _merge_kernel(count, hi, lo, ptr, dst, blen, ids.astype(np.int64), min_pixels)
+    ids = np.flatnonzero(small).astype(np.int64)
+    levels = int(min(min_pixels, count[ids].sum() + 1))
+    parent = _merge_kernel(count, hi, lo, ptr, dst, blen, ids, int(min_pixels), levels)
     # a group is numbered by its first pixel: the lowest ID among its members
     roots = np.flatnonzero(parent == np.arange(n))
     group_min = _min_by_group(parent, n, np.arange(n, dtype=np.int64))

@@ -35,6 +35,8 @@ from scipy.sparse.csgraph import connected_components
 
 from ._kernels import (
     FIXED_POINT_BITS,
+    _combine_kernel,
+    _contact_kernel,
     _min_by_group,
     _piece_kernel,
     _reduce_kernel,
@@ -122,48 +124,32 @@ class Joins(NamedTuple):
     edge_len: np.ndarray
 
 
-def _combine_pairs(a: np.ndarray, b: np.ndarray, length: np.ndarray
+def _combine_pairs(a: np.ndarray, b: np.ndarray, length: np.ndarray, n: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Order each pair (min, max), merge duplicates, sum their lengths."""
-    lo = np.minimum(a, b)
-    hi = np.maximum(a, b)
+    """Order each pair (min, max), merge duplicates, sum their lengths; sorted output.
+
+    With ``n`` (every value in ``1..n``), a linear-time counting sort; else a sort of
+    the pairs (for piece keys, which are not dense).
+    """
+    if n is not None and a.size:
+        return _combine_kernel(np.minimum(a, b), np.maximum(a, b), length, int(n))
+    lo = np.minimum(a, b).astype(np.int64, copy=False)
+    hi = np.maximum(a, b).astype(np.int64, copy=False)
+    length = length.astype(np.int64, copy=False)
     if lo.size == 0:
-        return lo, hi, length.astype(np.int64)
-    top = int(hi.max()) + 1
-    if int(lo.max()) < (2**62) // top:  # one int64 key sorts faster than two
-        order = np.argsort(lo * top + hi)  # equal keys are summed: any order will do
-    else:
-        order = np.lexsort((hi, lo))
+        return lo, hi, length
+    order = np.lexsort((hi, lo))
     lo, hi, length = lo[order], hi[order], length[order]
     start = np.ones(lo.size, dtype=bool)
     start[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
     idx = np.flatnonzero(start)
-    return lo[idx], hi[idx], np.add.reduceat(length.astype(np.int64), idx)
-
-
-def _neighbour_views(lab: np.ndarray, conn8: bool) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Pairs of views (p, q, border length) over every neighbour pair of a block."""
-    views = [(lab[:, :-1], lab[:, 1:], 1), (lab[:-1, :], lab[1:, :], 1)]
-    if conn8:
-        views += [(lab[:-1, :-1], lab[1:, 1:], 0), (lab[:-1, 1:], lab[1:, :-1], 0)]
-    return views
+    return lo[idx], hi[idx], np.add.reduceat(length, idx)
 
 
 def _interior_edges(lab: np.ndarray, count: np.ndarray, conn8: bool, min_pixels: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    parts_a, parts_b, parts_len = [], [], []
-    for p, q, length in _neighbour_views(lab, conn8):
-        # within a chunk, touching pixels of one class share a label: a != b means
-        # two different segments (of two different classes)
-        m = (p != q) & (p > 0) & (q > 0)
-        a = p[m].astype(np.int64)
-        b = q[m].astype(np.int64)
-        small = (count[a - 1] < min_pixels) | (count[b - 1] < min_pixels)
-        parts_a.append(a[small])
-        parts_b.append(b[small])
-        parts_len.append(np.full(int(small.sum()), length, dtype=np.int64))
-    a, b, length = _combine_pairs(np.concatenate(parts_a), np.concatenate(parts_b),
-                                  np.concatenate(parts_len))
+    lo, hi, length = _contact_kernel(lab, count, conn8, min_pixels)
+    a, b, length = _combine_pairs(lo, hi, length, count.size)
     return a.astype(np.int32), b.astype(np.int32), length.astype(np.int32)
 
 
@@ -425,6 +411,8 @@ class SegmentIndex:
         pixel pairs; 0 for a corner contact). ``None`` without ``min_pixels``.
     chunks : tuple of tuple of int
     connectivity : int
+    min_pixels : int or None
+        The size the adjacency was collected for.
     """
 
     stats: SegmentStats
@@ -432,6 +420,7 @@ class SegmentIndex:
     edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(repr=False)
     chunks: tuple[tuple[int, ...], tuple[int, ...]]
     connectivity: int
+    min_pixels: int | None = None
 
     @property
     def n_segments(self) -> int:
@@ -505,9 +494,9 @@ def resolve_segments(
         a, b, length = np.concatenate(ea), np.concatenate(eb), np.concatenate(el)
         # only contacts of a segment smaller than min_pixels matter to the merge
         keep = (stats.count[a - 1] < tasks.min_pixels) | (stats.count[b - 1] < tasks.min_pixels)
-        edges = _combine_pairs(a[keep], b[keep], length[keep])
+        edges = _combine_pairs(a[keep], b[keep], length[keep], len(stats))
     return SegmentIndex(stats=stats, luts=luts, edges=edges, chunks=tasks.chunks,
-                        connectivity=tasks.connectivity)
+                        connectivity=tasks.connectivity, min_pixels=tasks.min_pixels)
 
 
 # ---------------------------------------------------------------------------------
