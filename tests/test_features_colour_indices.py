@@ -118,11 +118,22 @@ def test_colour_values_above_full_scale_are_clipped():
     assert np.nanmax(got[0]) <= 100.0 + 1e-4
 
 
-def test_colour_needs_max_when_the_input_type_is_unknown():
-    with pytest.raises(ConfigError, match="max"):
-        compute_features(_image(_U8, dtype_known=False), ["lab"])
+def test_colour_scales_in_memory_arrays_by_their_own_dtype():
+    # masked_float records the source dtype, so an in-memory uint8 array without any
+    # encoding is scaled like a uint8 file (/255), and an explicit max still wins
+    plain = _compute(["lab"], (8, 9), dtype_known=False)
+    np.testing.assert_array_equal(plain, _compute(["lab"], (8, 9)))
     got = _compute([{"lab": {"max": 255}}], (8, 9), dtype_known=False)
-    np.testing.assert_array_equal(got, _compute(["lab"], (8, 9)))
+    np.testing.assert_array_equal(got, plain)
+
+
+def test_colour_needs_max_when_the_source_type_is_unknown():
+    from pipeline.features._colour import lab
+
+    image = _image(_U8, dtype_known=False).astype(np.float32)  # no record of the source
+    spec = FeatureSpec.parse("lab")
+    with pytest.raises(ConfigError, match="max"):
+        lab(image, spec.params)
 
 
 def test_colour_band_out_of_range_is_a_config_error():
