@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 from pydantic import Field
-from skimage import color
-from skimage.color.colorconv import xyz_from_rgb
 
 from ._common import band_indices, per_pixel, value_range, wrap
 from ._registry import FeatureParams, register
@@ -57,6 +55,9 @@ def _rgb2lab(rgb: np.ndarray) -> np.ndarray:
     element-wise operations, give each pixel the same bits in any block; ``xyz2lab``
     is element-wise already.
     """
+    from skimage import color  # imported here: scikit-image costs ~1 s at start-up
+    from skimage.color.colorconv import xyz_from_rgb
+
     lin = rgb.copy()
     mask = lin > 0.04045
     lin[mask] = np.power((lin[mask] + 0.055) / 1.055, 2.4)
@@ -73,6 +74,8 @@ def _lab_block(block: np.ndarray, idx: list[int], vmax: float) -> np.ndarray:
 
 
 def _hsv_block(block: np.ndarray, idx: list[int], vmax: float) -> np.ndarray:
+    from skimage import color
+
     rgb, bad = _rgb_unit(block, idx, vmax)
     return _channels_first(color.rgb2hsv(rgb), bad)
 
