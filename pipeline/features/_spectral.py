@@ -47,6 +47,8 @@ def bands(image: xr.DataArray, params: BandsParams) -> xr.DataArray:
             f"features: bands: band {bad[0]} does not exist; expected 1-based numbers "
             f"from 1 to {count}"
         )
-    out = image.isel(band=[n - 1 for n in numbers])
+    # selecting every band in order would copy each block for nothing
+    every = numbers == list(range(1, count + 1))
+    out = image if every else image.isel(band=[n - 1 for n in numbers])
     out = out.rename(band="feature")
     return out.assign_coords(feature=[f"band{n}" for n in numbers])
