@@ -47,13 +47,15 @@ def _splitmix64(x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _select(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):  # pragma: no cover
+def _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell, out):
+    # pragma: no cover - compiled
+    # Visit every valid pixel of the chosen cells; with ``out`` of length 0 only count
+    # (valid pixels, candidates), else also store the candidates: two cheap passes
+    # instead of scratch arrays the size of the block.
     nf, h, w = block.shape
+    keys, gidx, rows = out
     n = 0
     valid = 0
-    keys = np.empty(h * w, dtype=np.uint64)
-    index = np.empty(h * w, dtype=np.int64)
-    gidx = np.empty(h * w, dtype=np.int64)
     for i in range(h):
         for j in range(w):
             if not cells[(y0 + i) // cell - cy0, (x0 + j) // cell - cx0]:
@@ -66,20 +68,28 @@ def _select(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):  
             if not ok:
                 continue
             valid += 1
-            g = _U((y0 + i) * width + (x0 + j))
-            key = _splitmix64(_splitmix64(g) ^ seed_key)
+            g = (y0 + i) * width + (x0 + j)
+            key = _splitmix64(_splitmix64(_U(g)) ^ seed_key)
             if key <= threshold:
-                keys[n] = key
-                index[n] = i * w + j
-                gidx[n] = (y0 + i) * width + (x0 + j)
+                if len(keys):
+                    keys[n] = key
+                    gidx[n] = g
+                    for f in range(nf):
+                        rows[n, f] = block[f, i, j]
                 n += 1
-    rows = np.empty((n, nf), dtype=np.float32)
-    for m in range(n):
-        i = index[m] // w
-        j = index[m] % w
-        for f in range(nf):
-            rows[m, f] = block[f, i, j]
-    return keys[:n], gidx[:n], rows, valid
+    return n, valid
+
+
+def _select(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):
+    """Candidates of one block: their keys, global indices and feature rows."""
+    nf = block.shape[0]
+    empty = (np.empty(0, np.uint64), np.empty(0, np.int64), np.empty((0, nf), np.float32))
+    n, valid = _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell,
+                     empty)
+    out = (np.empty(n, np.uint64), np.empty(n, np.int64), np.empty((n, nf), np.float32))
+    if n:
+        _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell, out)
+    return (*out, valid)
 
 
 def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarray:
@@ -125,12 +135,14 @@ def _merge(parts, size, n_features):
     if not parts:
         return np.empty((0, n_features)), 0
     keys = np.concatenate([p[0] for p in parts])
-    gidx = np.concatenate([p[1] for p in parts])
-    rows = np.concatenate([p[2] for p in parts])
-    if len(keys) > size:  # O(n) cut first: sorting every candidate is the slow part
+    if len(keys) > size:  # O(n) cut on the keys first: rows are copied only once
         kth = np.partition(keys, size - 1)[size - 1]
-        keep = np.flatnonzero(keys <= kth)
-        keys, gidx, rows = keys[keep], gidx[keep], rows[keep]
+        keeps = [p[0] <= kth for p in parts]
+    else:
+        keeps = [slice(None)] * len(parts)
+    keys = np.concatenate([p[0][k] for p, k in zip(parts, keeps, strict=True)])
+    gidx = np.concatenate([p[1][k] for p, k in zip(parts, keeps, strict=True)])
+    rows = np.concatenate([p[2][k] for p, k in zip(parts, keeps, strict=True)])
     # the global index breaks (astronomically rare) key ties the same for any chunking
     order = np.lexsort((gidx, keys))[:size]
     return rows[order].astype(np.float64), int(valid)
