@@ -1,5 +1,8 @@
-"""The Dask side: the threaded scheduler, a local cluster of worker processes, or an
-existing ``dask.distributed`` scheduler."""
+"""Where the Dask work runs.
+
+The threaded scheduler, a local cluster of worker processes, or an existing
+``dask.distributed`` scheduler.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def n_workers(cfg: ComputeConfig) -> int:
-    """Number of workers the config asks for (default: the usable cores)."""
+    """Return the number of workers the config asks for (default: the usable cores)."""
     if cfg.n_workers:
         return cfg.n_workers
     try:

@@ -687,7 +687,7 @@ def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
 
 
 def _ari(pred_path: Path, truth_path: Path, k: int, n_true: int) -> float:
-    """Adjusted Rand index of two label rasters over pixels valid in both (computes)."""
+    """Return the ARI of two label rasters over pixels valid in both (computes)."""
     from .evaluate import adjusted_rand_index, contingency_table
 
     pred = open_image(pred_path).isel(band=0)

@@ -36,7 +36,7 @@ class SceneInfo:
 
 
 def _cell_hash(cy: np.ndarray, cx: np.ndarray, seed: int, salt: int) -> np.ndarray:
-    """A deterministic uint64 hash of cell indices (vectorised SplitMix64)."""
+    """Hash cell indices to uint64, deterministically (vectorised SplitMix64)."""
     with np.errstate(over="ignore"):
         x = (cy.astype(np.uint64) * np.uint64(0x1F3D5B79) + cx.astype(np.uint64)
              + np.uint64(seed * 0x9E3779B9 + salt * 0x85EBCA6B))

@@ -22,7 +22,8 @@ def test_minimal_config_has_documented_defaults():
 
 
 def test_unknown_key_is_named_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'clusterr'.*did you mean 'cluster'"):
+    match = r"c\.yaml: unknown key 'clusterr'.*did you mean 'cluster'"
+    with pytest.raises(ConfigError, match=match):
         parse_config({"input": "a", "output": "b", "clusterr": {}}, "c.yaml")
 
 

@@ -122,11 +122,11 @@ def test_unsupported_dtype(tmp_path):
 
 
 def test_remote_cog_over_http_on_loopback(tmp_path, scene):
+    import shutil
+
     from pipeline.config import parse_config
     from pipeline.runner import run
     from pipeline.testing import serve_directory
-
-    import shutil
 
     shutil.copy(scene.path, tmp_path / "remote.tif")
     url, stop = serve_directory(tmp_path)

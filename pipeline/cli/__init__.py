@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-
 __all__ = ["main"]
 
 

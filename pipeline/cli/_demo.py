@@ -6,6 +6,7 @@ import click
 
 from ._options import start, verbosity
 
+
 @click.command()
 @click.option("--output", "-o", default="tileseg-demo", show_default=True,
               type=click.Path(file_okay=False), help="Directory for the scene and results.")

@@ -6,6 +6,7 @@ import click
 
 from ._options import start, verbosity
 
+
 @click.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

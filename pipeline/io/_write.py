@@ -1,5 +1,7 @@
-"""Label writers: one object that receives computed label blocks and streams them to
-a tiled GeoTIFF (made a Cloud-Optimized GeoTIFF when complete) and a Zarr v3 store.
+"""Label writers, streaming computed blocks to a COG and a Zarr store.
+
+One object receives computed label blocks and streams them to a tiled GeoTIFF (made a
+Cloud-Optimized GeoTIFF when complete) and a Zarr v3 store.
 
 The writer never computes anything: the orchestrator computes blocks (threads or a
 ``dask.distributed`` cluster) and hands each finished block to ``writer[region] = block``.
@@ -134,7 +136,7 @@ class LabelWriter:
             self._zarr = self._create_zarr(template)
 
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
-        """The colour table written into the GeoTIFF (nodata transparent)."""
+        """Return the colour table written into the GeoTIFF (nodata transparent)."""
         cmap = palette(self.n_classes or 0)
         cmap[self.nodata] = (0, 0, 0, 0)
         return cmap
