@@ -47,19 +47,7 @@ from .config import RunConfig
 from .errors import InputError, ModelError, OutputExistsError
 from .features import compute_features
 from .io import LabelWriter, masked_float, open_image
-from .postprocess import (
-    SegmentIndex,
-    chunk_polygons,
-    dissolve_polygons,
-    majority_filter,
-    merge_small_segments,
-    pixels_for_area,
-    polygons_frame,
-    relabel_segments,
-    resolve_segments,
-    segment_table,
-    segment_tasks,
-)
+from .postprocess import majority_filter
 from .report import build_report, describe_image, plot_comparison, plot_elbow, write_report
 
 __all__ = ["run", "plan", "RunResult", "staged_output", "fit_model", "predict_model",
@@ -224,7 +212,7 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
 class _Segments:
     """What the segments stage resolved: the index (for the lazy raster) and its table."""
 
-    index: SegmentIndex = field(repr=False)
+    index: Any = field(repr=False)  # postprocess.SegmentIndex
     table: Any = field(repr=False)
     summary: dict[str, Any]
 
@@ -243,6 +231,16 @@ def _segments_stage(config: RunConfig, features: xr.DataArray, model: Any,
     pp = config.postprocess
     if pp.segments is None:
         return None
+    # imported here: segments bring pandas, pyarrow and shapely (start-up cost)
+    from .postprocess import (
+        merge_small_segments,
+        pixels_for_area,
+        relabel_segments,
+        resolve_segments,
+        segment_table,
+        segment_tasks,
+    )
+
     t = time.perf_counter()
     labels = rasters["labels"]
     transform = labels.rio.transform()
@@ -273,6 +271,8 @@ def _write_segments(seg: _Segments, raster: xr.DataArray, staging: Path, config:
     The polygons are vectorised from the segment raster just written (Zarr, else the
     COG), read back chunk by chunk: no further pass over the input.
     """
+    from .postprocess import chunk_polygons, dissolve_polygons, polygons_frame
+
     t = time.perf_counter()
     out = [staging / "segments.parquet"]
     seg.table.to_parquet(out[0], index=False)

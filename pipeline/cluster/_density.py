@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
 from ..errors import InputError
@@ -78,8 +77,10 @@ class DensityModel(FittedModel):
         centres[self.noise_label] = np.nan
         return centres
 
-    def _kdtree(self) -> cKDTree:
+    def _kdtree(self) -> Any:  # scipy.spatial.cKDTree
         if self._tree is None:
+            from scipy.spatial import cKDTree
+
             self._tree = cKDTree(self.core)
         return self._tree
 
@@ -181,6 +182,8 @@ def fit_dbscan(
     estimated = eps is None
     with threadpool_limits(limits=1):
         if eps is None:
+            from scipy.spatial import cKDTree
+
             kdist = cKDTree(xs).query(xs, k=ms, workers=1)[0][:, -1]
             try:
                 eps = _estimate_eps(kdist)
@@ -245,6 +248,8 @@ def fit_hdbscan(
         warnings.simplefilter("ignore", FutureWarning)  # sklearn's `copy` default change
         h = HDBSCAN(min_cluster_size=mcs, min_samples=ms, copy=True).fit(xs)
         clustered = h.labels_ >= 0
+        from scipy.spatial import cKDTree
+
         core_dist = cKDTree(xs).query(xs, k=ms, workers=1)[0][:, -1]
     core, labels = xs[clustered], h.labels_[clustered]
     labels, n_clusters = _ordered(sample, mean, scale, core, labels, "hdbscan")

@@ -25,7 +25,6 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 from pydantic import Field, model_validator
-from scipy import ndimage
 
 from ._common import band_indices, overlap, wrap
 from ._registry import FeatureParams, register
@@ -89,11 +88,15 @@ def _source_block(block: np.ndarray, band: int | None) -> np.ndarray:
 
 def _box(a: np.ndarray, r: int) -> np.ndarray:
     ones = np.ones(2 * r + 1)
+    from scipy import ndimage  # imported here: scipy.ndimage costs start-up time
+
     tmp = ndimage.correlate1d(a, ones, axis=0, mode="constant", cval=0.0)
     return ndimage.correlate1d(tmp, ones, axis=1, mode="constant", cval=0.0)
 
 
 def _g1d(a: np.ndarray, sigma: float, r: int, axis: int, order: int = 0) -> np.ndarray:
+    from scipy import ndimage
+
     return ndimage.gaussian_filter1d(a, sigma, axis=axis, order=order, mode="constant",
                                      cval=0.0, radius=r)
 

@@ -1,36 +1,53 @@
-"""Post-processing of class maps (majority filter, segments, merging, polygons)."""
+"""Post-processing of class maps (majority filter, segments, merging, polygons).
 
-from ._majority import majority_filter
-from ._merge import merge_small_segments, pixels_for_area
-from ._segments import (
-    SegmentIndex,
-    SegmentStats,
-    SegmentTasks,
-    relabel_segments,
-    resolve_segments,
-    segment_tasks,
-)
-from ._table import segment_table
-from ._vectorize import chunk_polygons, dissolve_polygons, polygons_frame
+Names load on first use: segments and polygons bring pandas, pyarrow and shapely,
+which a run without them should not pay for at start-up.
+"""
 
-for _f in (majority_filter, merge_small_segments, pixels_for_area, relabel_segments,
-           resolve_segments, segment_table, segment_tasks, chunk_polygons,
-           dissolve_polygons, polygons_frame, SegmentIndex, SegmentStats, SegmentTasks):
-    _f.__module__ = __name__
-del _f
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-__all__: list[str] = [
-    "majority_filter",
-    "SegmentIndex",
-    "SegmentStats",
-    "SegmentTasks",
-    "chunk_polygons",
-    "dissolve_polygons",
-    "merge_small_segments",
-    "pixels_for_area",
-    "polygons_frame",
-    "relabel_segments",
-    "resolve_segments",
-    "segment_table",
-    "segment_tasks",
-]
+_WHERE = {
+    "majority_filter": "_majority",
+    "merge_small_segments": "_merge",
+    "pixels_for_area": "_merge",
+    "SegmentIndex": "_segments",
+    "SegmentStats": "_segments",
+    "SegmentTasks": "_segments",
+    "relabel_segments": "_segments",
+    "resolve_segments": "_segments",
+    "segment_tasks": "_segments",
+    "segment_table": "_table",
+    "chunk_polygons": "_vectorize",
+    "dissolve_polygons": "_vectorize",
+    "polygons_frame": "_vectorize",
+}
+
+__all__: list[str] = sorted(_WHERE)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._majority import majority_filter  # noqa: F401
+    from ._merge import merge_small_segments, pixels_for_area  # noqa: F401
+    from ._segments import (  # noqa: F401
+        SegmentIndex,
+        SegmentStats,
+        SegmentTasks,
+        relabel_segments,
+        resolve_segments,
+        segment_tasks,
+    )
+    from ._table import segment_table  # noqa: F401
+    from ._vectorize import chunk_polygons, dissolve_polygons, polygons_frame  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines ``name`` on first use."""
+    if name in _WHERE:
+        value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
