@@ -152,7 +152,10 @@ class _Targets:
     def __setitem__(self, region: tuple[slice, slice], block: np.ndarray) -> None:
         self.writer[region] = block
         if self.progress is not None:
-            self.progress.update()
+            with self.lock:
+                self.progress.update()
+
+    lock = threading.Lock()
 
 
 def _regions(arr: da.Array) -> list[tuple[slice, slice]]:
@@ -178,7 +181,8 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
     if client is None:
         targets = [_Targets(writers[n], progress if i == 0 else None)
                    for i, n in enumerate(names)]
-        da.store(arrays, targets, lock=threading.Lock(), compute=True)
+        # the writers lock what they share: Zarr chunks are encoded in parallel
+        da.store(arrays, targets, lock=False, compute=True)
         return
     from distributed import as_completed
 

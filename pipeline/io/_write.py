@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ class LabelWriter:
         self.dtype = np.dtype(template.dtype)
         self.counts = None if n_classes is None else np.zeros(n_classes + 1, dtype=np.int64)
         self.blocks_written = 0
+        self._lock = threading.Lock()
         self._tif: Any = None
         self._zarr: Any = None
         height, width = template.shape
@@ -161,19 +163,28 @@ class LabelWriter:
         return zarr.open_array(store=str(path), path=self.stem, mode="r+")
 
     def __setitem__(self, region: tuple[slice, slice], block: np.ndarray) -> None:
+        """Write one block; safe to call from several threads at once.
+
+        Only the GeoTIFF handle and the running totals are shared, and they are
+        updated under a lock; Zarr chunks are separate objects (the block is one
+        chunk), so they are encoded and written in parallel.
+        """
         block = np.asarray(block)
-        if self._tif is not None:
-            ys, xs = region
-            window = ((ys.start, ys.stop), (xs.start, xs.stop))
-            self._tif.write(block, 1, window=window)
+        hist = None
+        if self.counts is not None:
+            hist = np.bincount(block.ravel(), minlength=int(self.nodata) + 1)
         if self._zarr is not None:
             self._zarr[region] = block
-        if self.counts is not None:
-            k = self.n_classes or 0
-            hist = np.bincount(block.ravel(), minlength=int(self.nodata) + 1)
-            self.counts[:k] += hist[:k]
-            self.counts[-1] += hist[self.nodata]
-        self.blocks_written += 1
+        with self._lock:
+            if self._tif is not None:
+                ys, xs = region
+                window = ((ys.start, ys.stop), (xs.start, xs.stop))
+                self._tif.write(block, 1, window=window)
+            if hist is not None:
+                k = self.n_classes or 0
+                self.counts[:k] += hist[:k]
+                self.counts[-1] += hist[self.nodata]
+            self.blocks_written += 1
 
     def close(self) -> list[Path]:
         """Finish every output and return their paths.
