@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +344,9 @@ def _fit_stage(config: RunConfig, features: xr.DataArray) -> _Fitted:
     """Draw the sample, choose k when ``auto``, fit the configured method (computes)."""
     c = config.cluster
     finds_k = METHODS[c.method].finds_k
+    # scikit-learn takes ~1 s to import: do it while the sample pass reads (GDAL and
+    # the numba kernels release the GIL), not after
+    threading.Thread(target=import_module, args=("sklearn.cluster",), daemon=True).start()
     sample = _draw(config, features, c.sample_size)
     k: Any = c.k if c.k_given or not finds_k else None
     result = None
