@@ -190,27 +190,31 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
     regions = _regions(arrays[0])
     per_array = [a.to_delayed(optimize_graph=False).ravel().tolist() for a in arrays]
     blocks = [dask.delayed(tuple)(list(t)) for t in zip(*per_array, strict=True)]
-    window = 4 * max(1, len(client.scheduler_info().get("workers", {})))
+    # Blocks go to the scheduler in batches, each optimised once (one submission per
+    # block re-culls the whole graph every time: quadratic), and the next batch is
+    # sent while half of the previous one is still running, so workers never idle and
+    # at most about two batches of label blocks wait in worker memory.
+    batch = 8 * max(1, len(client.scheduler_info().get("workers", {})))
     pending = list(zip(regions, blocks, strict=True))[::-1]
     futures = as_completed()
     where: dict[str, tuple[slice, slice]] = {}
 
-    def submit() -> None:
-        region, block = pending.pop()
-        fut = client.compute(block, optimize_graph=True)
-        where[fut.key] = region
-        futures.add(fut)
+    def submit_batch() -> None:
+        take = [pending.pop() for _ in range(min(batch, len(pending)))]
+        for (region, _), fut in zip(take, client.compute([b for _, b in take]),
+                                    strict=True):
+            where[fut.key] = region
+            futures.add(fut)
 
-    while pending and len(where) < window:
-        submit()
+    submit_batch()
     for fut in futures:
         region = where.pop(fut.key)
         for name, block in zip(names, fut.result(), strict=True):
             writers[name][region] = block
         progress.update()
         fut.release()
-        if pending:
-            submit()
+        if pending and len(where) <= batch // 2:
+            submit_batch()
 
 
 @dataclass
