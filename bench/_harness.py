@@ -119,6 +119,8 @@ class Measurement:
     max_processes: int
     log: str
     result: dict[str, Any] = field(default_factory=dict)
+    #: (seconds since start, process-tree RSS MiB), one point per 0.25 s at most
+    timeline: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def peak_rss_mib(self) -> float:
@@ -142,6 +144,7 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     peak = [0]
     nproc = [1]
+    timeline: list[tuple[float, float]] = []
     stop = threading.Event()
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
@@ -165,6 +168,12 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
                     pass
             peak[0] = max(peak[0], total)
             nproc[0] = max(nproc[0], len(procs))
+            now = time.perf_counter() - t0
+            mib = total / 2**20
+            if not timeline or now - timeline[-1][0] >= 0.25:
+                timeline.append((round(now, 2), round(mib, 1)))
+            elif mib > timeline[-1][1]:  # keep the highest point of each 0.25 s
+                timeline[-1] = (timeline[-1][0], round(mib, 1))
             stop.wait(interval)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -188,7 +197,7 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
         cmd=[str(c) for c in cmd], returncode=proc.returncode, wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_tree_mib=peak[0] / 2**20,
         maxrss_single_mib=usage.ru_maxrss / 1024, max_processes=nproc[0], log=text,
-        result=result,
+        result=result, timeline=timeline,
     )
 
 
@@ -286,9 +295,11 @@ def label_pass(path: Path, out: Path, predict: Any, mean: Any, std: Any) -> None
 # --------------------------------------------------------------------------- memory
 
 
-#: Bytes per pixel the tutorials' in-memory K-means needs (4 bands): the uint16 image,
-#: float64 features of the valid pixels, scikit-learn's centred copy, weights, labels.
-INMEMORY_BYTES_PER_PIXEL_PER_BAND = 21.0
+#: Bytes per pixel and band the tutorials' in-memory K-means needs: the uint16 image,
+#: float32 features of the valid pixels, scikit-learn's centred copy, the k-means++
+#: candidate distances, weights, labels. Measured 66 B/pixel (4 bands) at 4096^2 here,
+#: 78 at 12000^2 in PERF-NOTES: 80 keeps a margin.
+INMEMORY_BYTES_PER_PIXEL_PER_BAND = 20.0
 
 
 def inmemory_estimate_bytes(n_pixels: int, bands: int) -> float:

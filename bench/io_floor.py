@@ -3,10 +3,11 @@
     python bench/io_floor.py --scene SCENE.tif --out labels.tif
 
 Plain rasterio, nothing else: two reader threads, each with its own dataset handle,
-``GDAL_CACHEMAX=64``, split the file's tiles between them (interleaved, in raster
-order); each tile is reduced to a cheap per-pixel uint8 (the index of the brightest
-band, 255 on nodata) so the reads cannot be skipped; one writer (this thread) writes
-the results as they arrive into a GeoTIFF with 512 x 512 tiles, DEFLATE, predictor 2.
+``GDAL_CACHEMAX=64`` (``BENCH_FLOOR_GDAL_CACHEMAX`` overrides it), split the file's
+tiles between them (interleaved, in raster order); each tile is reduced to a cheap
+per-pixel uint8 (the index of the brightest band, 255 on nodata) so the reads cannot be
+skipped; one writer (this thread) writes the results as they arrive into a GeoTIFF
+with 512 x 512 tiles, DEFLATE, predictor 2.
 No task graph, no model: the least any labelling pipeline must spend here.
 """
 
@@ -24,7 +25,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
-
 from _harness import label_profile, report_result, windows  # noqa: E402
 
 

@@ -253,7 +253,7 @@ def run_one(a: Approach, scene: Path, work: Path, args: argparse.Namespace) -> d
         "approach": a.name, "cmd": m.cmd, "returncode": m.returncode, "wall_s": m.wall_s,
         "cpu_s": m.cpu_s, "peak_rss_mib": m.peak_rss_mib,
         "peak_rss_tree_mib": m.peak_rss_tree_mib, "maxrss_single_mib": m.maxrss_single_mib,
-        "max_processes": m.max_processes, "result": m.result,
+        "max_processes": m.max_processes, "result": m.result, "rss_timeline": m.timeline,
     }
     if m.returncode == SKIP_EXIT:
         lines = [ln for ln in m.log.splitlines() if ln.startswith("SKIP:")]

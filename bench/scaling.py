@@ -30,13 +30,14 @@ from run_bench import (
 )
 
 
-def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot(results: list[dict[str, Any]], runs: list[dict[str, Any]], path: Path,
+         title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_m, ax_l) = plt.subplots(1, 3, figsize=(16, 4.4))
     for name in dict.fromkeys(r["approach"] for r in results):
         pts = sorted((r["mpix"], r["wall_s"], r["peak_rss_mib"]) for r in results
                      if r["approach"] == name and r.get("wall_s") is not None)
@@ -49,7 +50,28 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     ax_t.set(xlabel="image size (MPix)", ylabel="wall time (s)", title="time")
     ax_m.set(xlabel="image size (MPix)", ylabel="peak RSS (MiB, process tree)",
              title="memory", ylim=(0, None))
-    for ax in (ax_t, ax_m):
+    # memory over time at the largest size: the last run of each approach there
+    ok = [r for r in runs if r["returncode"] == 0 and r.get("rss_timeline")]
+    if ok:
+        biggest = max(r["size"] for r in ok)
+        last = {r["approach"]: r for r in ok if r["size"] == biggest}
+        for name, r in last.items():
+            t, mib = zip(*r["rss_timeline"], strict=True)
+            ax_l.plot(t, mib, lw=1, label=APPROACHES[name].title)
+            timings = r.get("timings_s")
+            if timings and name == "tileseg":
+                # stage ends, assuming run() returns just before the process exits
+                start = r["wall_s"] - timings["total"]
+                edge = start
+                for stage in ("open", "sample_fit", "label_write", "cog"):
+                    edge += timings.get(stage, 0.0)
+                    ax_l.axvline(edge, color="grey", lw=0.6, ls=":")
+                    ax_l.text(edge, 0.02, stage, rotation=90, fontsize=7, ha="right",
+                              va="bottom", transform=ax_l.get_xaxis_transform())
+        ax_l.set(xlabel="seconds since process start", ylabel="RSS (MiB, process tree)",
+                 title=f"memory over time, {biggest} x {biggest} (stage ends approx.)",
+                 ylim=(0, None))
+    for ax in (ax_t, ax_m, ax_l):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
@@ -130,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"| {r['size']} | {r['mpix']:.1f} | {r['approach']} | {r['wall_s']:.2f} | "
               f"{r['mpix'] / r['wall_s']:.2f} | {r['cpu_s']:.1f} | {r['peak_rss_mib']:.0f} |")
-    plot(results, args.plot, f"{info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB; "
+    plot(results, runs, args.plot, f"{info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB; "
          f"{args.bands}-band uint16, k={args.k}; {info['date']}")
     print(f"\nplot: {args.plot}")
     if args.json:
