@@ -80,17 +80,21 @@ def nearest_centroid(
     return out
 
 
+@numba.njit(inline="always")
+def finite_pixel(block, i, j):  # pragma: no cover - compiled
+    """Whether every feature of pixel (i, j) is finite (NaN marks nodata)."""
+    for f in range(block.shape[0]):
+        if not np.isfinite(block[f, i, j]):
+            return False
+    return True
+
+
 @numba.njit(cache=True, nogil=True)
 def _descend(block, centres, children, leaf_class, weights, nodata, out):  # pragma: no cover
     nf, h, w = block.shape
     for i in range(h):
         for j in range(w):
-            ok = True
-            for f in range(nf):
-                if not np.isfinite(block[f, i, j]):
-                    ok = False
-                    break
-            if not ok:
+            if not finite_pixel(block, i, j):
                 out[i, j] = nodata
                 continue
             node = 0
@@ -159,12 +163,7 @@ def _gaussian(block, means, prec_chol, log_norm, nodata, out, conf):  # pragma: 
     diff = np.empty(nf, dtype=np.float64)
     for i in range(h):
         for j in range(w):
-            ok = True
-            for f in range(nf):
-                if not np.isfinite(block[f, i, j]):
-                    ok = False
-                    break
-            if not ok:
+            if not finite_pixel(block, i, j):
                 out[i, j] = nodata
                 conf[i, j] = 255
                 continue

@@ -21,6 +21,8 @@ import numba
 import numpy as np
 import xarray as xr
 
+from ._predict import finite_pixel
+
 __all__ = ["sample_pixels", "pixel_keys", "cell_fraction", "OVERSAMPLE", "SAMPLE_CELL",
            "COVER", "MIN_CELLS"]
 
@@ -60,12 +62,7 @@ def _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell, out)
         for j in range(w):
             if not cells[(y0 + i) // cell - cy0, (x0 + j) // cell - cx0]:
                 continue
-            ok = True
-            for f in range(nf):
-                if not np.isfinite(block[f, i, j]):
-                    ok = False
-                    break
-            if not ok:
+            if not finite_pixel(block, i, j):
                 continue
             valid += 1
             g = (y0 + i) * width + (x0 + j)
