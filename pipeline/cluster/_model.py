@@ -388,16 +388,6 @@ class KMeansModel(ClusterModel):
         """Centroids in the features' original units."""
         return self.mean + self.scale * self.centroids
 
-    @property
-    def label_dtype(self) -> np.dtype:
-        """uint8 up to 255 classes, else uint16."""
-        return label_dtype(self.k)[0]
-
-    @property
-    def nodata(self) -> int:
-        """Label written for invalid pixels."""
-        return label_dtype(self.k)[1]
-
     def predict_block(self, block: np.ndarray) -> np.ndarray:
         """Label one block of raw features, shape (feature, y, x); NaN is nodata."""
         weights = 1.0 / self.scale**2
