@@ -67,6 +67,12 @@ class RunResult:
     report: dict[str, Any] = field(repr=False)
 
 
+def _refuse_existing(output: Path, overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` if ``output`` exists and may not be replaced."""
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output}: output exists; pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def staged_output(output: Path, overwrite: bool, keep: tuple[Path, ...] = ()
                   ) -> Iterator[Path]:
@@ -80,8 +86,7 @@ def staged_output(output: Path, overwrite: bool, keep: tuple[Path, ...] = ()
     OutputExistsError
         If ``output`` exists and ``overwrite`` is false (it is left untouched).
     """
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output}: output exists; pass --overwrite to replace it")
+    _refuse_existing(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -535,8 +540,7 @@ def run(
     t0 = time.perf_counter()
     output = Path(config.output)
     keep = _prepared(output)
-    if output.exists() and not overwrite and keep is None:
-        raise OutputExistsError(f"{output}: output exists; pass --overwrite to replace it")
+    _refuse_existing(output, overwrite or keep is not None)
     image = open_image(config.input, chunks=config.chunks, nodata=config.nodata)
     features = compute_features(image, config.features)
     source = image.attrs["source"]
@@ -733,8 +737,7 @@ def run_demo(
     from .synthetic import make_scene
 
     out = Path(output)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: output exists; pass --overwrite to replace it")
+    _refuse_existing(out, overwrite)
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True)
