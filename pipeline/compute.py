@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import dask
+import dask.local
+import dask.threaded
 
 from .config import ComputeConfig
 
@@ -51,7 +53,10 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
     env = {"GDAL_CACHEMAX": str(cfg.gdal_cachemax)}
     os.environ.setdefault("GDAL_CACHEMAX", env["GDAL_CACHEMAX"])
     if cfg.scheduler in ("threads", "synchronous"):
-        with dask.config.set(scheduler=cfg.scheduler, num_workers=n_workers(cfg)):
+        # the scheduler function, not its name: dask imports `distributed` (~0.8 s) to
+        # look for a client whenever the scheduler is given by name
+        get = dask.threaded.get if cfg.scheduler == "threads" else dask.local.get_sync
+        with dask.config.set(scheduler=get, num_workers=n_workers(cfg)):
             yield None
         return
     from distributed import Client, LocalCluster

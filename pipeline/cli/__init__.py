@@ -5,12 +5,13 @@ Heavy imports (dask, xarray, rasterio) happen inside the commands, so ``--help``
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
 import click
 
-__all__ = ["main"]
+__all__ = ["main", "console"]
 
 
 class _Group(click.Group):
@@ -49,3 +50,17 @@ def _register() -> None:
 
 
 _register()
+
+
+def console() -> None:
+    """Run :func:`main` as the ``tileseg`` console script, then exit quickly.
+
+    Every output is complete when a command returns. Freezing the garbage collector
+    then spares the interpreter's final collection of the ~10^6 objects that numpy,
+    dask, xarray and numba leave behind: exit takes ~0.1 s instead of ~0.7 s. Only the
+    console script does this, never an in-process ``main()`` call (tests, notebooks).
+    """
+    try:
+        main(prog_name="tileseg")
+    finally:
+        gc.freeze()

@@ -1,5 +1,5 @@
 """``python -m pipeline.cli``."""
 
-from . import main
+from . import console
 
-main(prog_name="tileseg")
+console()
