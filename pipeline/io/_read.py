@@ -24,6 +24,9 @@ SomeSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _TARGET_CHUNK = 1024
+#: GDAL's names of the supported data types (for hand-written VRTs).
+GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+              "int32": "Int32", "float32": "Float32", "float64": "Float64"}
 
 
 def default_chunk(block_shape: tuple[int, int], shape: tuple[int, int]) -> int:
@@ -136,8 +139,7 @@ def _mosaic_vrt(paths: list[str]) -> str:
     width = max(i["offset"][1] + i["shape"][1] for i in infos) - c0
     origin = first["transform"] @ (c0, r0)
     t0 = first["transform"]
-    gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
-                 "int32": "Int32", "float32": "Float32", "float64": "Float64"}[first["dtype"]]
+    gdal_type = GDAL_TYPES[first["dtype"]]
     by, bx = first["block"]
     lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
     if first["crs"] is not None:

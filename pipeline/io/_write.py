@@ -16,14 +16,17 @@ import threading
 import warnings
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
 import rasterio.shutil
 import xarray as xr
 import zarr
-from rasterio.enums import Resampling
+from rasterio.transform import Affine
 from zarr.errors import ZarrUserWarning
+
+from ._read import GDAL_TYPES
 
 __all__ = ["LabelWriter", "palette", "label_dtype", "LABEL_FORMATS"]
 
@@ -60,6 +63,41 @@ def _blocksize(height: int, width: int) -> int:
     while side > 16 and side // 2 >= max(height, width):
         side //= 2
     return side
+
+
+def _window(region: tuple[slice, slice]) -> tuple[tuple[int, int], tuple[int, int]]:
+    ys, xs = region
+    return (ys.start, ys.stop), (xs.start, xs.stop)
+
+
+def overview_factors(height: int, width: int) -> list[int]:
+    """Decimation factors of the COG's overviews: 2, 4, ... down to about 256 pixels."""
+    if max(height, width) < 2:
+        return []
+    factors = [2]
+    while max(height, width) / (factors[-1] * 2) >= 256:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+def decimate(block: np.ndarray, region: tuple[slice, slice], factor: int
+             ) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Return the part of a nearest-neighbour overview that one block holds.
+
+    Overview pixel ``(i, j)`` at ``factor`` f is image pixel ``(f i, f j)``, so each
+    overview pixel comes from exactly one block, whatever the chunking: returns the
+    overview window and its pixels, or ``None`` when the block holds none. This is
+    GDAL's ``nearest`` when f divides the image size; otherwise GDAL steps by the
+    exact size ratio (a little under f) and may pick a neighbour of our pixel, which
+    lies inside the same overview pixel's footprint all the same.
+    """
+    ys, xs = region
+    i0, i1 = -(-ys.start // factor), -(-ys.stop // factor)
+    j0, j1 = -(-xs.start // factor), -(-xs.stop // factor)
+    if i1 <= i0 or j1 <= j0:
+        return None
+    part = block[factor * i0 - ys.start::factor, factor * j0 - xs.start::factor]
+    return (slice(i0, i1), slice(j0, j1)), np.ascontiguousarray(part)
 
 
 class LabelWriter:
@@ -112,30 +150,33 @@ class LabelWriter:
         self._zarr: Any = None
         height, width = template.shape
         self._tif_tmp = self.directory / f".{stem}.tiled.tif"
+        self._overviews: list[tuple[int, Any]] = []
+        self._factors: list[int] = []
+        self._side = _blocksize(height, width)
         if "cog" in self.formats:
-            self._tif = rasterio.open(
-                self._tif_tmp,
-                "w",
-                driver="GTiff",
-                width=width,
-                height=height,
-                count=1,
-                dtype=self.dtype.name,
-                crs=template.rio.crs,
-                transform=template.rio.transform(),
-                nodata=nodata,
-                tiled=True,
-                blockxsize=_blocksize(height, width),
-                blockysize=_blocksize(height, width),
-                # uncompressed while streaming: the COG is encoded once, at the end,
-                # with every core (encoding twice cost a third of the write stage)
-                compress="none",
-                BIGTIFF="IF_SAFER",
-            )
-            if n_classes is not None:
-                self._tif.write_colormap(1, self.colormap())
+            side = self._side
+            self._factors = overview_factors(height, width)
+            # uncompressed while streaming: the COG is encoded once, at the end, with
+            # every core (encoding twice cost a third of the write stage)
+            profile = dict(driver="GTiff", count=1, dtype=self.dtype.name, nodata=nodata,
+                           tiled=True, blockxsize=side, blockysize=side, compress="none",
+                           BIGTIFF="IF_SAFER")
+            crs, transform = template.rio.crs, template.rio.transform()
+            self._tif = rasterio.open(self._tif_tmp, "w", width=width, height=height,
+                                      crs=crs, transform=transform, **profile)
+            # the overviews are decimated from the blocks as they stream past: GDAL's
+            # build_overviews would read the whole file back (1.1 s at 16384^2)
+            self._overviews = [
+                (f, rasterio.open(self._overview_path(f), "w", width=-(-width // f),
+                                  height=-(-height // f), crs=crs,
+                                  transform=transform * Affine.scale(f), **profile))
+                for f in self._factors
+            ]
         if "zarr" in self.formats:
             self._zarr = self._create_zarr(template)
+
+    def _overview_path(self, factor: int) -> Path:
+        return self.directory / f".{self.stem}.ovr{factor}.tif"
 
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         """Return the colour table written into the GeoTIFF (nodata transparent)."""
@@ -177,9 +218,11 @@ class LabelWriter:
             self._zarr[region] = block
         with self._lock:
             if self._tif is not None:
-                ys, xs = region
-                window = ((ys.start, ys.stop), (xs.start, xs.stop))
-                self._tif.write(block, 1, window=window)
+                self._tif.write(block, 1, window=_window(region))
+                for factor, ds in self._overviews:
+                    part = decimate(block, region, factor)
+                    if part is not None:
+                        ds.write(part[1], 1, window=_window(part[0]))
             if hist is not None:
                 k = self.n_classes or 0
                 self.counts[:k] += hist[:k]
@@ -189,9 +232,10 @@ class LabelWriter:
     def close(self) -> list[Path]:
         """Finish every output and return their paths.
 
-        The streamed (uncompressed, tiled) GeoTIFF gets overviews and is encoded once
-        as a COG (DEFLATE level 1, predictor 2, all cores) in this one process, as GDAL
-        requires; the temporary file is removed.
+        The streamed (uncompressed, tiled) GeoTIFF and its overviews, decimated as the
+        blocks arrived, are joined by a VRT and encoded once as a COG (DEFLATE level 1,
+        predictor 2, all cores) in this one process, as GDAL requires; the temporary
+        files are removed.
 
         Overviews use nearest resampling, GDAL's default for paletted COGs: every
         overview pixel is a real class. GDAL's ``mode`` costs about 8x as much (2.2 s
@@ -200,11 +244,13 @@ class LabelWriter:
         """
         outputs: list[Path] = []
         if self._tif is not None:
-            self._tif.close()
-            self._tif = None
+            self._close_tifs()
             cog = self.directory / f"{self.stem}.tif"
-            self._to_cog(self._tif_tmp, cog)
-            self._tif_tmp.unlink()
+            vrt = self.directory / f".{self.stem}.vrt"
+            vrt.write_text(self._vrt())
+            self._to_cog(vrt, cog)
+            for p in [vrt, self._tif_tmp, *(self._overview_path(f) for f in self._factors)]:
+                p.unlink()
             outputs.append(cog)
         if self._zarr is not None:
             self._zarr = None
@@ -220,23 +266,51 @@ class LabelWriter:
     def abort(self) -> None:
         """Close open handles without finishing (the caller removes the directory)."""
         if self._tif is not None:
-            self._tif.close()
-            self._tif = None
+            self._close_tifs()
         self._zarr = None
 
-    @staticmethod
-    def _to_cog(src: Path, dst: Path) -> None:
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(src, "r+") as ds:
-            factors = []
-            f = 2
-            while max(ds.width, ds.height) / f >= 256 or not factors:
-                factors.append(f)
-                f *= 2
-                if max(ds.width, ds.height) / f < 1:
-                    break
-            ds.build_overviews(factors, Resampling.nearest)
-            ds.update_tags(ns="rio_overview", resampling="nearest")
-            blocksize = ds.block_shapes[0][0]
+    def _close_tifs(self) -> None:
+        self._tif.close()
+        self._tif = None
+        for _, ds in self._overviews:
+            ds.close()
+        self._overviews = []
+
+    def _vrt(self) -> str:
+        """Return a VRT of the streamed GeoTIFF with the streamed overviews as its own."""
+        with rasterio.open(self._tif_tmp) as ds:
+            crs, transform, (height, width) = ds.crs, ds.transform, ds.shape
+        side = self._side
+        lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
+        if crs is not None:
+            lines.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
+        if crs is not None or not transform.is_identity:
+            lines.append(f"  <GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}"
+                         "</GeoTransform>")
+        lines += ['  <Metadata><MDI key="AREA_OR_POINT">Area</MDI></Metadata>',
+                  f'  <VRTRasterBand dataType="{GDAL_TYPES[self.dtype.name]}" band="1" '
+                  f'blockXSize="{side}" blockYSize="{side}">',
+                  f"    <NoDataValue>{self.nodata}</NoDataValue>"]
+        if self.n_classes is not None:
+            cmap = self.colormap()
+            lines.append("    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>")
+            lines += [f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>'
+                      for r, g, b, a in (cmap.get(i, (0, 0, 0, 0)) for i in range(max(cmap) + 1))]
+            lines.append("    </ColorTable>")
+
+        def source(tag: str, path: Path) -> list[str]:
+            return [f"    <{tag}>",
+                    f'      <SourceFilename relativeToVRT="1">{escape(path.name)}</SourceFilename>',
+                    "      <SourceBand>1</SourceBand>",
+                    f"    </{tag}>"]
+
+        lines += source("SimpleSource", self._tif_tmp)
+        for f in self._factors:
+            lines += source("Overview", self._overview_path(f))
+        lines += ["  </VRTRasterBand>", "</VRTDataset>"]
+        return "\n".join(lines)
+
+    def _to_cog(self, src: Path, dst: Path) -> None:
         rasterio.shutil.copy(
             src,
             dst,
@@ -244,7 +318,7 @@ class LabelWriter:
             COMPRESS="DEFLATE",
             PREDICTOR="YES",
             LEVEL=1,
-            BLOCKSIZE=blocksize,
+            BLOCKSIZE=max(self._side, 128),  # the COG driver's minimum
             OVERVIEWS="FORCE_USE_EXISTING",
             BIGTIFF="IF_SAFER",
             NUM_THREADS="ALL_CPUS",
