@@ -49,28 +49,32 @@ def _splitmix64(x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell, out):
+def _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell, keys, rows):
     # pragma: no cover - compiled
-    # Visit every valid pixel of the chosen cells; with ``out`` of length 0 only count
-    # (valid pixels, candidates), else also store the candidates: two cheap passes
-    # instead of scratch arrays the size of the block.
+    # Visit every valid pixel of the chosen cells once; store the candidates while
+    # ``keys`` has room and count them all (the caller retries with the exact size in
+    # the rare block that overflows its estimate). The cell of each column is looked
+    # up once per block, not divided out per pixel.
     nf, h, w = block.shape
-    keys, gidx, rows = out
+    col_cell = np.empty(w, dtype=np.int64)
+    for j in range(w):
+        col_cell[j] = (x0 + j) // cell - cx0
+    cap = len(keys)
     n = 0
     valid = 0
     for i in range(h):
+        row_cells = cells[(y0 + i) // cell - cy0]
+        g0 = (y0 + i) * width + x0
         for j in range(w):
-            if not cells[(y0 + i) // cell - cy0, (x0 + j) // cell - cx0]:
+            if not row_cells[col_cell[j]]:
                 continue
             if not finite_pixel(block, i, j):
                 continue
             valid += 1
-            g = (y0 + i) * width + (x0 + j)
-            key = _splitmix64(_splitmix64(_U(g)) ^ seed_key)
+            key = _splitmix64(_splitmix64(_U(g0 + j)) ^ seed_key)
             if key <= threshold:
-                if len(keys):
+                if n < cap:
                     keys[n] = key
-                    gidx[n] = g
                     for f in range(nf):
                         rows[n, f] = block[f, i, j]
                 n += 1
@@ -78,15 +82,20 @@ def _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell, out)
 
 
 def _select(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):
-    """Candidates of one block: their keys, global indices and feature rows."""
-    nf = block.shape[0]
-    empty = (np.empty(0, np.uint64), np.empty(0, np.int64), np.empty((0, nf), np.float32))
-    n, valid = _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell,
-                     empty)
-    out = (np.empty(n, np.uint64), np.empty(n, np.int64), np.empty((n, nf), np.float32))
-    if n:
-        _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell, out)
-    return (*out, valid)
+    """Candidates of one block: their keys and feature rows, and its valid pixels."""
+    nf, h, w = block.shape
+    # room for the expected candidates of the chosen cells plus a wide margin (the
+    # count is binomial: 6 standard deviations and 256 more)
+    read = h * w * cells.mean()
+    expected = read * min(1.0, (int(threshold) + 1) / 2.0**64)
+    cap = int(min(read, expected + 6 * np.sqrt(expected) + 256))
+    while True:
+        keys, rows = np.empty(cap, np.uint64), np.empty((cap, nf), np.float32)
+        n, valid = _scan(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell,
+                         keys, rows)
+        if n <= cap:
+            return keys[:n].copy(), rows[:n].copy(), valid
+        cap = n
 
 
 def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarray:
@@ -127,21 +136,24 @@ def _chosen_cells(height: int, width: int, fraction: float, seed: int,
 
 
 def _merge(parts, size, n_features):
-    """Keep the ``size`` candidates with the smallest (key, global index)."""
-    valid = sum(p[3] for p in parts)
+    """Keep the ``size`` candidates with the smallest keys, in key order.
+
+    Keys are unique (SplitMix64 is a bijection of 64-bit integers, and so is the
+    key of a global index), so sorting by key alone orders the sample the same for
+    any chunking.
+    """
+    valid = sum(p[2] for p in parts)
     if not parts:
         return np.empty((0, n_features)), 0
     keys = np.concatenate([p[0] for p in parts])
     if len(keys) > size:  # O(n) cut on the keys first: rows are copied only once
         kth = np.partition(keys, size - 1)[size - 1]
         keeps = [p[0] <= kth for p in parts]
+        keys = np.concatenate([p[0][k] for p, k in zip(parts, keeps, strict=True)])
+        rows = np.concatenate([p[1][k] for p, k in zip(parts, keeps, strict=True)])
     else:
-        keeps = [slice(None)] * len(parts)
-    keys = np.concatenate([p[0][k] for p, k in zip(parts, keeps, strict=True)])
-    gidx = np.concatenate([p[1][k] for p, k in zip(parts, keeps, strict=True)])
-    rows = np.concatenate([p[2][k] for p, k in zip(parts, keeps, strict=True)])
-    # the global index breaks (astronomically rare) key ties the same for any chunking
-    order = np.lexsort((gidx, keys))[:size]
+        rows = np.concatenate([p[1] for p in parts])
+    order = np.argsort(keys)
     return rows[order].astype(np.float64), int(valid)
 
 
@@ -186,7 +198,7 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
     blocks = data.to_delayed()
     ystarts = np.concatenate([[0], np.cumsum(data.chunks[1])[:-1]])
     xstarts = np.concatenate([[0], np.cumsum(data.chunks[2])[:-1]])
-    select = dask.delayed(_select_block, pure=True, nout=4)
+    select = dask.delayed(_select_block, pure=True, nout=3)
     parts = []
     for i, (y0, h) in enumerate(zip(ystarts, data.chunks[1], strict=True)):
         for j, (x0, w) in enumerate(zip(xstarts, data.chunks[2], strict=True)):
