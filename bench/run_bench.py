@@ -51,6 +51,7 @@ class Approach:
     scheduler: str = "threads"
     n_workers: int | None = None
     formats: tuple[str, ...] = ("cog", "zarr")
+    postprocess: tuple[tuple[str, Any], ...] = ()  # the config's postprocess: entries
 
     @property
     def is_tileseg(self) -> bool:
@@ -61,6 +62,9 @@ APPROACHES = {a.name: a for a in [
     Approach("floor", "I/O floor (rasterio: 2 readers, 1 writer)", script="io_floor.py"),
     Approach("tileseg", "tileseg, threads, cog+zarr"),
     Approach("tileseg-cog", "tileseg, threads, cog", formats=("cog",)),
+    Approach("tileseg-post", "tileseg, threads, cog, majority r=2 + segments + min_size 16",
+             formats=("cog",),
+             postprocess=(("majority", {"radius": 2}), ("segments", True), ("min_size", 16))),
     Approach("tileseg-proc1", "tileseg, 1 worker process, cog+zarr", scheduler="processes",
              n_workers=1),
     Approach("tileseg-proc2", "tileseg, 2 worker processes, cog+zarr", scheduler="processes",
@@ -203,6 +207,8 @@ def write_tileseg_config(a: Approach, scene: Path, out: Path, k: int,
         "compute": {"scheduler": a.scheduler, "n_workers": a.n_workers},
         "formats": list(a.formats),
     }
+    if a.postprocess:
+        cfg["postprocess"] = dict(a.postprocess)
     path = out.parent / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -432,12 +438,29 @@ def speedups(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str
     return out
 
 
+#: Wall-time ratios between tileseg variants that issue 7 sets targets for.
+PAIRS = [("tileseg-post", "tileseg-cog", "post-processing on / K-means only (target <= 2)"),
+         ("tileseg-proc1", "tileseg-proc2", "1 worker process / 2 (target >= 1.7)")]
+
+
+def pair_ratios(runs: list[dict[str, Any]], names: list[str]) -> list[tuple[str, float]]:
+    """Median over rounds of wall(a) / wall(b) for each pair of :data:`PAIRS` run."""
+    wall = {(r["approach"], r["round"]): r["wall_s"] for r in runs if r["returncode"] == 0}
+    out = []
+    for a, b, label in PAIRS:
+        vals = [wall[(a, i)] / wall[(b, i)] for (n, i) in wall if n == a and (b, i) in wall]
+        if a in names and b in names and vals:
+            out.append((f"{a} / {b}: {label}", statistics.median(vals)))
+    return out
+
+
 def _fmt(v: Any, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
 def format_tables(rows: list[dict[str, Any]], sp: dict[str, dict[str, float]],
-                  reads: dict[str, Any] | None) -> str:
+                  reads: dict[str, Any] | None,
+                  pairs: list[tuple[str, float]] | None = None) -> str:
     lines = ["| approach | MPix | wall s | MPix/s | CPU s | peak RSS MiB | x floor | CPU x floor "
              "| note |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -458,6 +481,9 @@ def format_tables(rows: list[dict[str, Any]], sp: dict[str, dict[str, float]],
                   "| --- | " + " | ".join("---:" for _ in peers) + " |"]
         for t, v in sp.items():
             lines.append(f"| {t} | " + " | ".join(_fmt(v.get(p), ".2f") for p in peers) + " |")
+    if pairs:
+        lines += ["", "variant ratios (wall time, paired per round):", ""]
+        lines += [f"- {label}: {v:.2f}" for label, v in pairs]
     staged = [r for r in rows if r.get("timings_s")]
     if staged:
         keys = list(dict.fromkeys(k for r in staged for k in r["timings_s"]))
@@ -535,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.report.read_text())
         names = list(dict.fromkeys(r["approach"] for r in saved["runs"]))
         print(format_tables(summarise(saved["runs"], names), speedups(saved["runs"], names),
-                            saved.get("read_count")))
+                            saved.get("read_count"), pair_ratios(saved["runs"], names)))
         return 0
     sha = None
     if args.pipeline_rev:
@@ -599,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(runs, names)
     sp = speedups(runs, names)
     print()
-    print(format_tables(rows, sp, reads))
+    print(format_tables(rows, sp, reads, pair_ratios(runs, names)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

@@ -32,7 +32,8 @@ def test_run_bench_prints_the_table(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, str(BENCH / "run_bench.py"), "--scene", str(scene),
-         "--approaches", "floor,tileseg", "--repeat", "1", "--no-warmup", "--no-read-count",
+         "--approaches", "floor,tileseg,tileseg-cog,tileseg-post", "--repeat", "1",
+         "--no-warmup", "--no-read-count",
          "--workdir", str(tmp_path / "work"), "--json", str(out)],
         capture_output=True, text=True, timeout=170, env=_env(),
     )
@@ -40,14 +41,17 @@ def test_run_bench_prints_the_table(tmp_path):
     text = proc.stdout
     assert "| approach | MPix | wall s | MPix/s | CPU s | peak RSS MiB | x floor |" in text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines()
-            if line.startswith("| floor ") or line.startswith("| tileseg ")}
-    assert set(rows) == {"floor", "tileseg"}
+            if line.startswith(("| floor ", "| tileseg"))}
+    assert set(rows) == {"floor", "tileseg", "tileseg-cog", "tileseg-post"}
     assert "| floor | 0.1 |" in rows["floor"] and "1.00" in rows["floor"]
     saved = json.loads(out.read_text())
     by = {r["approach"]: r for r in saved["summary"]}
     assert by["floor"]["runs"] == 1 and by["tileseg"]["runs"] == 1
     assert by["tileseg"]["peak_rss_mib"] > 0 and by["tileseg"]["wall_s"] > 0
     assert by["tileseg"]["timings_s"]["total"] > 0
+    # the post-processing variant runs the segments stage, and its ratio is printed
+    assert by["tileseg-post"]["timings_s"]["segments"] > 0
+    assert "- tileseg-post / tileseg-cog: post-processing on / K-means only" in text
     assert (tmp_path / "work").is_dir()
 
 
