@@ -47,4 +47,4 @@ def segment(
     """
     feats = compute_features(image, features)
     model = fit(feats, k, seed=seed, sample_size=sample_size, **fit_options)
-    return predict(feats, model), model
+    return predict(feats, model, image=image), model

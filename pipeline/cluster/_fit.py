@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -17,6 +18,7 @@ from ._kmeans import fit_kmeans
 from ._meanshift import fit_meanshift
 from ._methods import method_info
 from ._model import ClusterModel
+from ._predict import RAW_DTYPES, nearest_centroid_raw
 from ._training import Sample, draw_sample
 
 __all__ = ["fit", "fit_on", "predict", "predict_confidence", "DEFAULT_K"]
@@ -175,7 +177,94 @@ def _per_pixel(features: xr.DataArray, model: ClusterModel, func: Any, dtype: np
     return out.rio.write_nodata(nodata, encoded=False)
 
 
-def predict(features: xr.DataArray, model: ClusterModel) -> xr.DataArray:
+def _nearest_centroid_params(model: ClusterModel) -> tuple[np.ndarray, np.ndarray] | None:
+    """Centroids and weights of a model that labels by plain nearest centroid, or None.
+
+    Exactly the arrays its ``predict_block`` hands to :func:`nearest_centroid`, so the
+    fused kernel gives the same labels. Exact types only: a subclass may label otherwise.
+    """
+    from ._meanshift import MeanShiftModel
+    from ._model import KMeansModel
+
+    if type(model) is KMeansModel:
+        return model.centroids_original, 1.0 / model.scale**2
+    if type(model) is MeanShiftModel:
+        return model.class_centres(), model.distance_weights
+    return None
+
+
+def _raw_band_indices(features: xr.DataArray, image: xr.DataArray) -> list[int] | None:
+    """0-based image band of each feature, or None unless the features are bands as is.
+
+    As is: one ``bands`` entry (any selection of bands) and nothing else.
+    """
+    from ..features._registry import FeatureSpec
+    from ..features._spectral import BandsParams, bands
+
+    specs = features.attrs.get("features")
+    if not isinstance(specs, list | tuple) or len(specs) != 1:
+        return None
+    (spec,) = specs
+    # the built-in family with only parameters that select bands (`scale` acts on the
+    # model's standardisation, not the values); any parameter added later that changes
+    # the values, or a replaced family, takes the general path
+    if not (isinstance(spec, FeatureSpec) and spec.name == "bands"
+            and type(spec.params) is BandsParams and spec.family.func is bands
+            and set(BandsParams.model_fields) <= {"bands", "scale"}):
+        return None
+    count = int(image.sizes["band"])
+    numbers = spec.params.bands or list(range(1, count + 1))
+    if not all(1 <= n <= count for n in numbers) or len(numbers) != features.sizes["feature"]:
+        return None
+    return [int(n) - 1 for n in numbers]
+
+
+def _fused_labels(features: xr.DataArray, model: ClusterModel,
+                  image: xr.DataArray) -> xr.DataArray | None:
+    """Labels straight from the raw image (one kernel), or None where it cannot be exact.
+
+    The general path masks the image into a float32 copy (:func:`pipeline.io.masked_float`),
+    selects the bands and labels that; for ``features: [bands]`` and a nearest-centroid
+    model one kernel does all three per image row, with the same arithmetic, without the
+    float32 block (whose writes and page faults were about half the label pass). Every
+    condition below keeps the result identical to :func:`_per_pixel`'s: same values,
+    chunks and coordinates.
+    """
+    params = _nearest_centroid_params(model)
+    if params is None:
+        return None
+    data = getattr(image, "data", None)
+    if (not isinstance(data, da.Array) or image.dims != ("band", "y", "x")
+            or np.dtype(image.dtype) not in RAW_DTYPES or features.dims[1:] != ("y", "x")
+            or features.shape[1:] != image.shape[1:]
+            # masked_float masks within each block: with the bands split over chunks a
+            # pixel is invalid only by the bands of its own chunk; keep that path
+            or len(data.chunks[0]) != 1
+            or features.data.chunks[1:] != data.chunks[1:]
+            or features.attrs.get("n_bands") != image.sizes["band"]):
+        return None
+    bands = _raw_band_indices(features, image)
+    if bands is None:
+        return None
+    for dim in ("y", "x"):  # the features of this image, not of another on the same grid
+        if dim in features.coords and dim in image.coords and not np.array_equal(
+                features[dim].values, image[dim].values):
+            return None
+    nodata = image.rio.nodata
+    centroids, weights = params
+    dtype = model.label_dtype
+    labels = data.map_blocks(
+        nearest_centroid_raw, None if nodata is None else float(nodata),
+        np.asarray(bands, dtype=np.int64), np.asarray(centroids, dtype=np.float32),
+        np.asarray(weights, dtype=np.float32), model.nodata, dtype,
+        drop_axis=0, dtype=dtype, meta=np.empty((0, 0), dtype))
+    coords = {n: c for n, c in features.coords.items() if "feature" not in c.dims}
+    out = xr.DataArray(labels, dims=("y", "x"), coords=coords, name="labels")
+    return out.rio.write_nodata(model.nodata, encoded=False)
+
+
+def predict(features: xr.DataArray, model: ClusterModel, *,
+            image: xr.DataArray | None = None) -> xr.DataArray:
     """Label every pixel with a fitted model, lazily (``map_blocks``).
 
     Each pixel's label depends only on its own features, so the labels are the same
@@ -186,6 +275,13 @@ def predict(features: xr.DataArray, model: ClusterModel) -> xr.DataArray:
     features : DataArray, shape (feature, y, x)
         Computed with the model's feature specs.
     model : ClusterModel
+    image : DataArray, shape (band, y, x), optional
+        The raw image ``features`` were computed from (:func:`pipeline.open_image`),
+        unchanged (same nodata value, same chunks). With ``features: [bands]`` (any band
+        selection) and a K-means or mean-shift model, the labels are then computed
+        straight from the image in one pass, which skips the float32 copy of every
+        block; the result is the same, bit for bit.
+        Other features or models ignore it.
 
     Returns
     -------
@@ -198,6 +294,13 @@ def predict(features: xr.DataArray, model: ClusterModel) -> xr.DataArray:
     pipeline.errors.ModelError
         If the features (or the band count) do not match the model's.
     """
+    if image is not None:
+        # the same check, so the same error, whichever path labels
+        model.check_features([str(n) for n in features["feature"].values],
+                             features.attrs.get("n_bands"))
+        fused = _fused_labels(features, model, image)
+        if fused is not None:
+            return fused
     return _per_pixel(features, model, _label_block, model.label_dtype, "labels",
                       model.nodata)
 

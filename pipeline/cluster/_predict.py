@@ -5,41 +5,100 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["nearest_centroid", "nearest_centroid_sorted", "descend_tree", "gaussian_posterior"]
+__all__ = [
+    "nearest_centroid",
+    "nearest_centroid_raw",
+    "nearest_centroid_sorted",
+    "descend_tree",
+    "gaussian_posterior",
+]
+
+
+@numba.njit(inline="always")
+def _nearest_row(block, i, centroids, weights, nodata, out_row, best, arg,
+                 dist):  # pragma: no cover - compiled
+    # Label row i of block (feature, y, x) into out_row, one centroid at a time, one
+    # feature at a time: every inner loop runs along a contiguous image row, so LLVM
+    # vectorises it (about 5x the pixel-by-pixel loop). Each pixel's distance is still
+    # summed feature 0, 1, ... in float32, so the labels are bit-identical to the plain
+    # loop, whatever the block's shape. Shared by `_nearest` and `_nearest_raw`, inlined
+    # (a call per row would hide the contiguous layouts from the vectoriser), so both
+    # kernels give the same labels for the same float32 rows. best, arg, dist: scratch
+    # rows of the image's width.
+    nf = block.shape[0]
+    w = block.shape[2]
+    k = centroids.shape[0]
+    for j in range(w):
+        best[j] = np.inf
+        arg[j] = -1
+    for c in range(k):
+        for j in range(w):
+            dist[j] = 0.0
+        for f in range(nf):
+            row = block[f, i]
+            cf = centroids[c, f]
+            wf = weights[f]
+            for j in range(w):
+                diff = row[j] - cf
+                dist[j] += wf * diff * diff
+        for j in range(w):
+            better = dist[j] < best[j]  # ties keep the lower class ID
+            best[j] = dist[j] if better else best[j]
+            arg[j] = c if better else arg[j]
+    for j in range(w):
+        # NaN features (nodata) never compare smaller: the pixel stays nodata
+        out_row[j] = nodata if arg[j] < 0 else arg[j]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=False)
 def _nearest(block, centroids, weights, nodata, out):  # pragma: no cover - compiled
-    # Row by row, one centroid at a time, one feature at a time: every inner loop runs
-    # along a contiguous image row, so LLVM vectorises it (about 5x the pixel-by-pixel
-    # loop). Each pixel's distance is still summed feature 0, 1, ... in float32, so the
-    # labels are bit-identical to the plain loop, whatever the block's shape.
-    nf, h, w = block.shape
-    k = centroids.shape[0]
+    h, w = block.shape[1], block.shape[2]
+    best = np.empty(w, dtype=np.float32)
+    arg = np.empty(w, dtype=np.int64)
+    dist = np.empty(w, dtype=np.float32)
+    for i in range(h):
+        _nearest_row(block, i, centroids, weights, nodata, out[i], best, arg, dist)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=False)
+def _nearest_raw(block, nodata_in, use_nodata, check_finite, bands, centroids, weights,
+                 nodata, out):  # pragma: no cover - compiled
+    # `_mask_rows` + `_nearest` in one pass, without the float32 copy of the whole block:
+    # each image row is masked and converted into a one-row float32 buffer (in cache),
+    # then labelled by the same `_nearest_row` as `_nearest`. The buffer holds exactly
+    # the values the two-kernel path gives that row (float32 of the raw value, NaN in
+    # every feature of an invalid pixel), so the labels are bit-identical.
+    nb, h, w = block.shape
+    nf = bands.shape[0]
+    buf = np.empty((nf, 1, w), dtype=np.float32)
+    bad = np.empty(w, dtype=np.bool_)
     best = np.empty(w, dtype=np.float32)
     arg = np.empty(w, dtype=np.int64)
     dist = np.empty(w, dtype=np.float32)
     for i in range(h):
         for j in range(w):
-            best[j] = np.inf
-            arg[j] = -1
-        for c in range(k):
-            for j in range(w):
-                dist[j] = 0.0
-            for f in range(nf):
-                row = block[f, i]
-                cf = centroids[c, f]
-                wf = weights[f]
+            bad[j] = False
+        # as `_mask_rows`: ANY band of the image (selected or not) equal to nodata, or
+        # not finite once float32, invalidates the pixel. The flags are tested outside
+        # the loops, and `|=` has no branch, so each loop vectorises (a test per pixel
+        # made the mask cost as much as in `_mask_rows`). check_finite is False for
+        # integer types, whose float32 is always finite.
+        if use_nodata:
+            for b in range(nb):
+                row = block[b, i]
                 for j in range(w):
-                    diff = row[j] - cf
-                    dist[j] += wf * diff * diff
+                    bad[j] |= row[j] == nodata_in
+        if check_finite:
+            for b in range(nb):
+                row = block[b, i]
+                for j in range(w):
+                    bad[j] |= not np.isfinite(np.float32(row[j]))
+        for f in range(nf):
+            row = block[bands[f], i]
+            brow = buf[f, 0]
             for j in range(w):
-                better = dist[j] < best[j]  # ties keep the lower class ID
-                best[j] = dist[j] if better else best[j]
-                arg[j] = c if better else arg[j]
-        for j in range(w):
-            # NaN features (nodata) never compare smaller: the pixel stays nodata
-            out[i, j] = nodata if arg[j] < 0 else arg[j]
+                brow[j] = np.float32(np.nan) if bad[j] else np.float32(row[j])
+        _nearest_row(buf, 0, centroids, weights, nodata, out[i], best, arg, dist)
 
 
 def nearest_centroid(
@@ -72,6 +131,69 @@ def nearest_centroid(
     out = np.empty(block.shape[1:], dtype=dtype)
     _nearest(
         np.ascontiguousarray(block, dtype=np.float32),
+        np.ascontiguousarray(centroids, dtype=np.float32),
+        np.ascontiguousarray(weights, dtype=np.float32),
+        nodata,
+        out,
+    )
+    return out
+
+
+#: Image data types :func:`nearest_centroid_raw` labels straight from.
+RAW_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.uint32,
+                                         np.int32, np.float32, np.float64))
+
+
+def nearest_centroid_raw(
+    block: np.ndarray,
+    image_nodata: float | None,
+    bands: np.ndarray,
+    centroids: np.ndarray,
+    weights: np.ndarray,
+    nodata: int,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """Label the pixels of a raw image block by nearest centroid of some of its bands.
+
+    The same labels, bit for bit, as :func:`pipeline.io.masked_float` followed by band
+    selection and :func:`nearest_centroid`, in one pass and without the float32 copy of
+    the block.
+
+    Parameters
+    ----------
+    block : ndarray, shape (band, y, x)
+        Raw image block, every band of the image; one of :data:`RAW_DTYPES`.
+    image_nodata : float or None
+        The image's nodata value (``rio.nodata``); ``None`` or NaN when it has none.
+        A pixel is invalid when any band (selected or not) equals it, compared in the
+        block's own type, or is not finite as float32.
+    bands : ndarray, shape (feature,), int
+        0-based band of each feature, in feature order.
+    centroids : ndarray, shape (k, feature)
+        Centroids in raw feature units (used as float32, as :func:`nearest_centroid`).
+    weights : ndarray, shape (feature,)
+        Per-feature weights of the squared distance (float32 too).
+    nodata : int
+        Label of invalid pixels.
+    dtype : numpy dtype
+        uint8 or uint16.
+
+    Returns
+    -------
+    ndarray, shape (y, x)
+        Labels, ties broken towards the lower class ID.
+    """
+    block = np.ascontiguousarray(block)
+    use = image_nodata is not None and not np.isnan(image_nodata)
+    # compare in the block's own type, as `_masked_float_block` does (-99999 in float32)
+    value = np.asarray(image_nodata if use else 0).astype(block.dtype)[()]
+    out = np.empty(block.shape[1:], dtype=dtype)
+    _nearest_raw(
+        block,
+        value,
+        use,
+        block.dtype.kind == "f",
+        np.ascontiguousarray(bands, dtype=np.int64),
         np.ascontiguousarray(centroids, dtype=np.float32),
         np.ascontiguousarray(weights, dtype=np.float32),
         nodata,
