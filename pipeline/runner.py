@@ -48,6 +48,7 @@ from .config import RunConfig
 from .errors import InputError, ModelError, OutputExistsError
 from .features import compute_features
 from .io import LabelWriter, masked_float, open_image
+from .io._write import store_part
 from .postprocess import majority_filter
 from .report import build_report, describe_image, plot_comparison, plot_elbow, write_report
 
@@ -171,6 +172,12 @@ def _regions(arr: da.Array) -> list[tuple[slice, slice]]:
             for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
 
 
+def _store_parts(blocks: list[np.ndarray], region: tuple[slice, slice],
+                 remotes: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """On a worker: each raster's share of writing its block (``store_part``)."""
+    return [store_part(b, region, r) for b, r in zip(blocks, remotes, strict=True)]
+
+
 def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWriter],
                   client: Any, progress: _Progress) -> None:
     """Compute every block of every raster once and hand it to its writer (computes).
@@ -178,7 +185,8 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
     The rasters share one graph, so common stages (reading, features, labels) run once
     per chunk. With threads, ``da.store`` writes under one lock as blocks finish. With a
     ``distributed`` client, blocks are computed on the workers a bounded number at a
-    time and written here, in the process that owns the file handles.
+    time; each worker writes its blocks' Zarr chunks and class counts itself, and only
+    the blocks of the GeoTIFF come back here, to the process that owns its handle.
     """
     names = list(rasters)
     arrays = [rasters[n].data for n in names]
@@ -194,7 +202,10 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
 
     regions = _regions(arrays[0])
     per_array = [a.to_delayed(optimize_graph=False).ravel().tolist() for a in arrays]
-    blocks = [dask.delayed(tuple)(list(t)) for t in zip(*per_array, strict=True)]
+    remotes = [writers[n].remote() for n in names]
+    share = dask.delayed(_store_parts, pure=True)
+    blocks = [share(list(t), region, remotes)
+              for t, region in zip(zip(*per_array, strict=True), regions, strict=True)]
     # Blocks go to the scheduler in batches, each optimised once (one submission per
     # block re-culls the whole graph every time: quadratic), and the next batch is
     # sent while half of the previous one is still running, so workers never idle and
@@ -214,8 +225,8 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
     submit_batch()
     for fut in futures:
         region = where.pop(fut.key)
-        for name, block in zip(names, fut.result(), strict=True):
-            writers[name][region] = block
+        for name, (block, hist) in zip(names, fut.result(), strict=True):
+            writers[name].add(region, block, hist)
         progress.update()
         fut.release()
         if pending and len(where) <= batch // 2:
@@ -353,9 +364,13 @@ def _fit_stage(config: RunConfig, features: xr.DataArray) -> _Fitted:
     """Draw the sample, choose k when ``auto``, fit the configured method (computes)."""
     c = config.cluster
     finds_k = METHODS[c.method].finds_k
-    # scikit-learn takes ~1 s to import: do it while the sample pass reads (GDAL and
-    # the numba kernels release the GIL), not after
-    threading.Thread(target=import_module, args=("sklearn.cluster",), daemon=True).start()
+    # scikit-learn takes ~1 s to import: when the fit needs it, import it while the
+    # sample pass reads (GDAL and the numba kernels release the GIL), not after. K-means
+    # and bisecting K-means are our own numba code; only k: auto scores with it then.
+    needs = ("sklearn.cluster" if c.method not in ("kmeans", "bisecting_kmeans")
+             else "sklearn.metrics" if c.k == "auto" else None)
+    if needs:
+        threading.Thread(target=import_module, args=(needs,), daemon=True).start()
     sample = _draw(config, features, c.sample_size)
     k: Any = c.k if c.k_given or not finds_k else None
     result = None
@@ -553,7 +568,7 @@ def run(
                       else _given_model(config, model))
         model = fitted.model
         timings["sample_fit"] = time.perf_counter() - t
-        labels = predict(features, model)
+        labels = predict(features, model, image=image)
         rasters = {"labels": labels}
         if config.cluster.confidence:
             rasters["confidence"] = predict_confidence(features, model)

@@ -7,14 +7,13 @@ block by block.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import dask
 import numba
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
 
+from ._lloyd import kmeans_plusplus, lloyd
 from ._model import ClusterModel, KMeansModel
 from ._predict import _nearest
 from ._training import Sample, draw_sample
@@ -43,12 +42,15 @@ def fit_sample(
 ) -> tuple[np.ndarray, float, int]:
     """Fit K-means on an in-memory sample to the quality of full K-means.
 
-    Coarse to fine: K-means (scikit-learn, ``n_init`` k-means++ restarts) on a random
-    subset of the sample (its first ``max(50000, 100 k)`` rows: the sample is in random
-    key order) finds a good start quickly; Lloyd iterations over the whole sample then
-    converge it to the quality of full K-means (MiniBatch K-means alone stops several
-    percent above the optimum on real multispectral data, and is slower here). Both
-    run on one thread, so the result depends only on the sample and the seed.
+    Coarse to fine: ``n_init`` k-means++ restarts, each followed by Lloyd iterations,
+    on a random subset of the sample (its first ``max(50000, 100 k)`` rows: the sample
+    is in random key order) find a good start quickly; Lloyd iterations over the whole
+    sample from the best restart (lowest inertia, the first on ties) then converge it
+    to the quality of full K-means (MiniBatch K-means alone stops several percent above
+    the optimum on real multispectral data, and is slower here). The fit is our own
+    numba code (:mod:`pipeline.cluster._lloyd`, the algorithm of scikit-learn's
+    ``KMeans``, without its ~1 s import) and runs on one thread, so the result depends
+    only on the sample and the seed, bit for bit.
 
     Parameters
     ----------
@@ -57,9 +59,11 @@ def fit_sample(
     k : int
         Number of clusters, ``2 <= k <= n``.
     seed : int
-        Seed of the initialisation.
+        Seed of the initialisation: one ``numpy.random.default_rng(seed)`` draws every
+        restart's k-means++ seeding, in turn.
     n_init, max_iter, tol :
-        As in scikit-learn (``tol`` relative to the data's variance).
+        As in scikit-learn's ``KMeans`` (``tol`` relative to the data's mean
+        per-feature variance).
 
     Returns
     -------
@@ -68,30 +72,19 @@ def fit_sample(
     inertia : float
         Sum of squared distances of the sample to its nearest centroid.
     n_iter : int
-        Lloyd iterations run.
+        Lloyd iterations run over the whole sample.
     """
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-    with threadpool_limits(limits=1), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        coarse = KMeans(
-            n_clusters=k,
-            n_init=n_init,
-            random_state=seed,
-            max_iter=max_iter,
-            tol=tol,
-            algorithm="lloyd",
-        ).fit(x[: max(_COARSE, 100 * k)])
-        km = KMeans(
-            n_clusters=k,
-            init=coarse.cluster_centers_,
-            n_init=1,
-            max_iter=max_iter,
-            tol=tol,
-            algorithm="lloyd",
-            random_state=seed,
-        ).fit(x)
-    return km.cluster_centers_, float(km.inertia_), int(km.n_iter_)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    coarse = x[: max(_COARSE, 100 * k)]
+    rng = np.random.default_rng(seed)
+    best: np.ndarray | None = None
+    best_inertia = np.inf
+    for _ in range(max(1, n_init)):
+        init, _ = kmeans_plusplus(coarse, k, rng)
+        centres, inertia, _ = lloyd(coarse, init, max_iter=max_iter, tol=tol)
+        if best is None or inertia < best_inertia:
+            best, best_inertia = centres, inertia
+    return lloyd(x, best, max_iter=max_iter, tol=tol)
 
 
 def _order(centroids_original: np.ndarray) -> np.ndarray:

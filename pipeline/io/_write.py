@@ -13,6 +13,7 @@ from __future__ import annotations
 import colorsys
 import os
 import threading
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from zarr.errors import ZarrUserWarning
 
 from ._read import GDAL_TYPES
 
-__all__ = ["LabelWriter", "palette", "label_dtype", "LABEL_FORMATS"]
+__all__ = ["LabelWriter", "palette", "label_dtype", "store_part", "LABEL_FORMATS"]
 
 LABEL_FORMATS = ("cog", "zarr")
 _TILE = 512
@@ -145,6 +146,7 @@ class LabelWriter:
         self.dtype = np.dtype(template.dtype)
         self.counts = None if n_classes is None else np.zeros(n_classes + 1, dtype=np.int64)
         self.blocks_written = 0
+        self._token = uuid.uuid4().hex  # names this store in the workers' handle cache
         self._lock = threading.Lock()
         self._tif: Any = None
         self._zarr: Any = None
@@ -211,11 +213,32 @@ class LabelWriter:
         chunk), so they are encoded and written in parallel.
         """
         block = np.asarray(block)
-        hist = None
-        if self.counts is not None:
-            hist = np.bincount(block.ravel(), minlength=int(self.nodata) + 1)
         if self._zarr is not None:
             self._zarr[region] = block
+        self.add(region, block, self.histogram(block))
+
+    def histogram(self, block: np.ndarray) -> np.ndarray | None:
+        """Pixels per class of a block, nodata last (``None`` for ID rasters)."""
+        if self.counts is None:
+            return None
+        return _class_counts(block, self.n_classes or 0, self.nodata)
+
+    def remote(self) -> dict[str, Any]:
+        """Return what a worker needs to do its share of a block (:func:`store_part`).
+
+        Workers write the block's Zarr chunk themselves (chunks are separate files,
+        so no lock is needed) and count its classes; only the blocks the GeoTIFF
+        needs travel back to this process, which owns the GeoTIFF handle.
+        """
+        return {"zarr": (str(self.directory / f"{self.stem}.zarr"), self.stem, self._token)
+                if self._zarr is not None else None,
+                "tif": self._tif is not None,
+                "n_classes": self.n_classes if self.counts is not None else None,
+                "nodata": self.nodata}
+
+    def add(self, region: tuple[slice, slice], block: np.ndarray | None,
+            hist: np.ndarray | None) -> None:
+        """Record a block whose Zarr chunk is already written: GeoTIFF and totals."""
         with self._lock:
             if self._tif is not None:
                 self._tif.write(block, 1, window=_window(region))
@@ -224,9 +247,7 @@ class LabelWriter:
                     if part is not None:
                         ds.write(part[1], 1, window=_window(part[0]))
             if hist is not None:
-                k = self.n_classes or 0
-                self.counts[:k] += hist[:k]
-                self.counts[-1] += hist[self.nodata]
+                self.counts += hist
             self.blocks_written += 1
 
     def close(self) -> list[Path]:
@@ -323,3 +344,35 @@ class LabelWriter:
             BIGTIFF="IF_SAFER",
             NUM_THREADS="ALL_CPUS",
         )
+
+
+def _class_counts(block: np.ndarray, n_classes: int, nodata: int) -> np.ndarray:
+    counts = np.bincount(block.ravel(), minlength=int(nodata) + 1)
+    return np.append(counts[:n_classes], counts[nodata])
+
+
+#: Zarr arrays opened by this (worker) process, by (path, name, writer token).
+_open_stores: dict[tuple[str, str, str], Any] = {}
+
+
+def store_part(block: np.ndarray, region: tuple[slice, slice], remote: dict[str, Any]
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Do a worker's share of writing one block (see :meth:`LabelWriter.remote`).
+
+    Writes the Zarr chunk, counts the classes, and returns what the writer's process
+    still needs: the block when it writes a GeoTIFF (else ``None``) and the counts.
+    """
+    block = np.asarray(block)
+    if remote["zarr"] is not None:
+        array = _open_stores.get(remote["zarr"])
+        if array is None:  # one handle per store and worker process
+            if len(_open_stores) >= 16:  # a long-lived worker: forget finished runs
+                _open_stores.clear()
+            path, name, _ = remote["zarr"]
+            array = zarr.open_array(store=path, path=name, mode="r+")
+            _open_stores[remote["zarr"]] = array
+        array[region] = block
+    hist = None
+    if remote["n_classes"] is not None:
+        hist = _class_counts(block, remote["n_classes"], remote["nodata"])
+    return (block if remote["tif"] else None), hist
