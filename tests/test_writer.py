@@ -117,3 +117,15 @@ def test_decimate_takes_the_pixels_on_the_factor_grid(factor):
                 assert (got[part[0]] == -1).all()  # every overview pixel from one block
                 got[part[0]] = part[1]
     np.testing.assert_array_equal(got, full[::factor, ::factor])
+
+
+@pytest.mark.parametrize("dtype, nodata", [(np.uint8, 255), (np.uint16, 65535), (np.int32, 9)])
+def test_class_counts_match_bincount(dtype, nodata):
+    from pipeline.io._write import _class_counts
+
+    rng = np.random.default_rng(3)
+    block = rng.integers(0, 7, (37, 41)).astype(dtype)  # odd size: the unrolled tail
+    block[rng.random(block.shape) < 0.2] = nodata
+    ref = np.bincount(block.ravel().astype(np.int64), minlength=nodata + 1)
+    np.testing.assert_array_equal(_class_counts(block, 6, nodata),
+                                  np.append(ref[:6], ref[nodata]))
