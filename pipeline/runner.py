@@ -178,8 +178,8 @@ def _store_parts(blocks: list[np.ndarray], region: tuple[slice, slice],
     return [store_part(b, region, r) for b, r in zip(blocks, remotes, strict=True)]
 
 
-def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWriter],
-                  client: Any, progress: _Progress) -> None:
+def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
+                  client: Any, progress: _Progress, *, compute: bool = True) -> Any:
     """Compute every block of every raster once and hand it to its writer (computes).
 
     The rasters share one graph, so common stages (reading, features, labels) run once
@@ -187,6 +187,10 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
     ``distributed`` client, blocks are computed on the workers a bounded number at a
     time; each worker writes its blocks' Zarr chunks and class counts itself, and only
     the blocks of the GeoTIFF come back here, to the process that owns its handle.
+
+    A writer is a :class:`LabelWriter` or any array accepting ``w[region] = block``.
+    With threads, ``compute=False`` returns the store as a Delayed instead, to be
+    computed with other results of the same blocks (one pass).
     """
     names = list(rasters)
     arrays = [rasters[n].data for n in names]
@@ -196,8 +200,9 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWrit
         targets = [_Targets(writers[n], progress if i == 0 else None)
                    for i, n in enumerate(names)]
         # the writers lock what they share: Zarr chunks are encoded in parallel
-        da.store(arrays, targets, lock=False, compute=True)
-        return
+        return da.store(arrays, targets, lock=False, compute=compute)
+    if not compute:
+        raise ValueError("compute=False needs the threaded scheduler")
     from distributed import as_completed
 
     regions = _regions(arrays[0])
@@ -243,13 +248,17 @@ class _Segments:
 
 
 def _segments_stage(config: RunConfig, features: xr.DataArray, model: Any,
-                    rasters: dict[str, xr.DataArray], timings: dict[str, float]
+                    rasters: dict[str, xr.DataArray], timings: dict[str, float],
+                    along: Any = None, cached: xr.DataArray | None = None
                     ) -> _Segments | None:
     """Global segments of ``rasters["labels"]``, merged to ``min_size`` (computes).
 
-    Computes the per-chunk summaries (one more pass of read, features, labels and
-    local labelling), resolves and merges them in memory, and adds the lazy
-    ``rasters["segments"]``, which the write pass computes with the other rasters.
+    Computes the per-chunk summaries, resolves and merges them in memory, and adds
+    the lazy ``rasters["segments"]``. Without ``along``, the summaries take one more
+    pass of read, features, labels and local labelling, and the write pass computes
+    the segments with the other rasters. With ``along`` (the write of the class
+    rasters, uncomputed), both are computed in one pass over the input, and the
+    segments are relabelled from ``cached``, the class map that pass also stored.
     Feature means and the merge's similarity use the model's standardisation
     (``model.mean``, ``model.scale``), the units the classes were fitted in.
     """
@@ -273,20 +282,52 @@ def _segments_stage(config: RunConfig, features: xr.DataArray, model: Any,
               else pixels_for_area(pp.min_size.area, transform))
     tasks = segment_tasks(labels, features, connectivity=pp.segments.connectivity,
                           min_pixels=min_px, offset=model.mean, scale=model.scale)
-    pieces, joins = dask.compute(tasks.pieces, tasks.joins)
+    if along is None:
+        pieces, joins = dask.compute(tasks.pieces, tasks.joins)
+    else:
+        _, pieces, joins = dask.compute(along, tasks.pieces, tasks.joins)
+    t_resolve = time.perf_counter()
     index = resolve_segments(tasks, pieces, joins)
     n_found = index.n_segments
     if min_px is not None:
         index = merge_small_segments(index, min_px)
-    rasters["segments"] = relabel_segments(labels, index)
+    rasters["segments"] = relabel_segments(labels if cached is None else cached, index)
     table = segment_table(index.stats, transform=transform, feature_names=model.feature_names,
                           offset=model.mean, scale=model.scale)
     summary = {"connectivity": index.connectivity, "found": n_found,
                "min_pixels": min_px, "segments": index.n_segments}
     log.info("segments: %d found, %d after merging below %s pixels", n_found,
              index.n_segments, min_px)
-    timings["segments"] = time.perf_counter() - t
+    # with `along`, the pass itself counts as writing: only resolving is "segments"
+    timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
     return _Segments(index=index, table=table, summary=summary)
+
+
+@dataclass
+class _ClassCache:
+    """The class map stored uncompressed beside the outputs, for a second pass."""
+
+    path: Path
+    data: Any  # zarr array, the store target
+    labels: xr.DataArray  # the same class map, read back lazily
+
+
+def _class_cache(staging: Path, labels: xr.DataArray) -> _ClassCache:
+    """Create an uncompressed Zarr store chunked like ``labels``, and its lazy read-back.
+
+    Relabelling segments from it costs a read of the class map (one byte a pixel,
+    from the page cache) instead of the input's decoding, features, labels and
+    majority filter all over again.
+    """
+    import zarr
+
+    path = staging / ".classes.cache.zarr"
+    chunks = tuple(c[0] for c in labels.chunks)
+    nodata = int(labels.rio.nodata)
+    array = zarr.create_array(store=str(path), shape=labels.shape, chunks=chunks,
+                              dtype=labels.dtype, fill_value=nodata, compressors=None)
+    back = da.from_zarr(array, chunks=labels.chunks)
+    return _ClassCache(path, array, labels.copy(data=back))
 
 
 def _write_segments(seg: _Segments, raster: xr.DataArray, staging: Path, config: RunConfig,
@@ -579,25 +620,49 @@ def run(
             rasters["labels_raw"] = labels
         if pp.majority.radius:
             rasters["labels"] = majority_filter(labels, pp.majority.radius)
-        segments = _segments_stage(config, features, model, rasters, timings)
+        # segments with threads: one pass reads the input, writes the class rasters and
+        # summarises the segments; a second reads the class map back to write them.
+        # On a cluster the summaries take a pass of their own (the workers hold no
+        # file handle of this process).
+        one_pass = (pp.segments is not None and client is None
+                    and all(len(set(c[:-1])) <= 1 and c[-1] <= c[0]
+                            for c in labels.chunks))  # a Zarr cache needs regular chunks
+        segments = (None if one_pass else
+                    _segments_stage(config, features, model, rasters, timings))
         with staged_output(output, overwrite or keep is not None, keep or ()) as staging:
             t = time.perf_counter()
-            writers = {
-                name: LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
-                                  n_classes=model.k if name.startswith("labels") else None,
-                                  formats=tuple(config.formats))
-                for name, arr in rasters.items()
-            }
+
+            def writer(name: str, arr: xr.DataArray) -> LabelWriter:
+                return LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
+                                   n_classes=model.k if name.startswith("labels") else None,
+                                   formats=tuple(config.formats))
+
+            writers = {name: writer(name, arr) for name, arr in rasters.items()}
             bar = _Progress(labels.data.npartitions, "label+write", progress)
             try:
-                store_rasters(rasters, writers, client, bar)
+                if one_pass:
+                    cache = _class_cache(staging, rasters["labels"])
+                    along = store_rasters({**rasters, "cache": rasters["labels"]},
+                                          {**writers, "cache": cache.data}, None, bar,
+                                          compute=False)
+                    segments = _segments_stage(config, features, model, rasters, timings,
+                                               along=along, cached=cache.labels)
+                    writers["segments"] = writer("segments", rasters["segments"])
+                    bar.close()
+                    bar = _Progress(labels.data.npartitions, "segments", progress)
+                    store_rasters({"segments": rasters["segments"]},
+                                  {"segments": writers["segments"]}, None, bar)
+                    shutil.rmtree(cache.path)
+                else:
+                    store_rasters(rasters, writers, client, bar)
             except BaseException:
                 for w in writers.values():
                     w.abort()
                 raise
             finally:
                 bar.close()
-            timings["label_write"] = time.perf_counter() - t
+            timings["label_write"] = time.perf_counter() - t - (timings.get("segments", 0.0)
+                                                                if one_pass else 0.0)
             t = time.perf_counter()
             written = [p for w in writers.values() for p in w.close()]
             timings["cog"] = time.perf_counter() - t
