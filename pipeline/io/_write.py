@@ -24,9 +24,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 import xarray as xr
-import zarr
 from rasterio.transform import Affine
-from zarr.errors import ZarrUserWarning
 
 from ._read import GDAL_TYPES
 
@@ -204,6 +202,8 @@ class LabelWriter:
         if extra:
             attrs["coordinates"] = " ".join(sorted(extra))
         attrs["_FillValue"] = self.nodata
+        import zarr  # only runs that write Zarr pay its import (0.1 s)
+
         return zarr.open_group(str(path), mode="r+").create_array(
             self.stem, shape=template.shape, chunks=chunks, dtype=self.dtype,
             fill_value=self.nodata, dimension_names=template.dims, attributes=attrs)
@@ -282,6 +282,9 @@ class LabelWriter:
             with warnings.catch_warnings():
                 # consolidated metadata is a zarr-python extension of Zarr v3; with it,
                 # xarray.open_zarr(path) opens the store quietly and in one read
+                import zarr
+                from zarr.errors import ZarrUserWarning
+
                 warnings.simplefilter("ignore", ZarrUserWarning)
                 zarr.consolidate_metadata(str(path))
             outputs.append(path)
@@ -399,6 +402,8 @@ def store_part(block: np.ndarray, region: tuple[slice, slice], remote: dict[str,
             if len(_open_stores) >= 16:  # a long-lived worker: forget finished runs
                 _open_stores.clear()
             path, name, _ = remote["zarr"]
+            import zarr
+
             array = zarr.open_array(store=path, path=name, mode="r+")
             _open_stores[remote["zarr"]] = array
         array[region] = block
