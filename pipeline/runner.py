@@ -207,7 +207,10 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
 
     regions = _regions(arrays[0])
     per_array = [a.to_delayed(optimize_graph=False).ravel().tolist() for a in arrays]
-    remotes = [writers[n].remote() for n in names]
+    # workers of a cluster we started share this machine's files: they write the Zarr
+    # chunks; a cluster reached by its address may not, so blocks come back here
+    shared = getattr(client, "cluster", None) is not None
+    remotes = [writers[n].remote(shared) for n in names]
     share = dask.delayed(_store_parts, pure=True)
     blocks = [share(list(t), region, remotes)
               for t, region in zip(zip(*per_array, strict=True), regions, strict=True)]
@@ -230,8 +233,8 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     submit_batch()
     for fut in futures:
         region = where.pop(fut.key)
-        for name, (block, hist) in zip(names, fut.result(), strict=True):
-            writers[name].add(region, block, hist)
+        for name, remote, (block, hist) in zip(names, remotes, fut.result(), strict=True):
+            writers[name].add(region, block, hist, zarr_written=remote["zarr"] is not None)
         progress.update()
         fut.release()
         if pending and len(where) <= batch // 2:

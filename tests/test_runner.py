@@ -70,6 +70,23 @@ def test_threads_and_local_cluster_are_bit_identical(tmp_path, big_scene):
     assert a.report["classes"] == b.report["classes"]
 
 
+@pytest.mark.cluster
+def test_cluster_by_address_writes_everything_here(tmp_path, big_scene):
+    """A cluster reached by its address may not share our files: blocks come back."""
+    from distributed import LocalCluster
+
+    a = _run(tmp_path, "threads", big_scene.path, chunks=512)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        b = _run(tmp_path, "address", big_scene.path, chunks=512,
+                 compute={"scheduler": cluster.scheduler_address})
+    ta, _, za = _read_outputs(a.output)
+    tb, _, zb = _read_outputs(b.output)
+    np.testing.assert_array_equal(ta, tb)
+    np.testing.assert_array_equal(za.labels.values, zb.labels.values)
+    assert a.report["classes"] == b.report["classes"]
+
+
 def test_georeferencing_and_nodata_round_trip(tmp_path, scene):
     res = _run(tmp_path, "out", scene.path, chunks=100)
     out = res.output

@@ -226,22 +226,27 @@ class LabelWriter:
             return None
         return _class_counts(block, self.n_classes or 0, self.nodata)
 
-    def remote(self) -> dict[str, Any]:
+    def remote(self, shared: bool = True) -> dict[str, Any]:
         """Return what a worker needs to do its share of a block (:func:`store_part`).
 
         Workers write the block's Zarr chunk themselves (chunks are separate files,
         so no lock is needed) and count its classes; only the blocks the GeoTIFF
-        needs travel back to this process, which owns the GeoTIFF handle.
+        needs travel back to this process, which owns the GeoTIFF handle. Workers
+        that do not share this machine's files (``shared=False``: a remote cluster)
+        send every block back, and this process writes the Zarr chunks too.
         """
+        remote_zarr = shared and self._zarr is not None
         return {"zarr": (str(self.directory / f"{self.stem}.zarr"), self.stem, self._token)
-                if self._zarr is not None else None,
-                "tif": self._tif is not None,
+                if remote_zarr else None,
+                "tif": self._tif is not None or (self._zarr is not None and not remote_zarr),
                 "n_classes": self.n_classes if self.counts is not None else None,
                 "nodata": self.nodata}
 
     def add(self, region: tuple[slice, slice], block: np.ndarray | None,
-            hist: np.ndarray | None) -> None:
-        """Record a block whose Zarr chunk is already written: GeoTIFF and totals."""
+            hist: np.ndarray | None, *, zarr_written: bool = True) -> None:
+        """Record a block: its GeoTIFF tiles, its Zarr chunk unless written, its counts."""
+        if not zarr_written and self._zarr is not None:
+            self._zarr[region] = block
         with self._lock:
             if self._tif is not None:
                 self._tif.write(block, 1, window=_window(region))
