@@ -206,7 +206,7 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     from distributed import as_completed
 
     regions = _regions(arrays[0])
-    per_array = [a.to_delayed(optimize_graph=False).ravel().tolist() for a in arrays]
+    per_array = [a.to_delayed(optimize_graph=True).ravel().tolist() for a in arrays]
     # workers of a cluster we started share this machine's files: they write the Zarr
     # chunks; a cluster reached by its address may not, so blocks come back here
     shared = getattr(client, "cluster", None) is not None
