@@ -48,7 +48,7 @@ from .config import RunConfig
 from .errors import InputError, ModelError, OutputExistsError
 from .features import compute_features
 from .io import LabelWriter, masked_float, open_image
-from .io._write import store_part
+from .io._write import ZARR_WRITE_CONFIG, store_part
 from .postprocess import majority_filter
 from .report import build_report, describe_image, plot_comparison, plot_elbow, write_report
 
@@ -328,7 +328,8 @@ def _class_cache(staging: Path, labels: xr.DataArray) -> _ClassCache:
     chunks = tuple(c[0] for c in labels.chunks)
     nodata = int(labels.rio.nodata)
     array = zarr.create_array(store=str(path), shape=labels.shape, chunks=chunks,
-                              dtype=labels.dtype, fill_value=nodata, compressors=None)
+                              dtype=labels.dtype, fill_value=nodata, compressors=None,
+                              config=ZARR_WRITE_CONFIG)
     back = da.from_zarr(array, chunks=labels.chunks)
     return _ClassCache(path, array, labels.copy(data=back))
 

@@ -31,6 +31,10 @@ from ._read import GDAL_TYPES
 __all__ = ["LabelWriter", "palette", "label_dtype", "store_part", "LABEL_FORMATS"]
 
 LABEL_FORMATS = ("cog", "zarr")
+#: zarr-python checks every written chunk against the fill value to skip empty ones,
+#: which costs more than compressing it (8.3 ms against 3.5 ms a 1024^2 uint8 chunk);
+#: an all-nodata chunk compresses to a few bytes, so write them all.
+ZARR_WRITE_CONFIG = {"write_empty_chunks": True}
 _TILE = 512
 
 
@@ -206,7 +210,8 @@ class LabelWriter:
 
         return zarr.open_group(str(path), mode="r+").create_array(
             self.stem, shape=template.shape, chunks=chunks, dtype=self.dtype,
-            fill_value=self.nodata, dimension_names=template.dims, attributes=attrs)
+            fill_value=self.nodata, dimension_names=template.dims, attributes=attrs,
+            config=ZARR_WRITE_CONFIG)
 
     def __setitem__(self, region: tuple[slice, slice], block: np.ndarray) -> None:
         """Write one block; safe to call from several threads at once.
@@ -409,7 +414,8 @@ def store_part(block: np.ndarray, region: tuple[slice, slice], remote: dict[str,
             path, name, _ = remote["zarr"]
             import zarr
 
-            array = zarr.open_array(store=path, path=name, mode="r+")
+            array = zarr.open_array(store=path, path=name, mode="r+",
+                                    config=ZARR_WRITE_CONFIG)
             _open_stores[remote["zarr"]] = array
         array[region] = block
     hist = None
