@@ -98,13 +98,25 @@ def _select(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):
         cap = n
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 of every element, in numpy (the same bits as the numba kernel's).
+
+    Used for the few keys drawn in the main thread (cells, seeds, tests), so that the
+    first numba call, which loads numba's lowering libraries (~0.3 s), happens in the
+    pass's worker threads while others read, not before the pass starts.
+    """
+    x = np.array(x, dtype=np.uint64, ndmin=1)
+    with np.errstate(over="ignore"):
+        x = x + _U(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> _U(30))) * _U(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> _U(27))) * _U(0x94D049BB133111EB)
+    return x ^ (x >> _U(31))
+
+
 def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarray:
-    """Return the sampling keys of pixels at global positions ``(y, x)`` (for tests)."""
-    out = np.empty(np.size(y), dtype=np.uint64)
-    seed_key = _U(_splitmix64(_U(seed)))
-    for n, (yy, xx) in enumerate(zip(np.ravel(y), np.ravel(x), strict=True)):
-        out[n] = _splitmix64(_U(_splitmix64(_U(int(yy) * width + int(xx)))) ^ seed_key)
-    return out
+    """Return the sampling keys of pixels at global positions ``(y, x)``."""
+    g = np.ravel(y).astype(np.uint64) * _U(width) + np.ravel(x).astype(np.uint64)
+    return _mix(_mix(g) ^ _mix(seed)[0])
 
 
 def _select_block(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):
@@ -130,7 +142,7 @@ def _chosen_cells(height: int, width: int, fraction: float, seed: int,
     ny, nx = -(-height // cell), -(-width // cell)
     if fraction >= 1.0:
         return np.ones((ny, nx), dtype=bool)
-    cell_seed = _U(_splitmix64(_U(seed) ^ _U(0x5EED5A3D1E5C0DE5)))
+    cell_seed = _mix(_U(seed) ^ _U(0x5EED5A3D1E5C0DE5))[0]
     keys = pixel_keys(*np.indices((ny, nx)).reshape(2, -1), nx, int(cell_seed))
     return (keys <= _U(int(fraction * 2.0**64))).reshape(ny, nx)
 
@@ -193,9 +205,11 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
     n_pixels = valid_hint if valid_hint else height * width * cfrac
     fraction = min(1.0, OVERSAMPLE * size / max(n_pixels, 1))
     threshold = _U(np.iinfo(np.uint64).max) if fraction >= 1.0 else _U(int(fraction * 2.0**64))
-    seed_key = _U(_splitmix64(_U(seed)))
+    seed_key = _mix(seed)[0]
     data = features.data.rechunk({0: -1})
-    blocks = data.to_delayed()
+    # unoptimised: optimising the graph of every block costs 0.35 s at 16384^2; the
+    # compute culls it to the chosen cells' blocks
+    blocks = data.to_delayed(optimize_graph=False)
     ystarts = np.concatenate([[0], np.cumsum(data.chunks[1])[:-1]])
     xstarts = np.concatenate([[0], np.cumsum(data.chunks[2])[:-1]])
     select = dask.delayed(_select_block, pure=True, nout=3)
