@@ -48,7 +48,7 @@ from .config import RunConfig
 from .errors import InputError, ModelError, OutputExistsError
 from .features import compute_features
 from .io import LabelWriter, masked_float, open_image
-from .io._write import ZARR_WRITE_CONFIG, store_part
+from .io._write import ZARR_WRITE_CONFIG, regular_chunks, store_part
 from .postprocess import majority_filter
 from .report import build_report, describe_image, plot_comparison, plot_elbow, write_report
 
@@ -629,8 +629,7 @@ def run(
         # On a cluster the summaries take a pass of their own (the workers hold no
         # file handle of this process).
         one_pass = (pp.segments is not None and client is None
-                    and all(len(set(c[:-1])) <= 1 and c[-1] <= c[0]
-                            for c in labels.chunks))  # a Zarr cache needs regular chunks
+                    and regular_chunks(labels.chunks))  # the class-map cache is Zarr
         segments = (None if one_pass else
                     _segments_stage(config, features, model, rasters, timings))
         with staged_output(output, overwrite or keep is not None, keep or ()) as staging:

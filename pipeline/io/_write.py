@@ -69,6 +69,11 @@ def _blocksize(height: int, width: int) -> int:
     return side
 
 
+def regular_chunks(chunks: tuple[tuple[int, ...], ...]) -> bool:
+    """Whether Dask chunks map one to one onto a Zarr chunk grid (all equal, last smaller)."""
+    return all(len(set(c[:-1])) <= 1 and c[-1] <= c[0] for c in chunks)
+
+
 def _window(region: tuple[slice, slice]) -> tuple[tuple[int, int], tuple[int, int]]:
     ys, xs = region
     return (ys.start, ys.stop), (xs.start, xs.stop)
@@ -192,8 +197,7 @@ class LabelWriter:
     def _create_zarr(self, template: xr.DataArray) -> Any:
         path = self.directory / f"{self.stem}.zarr"
         chunks = tuple(c[0] for c in template.chunks)
-        irregular = any(len(set(c[:-1])) > 1 or c[-1] > c[0] for c in template.chunks)
-        if irregular:  # the store's chunks must match the Dask chunks exactly
+        if not regular_chunks(template.chunks):  # store chunks must match Dask's exactly
             raise ValueError(f"labels have irregular chunks {template.chunks}")
         # xarray writes the coordinates and the CRS variable; the label array itself
         # is created with zarr, empty, as xarray would describe it (xarray's
