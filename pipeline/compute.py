@@ -18,7 +18,7 @@ import dask.threaded
 
 from .config import ComputeConfig
 
-__all__ = ["dask_context", "n_workers"]
+__all__ = ["dask_context", "n_workers", "local_while_workers_warm"]
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +107,38 @@ def _local_cluster(cfg: ComputeConfig, env: dict[str, str]) -> Any:
         env=env,
         silence_logs=logging.ERROR,
     )
+
+
+def _warm_worker() -> None:
+    """Import the pipeline's block code and load its numba kernels (in a worker)."""
+    import numpy as np
+
+    from .cluster._predict import _nearest
+    from .io import _write  # noqa: F401  (the writers' code, rasterio, zarr on demand)
+
+    out = np.empty((1, 1), dtype=np.uint8)
+    _nearest(np.zeros((1, 1, 1), np.float32), np.zeros((1, 1), np.float32),
+             np.ones(1, np.float32), 255, out)
+
+
+@contextmanager
+def local_while_workers_warm(client: Any, cfg: ComputeConfig) -> Iterator[None]:
+    """Compute on local threads while a fresh ``LocalCluster``'s workers warm up.
+
+    A new worker process imports the pipeline and loads its numba kernels on its
+    first task (~2 s). The first stage (the sample pass and the fit) reads a small
+    part of the image: on a cluster started here, on this machine's files, it runs on
+    this process's threads while every worker warms up with a task of its own, so
+    the label pass finds them ready. A cluster reached by its address is used as is
+    (its workers may see other files than this process).
+    """
+    if client is None or getattr(client, "cluster", None) is None:
+        yield
+        return
+    from distributed import fire_and_forget
+
+    for address in client.scheduler_info().get("workers", {}):
+        fire_and_forget(client.submit(_warm_worker, pure=False, workers=[address],
+                                      allow_other_workers=False))
+    with dask.config.set(scheduler=dask.threaded.get, num_workers=n_workers(cfg)):
+        yield

@@ -43,7 +43,7 @@ from .cluster import (
     predict,
     predict_confidence,
 )
-from .compute import dask_context, n_workers
+from .compute import dask_context, local_while_workers_warm, n_workers
 from .config import RunConfig
 from .errors import InputError, ModelError, OutputExistsError
 from .features import compute_features
@@ -608,7 +608,8 @@ def run(
     log.info("config: %s", config.to_dict())
     with dask_context(config.compute) as client, _reading(source):
         t = time.perf_counter()
-        with _stage_progress(progress and client is None):
+        with (_stage_progress(progress and client is None),
+              local_while_workers_warm(client, config.compute)):
             fitted = (_fit_stage(config, features) if model is None
                       else _given_model(config, model))
         model = fitted.model
