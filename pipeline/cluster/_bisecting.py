@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 from ._kmeans import fit_sample
+from ._lloyd import assign
 from ._model import FittedModel, register_model
 from ._predict import descend_tree
 from ._training import Sample
@@ -185,8 +186,7 @@ def fit_bisecting(
         pair, _, _ = fit_sample(x, 2, seed=sample.seed, n_init=n_init, max_iter=max_iter,
                                 tol=tol)
         pair = pair[_lexorder(mean + scale * pair)]
-        d = ((x[:, None, :] - pair[None]) ** 2).sum(-1)
-        right = d[:, 1] < d[:, 0]
+        right = assign(x, pair)[0] == 1  # ties go left
         if right.all() or not right.any():
             splittable[node] = False
             continue

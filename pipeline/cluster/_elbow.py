@@ -16,6 +16,7 @@ import xarray as xr
 from threadpoolctl import threadpool_limits
 
 from ._kmeans import _order, fit_sample
+from ._lloyd import assign
 from ._model import KMeansModel
 from ._training import Sample, draw_sample
 
@@ -117,15 +118,6 @@ class ElbowResult:
         }
 
 
-def _nearest(xs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    out = np.empty(len(xs), dtype=np.int64)
-    step = 65536
-    for i in range(0, len(xs), step):
-        d = ((xs[i:i + step, None, :] - centroids[None]) ** 2).sum(-1)
-        out[i:i + step] = d.argmin(axis=1)
-    return out
-
-
 def _score(fn: Any, x: np.ndarray, labels: np.ndarray) -> float | None:
     if not 2 <= len(np.unique(labels)) < len(x):
         return None
@@ -171,7 +163,7 @@ def elbow_on(
         centroids, inertia, n_iter = fit_sample(xs, k, seed=sample.seed, n_init=n_init,
                                                 max_iter=max_iter, tol=tol)
         centroids = centroids[_order(mean + scale * centroids)]
-        labels = _nearest(xs, centroids)
+        labels = assign(xs, centroids)[0]
         with threadpool_limits(limits=1):
             sil.append(_score(silhouette_score, sil_x, labels[:silhouette_size]))
             ch.append(_score(calinski_harabasz_score, xs, labels))

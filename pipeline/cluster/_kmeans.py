@@ -13,7 +13,7 @@ import numba
 import numpy as np
 import xarray as xr
 
-from ._lloyd import kmeans_plusplus, lloyd
+from ._lloyd import assign, kmeans_plusplus, lloyd
 from ._model import ClusterModel, KMeansModel
 from ._predict import _nearest
 from ._training import Sample, draw_sample
@@ -203,8 +203,7 @@ def fit_kmeans(
         if features is None:
             raise ValueError("refine > 0 needs the feature cube (features=...)")
         model.n_iter += _refine(features, model, refine, tol)
-        d = ((xs[:, None, :] - model.centroids[None]) ** 2).sum(-1).min(1)
-        model.inertia = float(d.sum())
+        model.inertia = float(assign(xs, model.centroids)[1].sum())
     perm = _order(model.centroids_original)
     model.centroids = np.ascontiguousarray(model.centroids[perm])
     log.info("fitted k=%d on %d pixels: inertia %.6g in %d iterations",

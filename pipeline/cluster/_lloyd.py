@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["kmeans_plusplus", "lloyd", "tolerance"]
+__all__ = ["assign", "kmeans_plusplus", "lloyd", "tolerance"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -151,6 +151,24 @@ def _assign(x, centres, labels, dist):  # pragma: no cover - compiled
                 labels[start + i] = nearest[i]
             dist[start + i] = best[i]
     return changed
+
+
+def assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of every row and its squared distance (ties to the lower index).
+
+    Each distance is summed feature by feature, in order, as ``((x - c) ** 2).sum(-1)``
+    does for a few features, without its ``(n, k, feature)`` temporary.
+
+    Returns
+    -------
+    labels : ndarray, shape (n,), int64
+    sqdist : ndarray, shape (n,), float64
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    labels = np.full(x.shape[0], -1, dtype=np.int64)
+    sqdist = np.empty(x.shape[0], dtype=np.float64)
+    _assign(x, np.ascontiguousarray(centres, dtype=np.float64), labels, sqdist)
+    return labels, sqdist
 
 
 @numba.njit(cache=True, nogil=True)
