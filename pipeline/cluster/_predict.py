@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..io._mask import nodata_in
+
 __all__ = [
     "nearest_centroid",
     "nearest_centroid_raw",
@@ -184,9 +186,7 @@ def nearest_centroid_raw(
         Labels, ties broken towards the lower class ID.
     """
     block = np.ascontiguousarray(block)
-    use = image_nodata is not None and not np.isnan(image_nodata)
-    # compare in the block's own type, as `_masked_float_block` does (-99999 in float32)
-    value = np.asarray(image_nodata if use else 0).astype(block.dtype)[()]
+    value, use = nodata_in(block.dtype, image_nodata)  # as `masked_float` compares
     out = np.empty(block.shape[1:], dtype=dtype)
     _nearest_raw(
         block,

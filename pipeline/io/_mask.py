@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 import xarray as xr
@@ -35,13 +37,20 @@ def _mask_rows(block, nodata, use_nodata, out):  # pragma: no cover - compiled
                     orow[j] = np.nan
 
 
+def nodata_in(dtype: np.dtype, nodata: float | None) -> tuple[Any, bool]:
+    """Return the nodata value in a block's own type (as stored) and whether to use it.
+
+    Comparing in the block's type matters: -99999 is -99999.0 in float32, not in float64.
+    NaN nodata is not compared (NaN is invalid anyway).
+    """
+    use = nodata is not None and not np.isnan(nodata)
+    return np.asarray(nodata if use else 0).astype(dtype)[()], use
+
+
 def _masked_float_block(block: np.ndarray, nodata: float | None) -> np.ndarray:
     block = np.ascontiguousarray(block)
     out = np.empty(block.shape, dtype=np.float32)
-    use = nodata is not None and not np.isnan(nodata)
-    # compare in the block's own type, as the file stores it (-99999 in float32 ...)
-    value = np.asarray(nodata if use else 0).astype(block.dtype)[()]
-    _mask_rows(block, value, use, out)
+    _mask_rows(block, *nodata_in(block.dtype, nodata), out)
     return out
 
 
