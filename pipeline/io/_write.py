@@ -248,7 +248,7 @@ class LabelWriter:
         return {"zarr": (str(self.directory / f"{self.stem}.zarr"), self.stem, self._token)
                 if remote_zarr else None,
                 "tif": self._tif is not None or (self._zarr is not None and not remote_zarr),
-                "n_classes": self.n_classes if self.counts is not None else None,
+                "n_classes": self.n_classes,  # None: no counts (an ID raster)
                 "nodata": self.nodata}
 
     def add(self, region: tuple[slice, slice], block: np.ndarray | None,
