@@ -6,12 +6,16 @@ so the command line can print it on one line and exit with code 2.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "PipelineError",
     "ConfigError",
     "InputError",
     "ModelError",
     "OutputExistsError",
+    "reading",
 ]
 
 
@@ -35,3 +39,18 @@ class ModelError(PipelineError, ValueError):
 
 class OutputExistsError(PipelineError, FileExistsError):
     """The output exists and ``--overwrite`` was not given."""
+
+
+@contextlib.contextmanager
+def reading(*sources: str) -> Iterator[None]:
+    """Turn GDAL read failures while computing into one InputError naming the inputs."""
+    from rasterio.errors import RasterioError
+
+    try:
+        yield
+    except RasterioError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        what = ("a complete, readable raster" if len(sources) == 1
+                else "complete, readable rasters")
+        raise InputError(f"{' or '.join(sources)}: cannot read the pixels ({first}); "
+                         f"expected {what}") from None

@@ -45,7 +45,7 @@ from .cluster import (
 )
 from .compute import dask_context, local_while_workers_warm, n_workers
 from .config import RunConfig
-from .errors import InputError, ModelError, OutputExistsError
+from .errors import ModelError, OutputExistsError, reading
 from .features import compute_features
 from .io import LabelWriter, masked_float, open_image
 from .io._write import ZARR_WRITE_CONFIG, regular_chunks, store_part
@@ -105,17 +105,6 @@ def staged_output(output: Path, overwrite: bool, keep: tuple[Path, ...] = ()
     staging.rename(output)
     if old.exists():
         shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
-@contextlib.contextmanager
-def _reading(source: str) -> Iterator[None]:
-    """Turn GDAL read failures inside computations into a one-line InputError."""
-    try:
-        yield
-    except RasterioError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{source}: cannot read the pixels ({first}); "
-                         "expected a complete, readable raster") from None
 
 
 @contextlib.contextmanager
@@ -606,7 +595,7 @@ def run(
     source = image.attrs["source"]
     timings["open"] = time.perf_counter() - t0
     log.info("config: %s", config.to_dict())
-    with dask_context(config.compute) as client, _reading(source):
+    with dask_context(config.compute) as client, reading(source):
         t = time.perf_counter()
         with (_stage_progress(progress and client is None),
               local_while_workers_warm(client, config.compute)):
@@ -721,7 +710,7 @@ def fit_model(config: RunConfig, *, overwrite: bool = False
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output}: exists and is not a directory")
     image, features = _open(config)
-    with dask_context(config.compute), _reading(image.attrs["source"]):
+    with dask_context(config.compute), reading(image.attrs["source"]):
         fitted = _fit_stage(config, features)
         output.mkdir(parents=True, exist_ok=True)
         names = _save_model(fitted.model, output) + _write_figures(config, image, fitted,
@@ -777,7 +766,7 @@ def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
     image, features = _open(config)
     c = config.cluster
     wanted = list(config.report.comparison if comparison is None else comparison)
-    with dask_context(config.compute), _reading(image.attrs["source"]):
+    with dask_context(config.compute), reading(image.attrs["source"]):
         sample = _draw(config, features, sample_size or ELBOW_SAMPLE_SIZE)
         result = elbow_on(sample, ks, n_init=c.n_init, max_iter=c.max_iter, tol=c.tol)
         panels = [(f"kmeans, k={k}", result.models.get(k) or fit_on(sample, k))

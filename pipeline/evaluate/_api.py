@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import dask
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, reading
 from ._measures import (
     adjusted_rand_index,
     cohen_kappa,
@@ -187,7 +186,7 @@ def evaluate_rasters(
              else str(getattr(x, "attrs", {}).get("source", label))
              for x, label in ((pred, "prediction"), (truth, "truth"))]
     lazy = contingency(pred, truth, ignore=ignore, chunks=chunks)
-    with _reading(names):
+    with reading(*names):
         (table,) = dask.compute(lazy)
     if table.n == 0:
         raise InputError(f"{names[1]}: no pixel is valid in both maps ({table.nodata_pixels} "
@@ -197,16 +196,3 @@ def evaluate_rasters(
                          f"({', '.join(map(str, table.ignore))}); expected some labelled pixels")
     return {"pred": names[0], "truth": names[1],
             **measures(table, max_classes=max_classes, iou_threshold=iou_threshold)}
-
-
-@contextlib.contextmanager
-def _reading(names: list[str]) -> Iterator[None]:
-    """Turn GDAL read failures while computing into a one-line InputError."""
-    from rasterio.errors import RasterioError
-
-    try:
-        yield
-    except RasterioError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{' or '.join(names)}: cannot read the pixels ({first}); "
-                         "expected complete, readable rasters") from None
