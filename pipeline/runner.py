@@ -42,6 +42,7 @@ from .cluster import (
     load_model,
     predict,
     predict_confidence,
+    raw_bands,
 )
 from .compute import dask_context, local_while_workers_warm, n_workers
 from .config import RunConfig
@@ -239,8 +240,8 @@ class _Segments:
     summary: dict[str, Any]
 
 
-def _segments_stage(config: RunConfig, features: xr.DataArray, model: Any,
-                    rasters: dict[str, xr.DataArray], timings: dict[str, float],
+def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArray,
+                    model: Any, rasters: dict[str, xr.DataArray], timings: dict[str, float],
                     along: Any = None, cached: xr.DataArray | None = None
                     ) -> _Segments | None:
     """Global segments of ``rasters["labels"]``, merged to ``min_size`` (computes).
@@ -252,7 +253,9 @@ def _segments_stage(config: RunConfig, features: xr.DataArray, model: Any,
     rasters, uncomputed), both are computed in one pass over the input, and the
     segments are relabelled from ``cached``, the class map that pass also stored.
     Feature means and the merge's similarity use the model's standardisation
-    (``model.mean``, ``model.scale``), the units the classes were fitted in.
+    (``model.mean``, ``model.scale``), the units the classes were fitted in. With
+    ``features: [bands]`` they are summed from the raw ``image`` blocks, as the labels
+    are (:func:`pipeline.cluster.raw_bands`): no float32 copy of the image.
     """
     pp = config.postprocess
     if pp.segments is None:
@@ -272,8 +275,10 @@ def _segments_stage(config: RunConfig, features: xr.DataArray, model: Any,
     transform = labels.rio.transform()
     min_px = (None if pp.min_size is None else pp.min_size if isinstance(pp.min_size, int)
               else pixels_for_area(pp.min_size.area, transform))
-    tasks = segment_tasks(labels, features, connectivity=pp.segments.connectivity,
-                          min_pixels=min_px, offset=model.mean, scale=model.scale)
+    bands = raw_bands(features, image)
+    tasks = segment_tasks(labels, features if bands is None else image, bands=bands,
+                          connectivity=pp.segments.connectivity, min_pixels=min_px,
+                          offset=model.mean, scale=model.scale)
     if along is None:
         pieces, joins = dask.compute(tasks.pieces, tasks.joins)
     else:
@@ -297,7 +302,7 @@ def _segments_stage(config: RunConfig, features: xr.DataArray, model: Any,
 
 @dataclass
 class _ClassCache:
-    """The class map stored uncompressed beside the outputs, for a second pass."""
+    """The class map stored beside the outputs (ZSTD level 1), for a second pass."""
 
     path: Path
     data: Any  # zarr array, the store target
@@ -305,7 +310,7 @@ class _ClassCache:
 
 
 def _class_cache(staging: Path, labels: xr.DataArray) -> _ClassCache:
-    """Create an uncompressed Zarr store chunked like ``labels``, and its lazy read-back.
+    """Create a Zarr store chunked like ``labels``, and its lazy read-back.
 
     Relabelling segments from it costs a read of the class map (one byte a pixel,
     from the page cache) instead of the input's decoding, features, labels and
@@ -317,7 +322,8 @@ def _class_cache(staging: Path, labels: xr.DataArray) -> _ClassCache:
     chunks = tuple(c[0] for c in labels.chunks)
     nodata = int(labels.rio.nodata)
     array = zarr.create_array(store=str(path), shape=labels.shape, chunks=chunks,
-                              dtype=labels.dtype, fill_value=nodata, compressors=None,
+                              dtype=labels.dtype, fill_value=nodata,
+                              compressors=zarr.codecs.ZstdCodec(level=1),
                               config=ZARR_WRITE_CONFIG)
     back = da.from_zarr(array, chunks=labels.chunks)
     return _ClassCache(path, array, labels.copy(data=back))
@@ -621,14 +627,15 @@ def run(
         one_pass = (pp.segments is not None and client is None
                     and regular_chunks(labels.chunks))  # the class-map cache is Zarr
         segments = (None if one_pass else
-                    _segments_stage(config, features, model, rasters, timings))
+                    _segments_stage(config, image, features, model, rasters, timings))
         with staged_output(output, overwrite or keep is not None, keep or ()) as staging:
             t = time.perf_counter()
 
             def writer(name: str, arr: xr.DataArray) -> LabelWriter:
                 return LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
                                    n_classes=model.k if name.startswith("labels") else None,
-                                   formats=tuple(config.formats))
+                                   formats=tuple(config.formats),
+                                   predictor=name == "confidence")  # a measured value
 
             writers = {name: writer(name, arr) for name, arr in rasters.items()}
             bar = _Progress(labels.data.npartitions, "label+write", progress)
@@ -638,8 +645,8 @@ def run(
                     along = store_rasters({**rasters, "cache": rasters["labels"]},
                                           {**writers, "cache": cache.data}, None, bar,
                                           compute=False)
-                    segments = _segments_stage(config, features, model, rasters, timings,
-                                               along=along, cached=cache.labels)
+                    segments = _segments_stage(config, image, features, model, rasters,
+                                               timings, along=along, cached=cache.labels)
                     writers["segments"] = writer("segments", rasters["segments"])
                     bar.close()
                     bar = _Progress(labels.data.npartitions, "segments", progress)

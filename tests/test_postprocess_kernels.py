@@ -247,7 +247,7 @@ def test_run_piece_statistics_equal_per_pixel_sums(data, conn8, nf, y0, x0, seed
     scale = rng.uniform(0.1, 3.0, size=nf)
     width = x0 + arr.shape[1] + 7
     args = (lab, n, np.ascontiguousarray(arr), feats, offset, scale, y0, x0, width)
-    _same(_piece_kernel(*args), _piece_reference(*args))
+    _same(_piece_kernel(*args[:4], np.arange(nf), *args[4:]), _piece_reference(*args))
 
 
 @settings(max_examples=150, deadline=None)

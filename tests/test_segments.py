@@ -229,3 +229,39 @@ def test_threads_and_synchronous_agree(classes):
     b = resolve_segments(tasks, *dask.compute(tasks.pieces, tasks.joins,
                                               scheduler="synchronous"))
     _stats_equal(a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), classes=class_maps(max_side=20),
+       dtype=st.sampled_from(["uint8", "uint16", "int16", "uint32", "int32", "float32",
+                              "float64"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_raw_bands_give_the_float32_copys_statistics(data, classes, dtype, seed):
+    """Summing raw image bands (any dtype) equals summing masked_float's float32 copy."""
+    from pipeline.io import masked_float
+
+    h, w = classes.shape
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype) if dtype[0] in "ui" else np.finfo(dtype)
+    lo, hi = max(float(info.min), -1e30), min(float(info.max), 1e30)
+    raw = rng.uniform(lo, hi, (3, h, w)).astype(dtype)
+    valid = classes != NODATA
+    # as labelled: a pixel with a band at nodata (0) is invalid, the others are valid
+    raw[(raw == 0) & valid] = raw.dtype.type(1)
+    raw[:, ~valid] = raw.dtype.type(0)
+    sel = data.draw(st.lists(st.integers(0, 2), min_size=1, max_size=4))
+    chunks = (data.draw(partitions(h)), data.draw(partitions(w)))
+    lab, _ = as_arrays(classes, None, chunks)
+    image = xr.DataArray(da.from_array(raw, chunks=((3,),) + lab.data.chunks),
+                         dims=("band", "y", "x")).rio.write_nodata(0, encoded=False)
+    floats = masked_float(image).isel(band=sel)
+    offset, scale = rng.normal(size=len(sel)), rng.uniform(0.5, 2.0, len(sel))
+    results = []
+    for feats, bands in ((floats, None), (image, sel)):
+        tasks = segment_tasks(lab, feats, bands=bands, connectivity=8, min_pixels=3,
+                              offset=offset, scale=scale)
+        results.append(resolve_segments(tasks, *dask.compute(tasks.pieces, tasks.joins,
+                                                             scheduler="synchronous")))
+    _stats_equal(*results)
+    with pytest.raises(ValueError, match="bands"):
+        segment_tasks(lab, image, bands=[3])

@@ -24,6 +24,7 @@ _WHERE = {
     "fit_on": "_fit",
     "predict": "_fit",
     "predict_confidence": "_fit",
+    "raw_bands": "_fit",
     "GaussianMixtureModel": "_gmm",
     "fit_gmm": "_gmm",
     "HierarchicalModel": "_hierarchical",
@@ -84,6 +85,7 @@ __all__ = [
     "pixel_keys",
     "predict",
     "predict_confidence",
+    "raw_bands",
     "sample_pixels",
 ]
 
@@ -91,7 +93,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._bisecting import BisectingKMeansModel, fit_bisecting
     from ._density import DensityModel, fit_dbscan, fit_hdbscan
     from ._elbow import ELBOW_SAMPLE_SIZE, ElbowResult, elbow, elbow_on, knee_point
-    from ._fit import fit, fit_on, predict, predict_confidence
+    from ._fit import fit, fit_on, predict, predict_confidence, raw_bands
     from ._gmm import GaussianMixtureModel, fit_gmm
     from ._hierarchical import HierarchicalModel, agglomerate, fit_hierarchical
     from ._kmeans import fit_kmeans, fit_sample

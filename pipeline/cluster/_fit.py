@@ -23,7 +23,7 @@ from ._model import ClusterModel
 from ._predict import RAW_DTYPES, nearest_centroid_raw
 from ._training import Sample, draw_sample
 
-__all__ = ["fit", "fit_on", "predict", "predict_confidence", "DEFAULT_K"]
+__all__ = ["fit", "fit_on", "predict", "predict_confidence", "raw_bands", "DEFAULT_K"]
 
 #: ``k`` of methods that need one when none is given.
 DEFAULT_K = 8
@@ -237,22 +237,16 @@ def _raw_band_indices(features: xr.DataArray, image: xr.DataArray) -> list[int] 
     return [int(n) - 1 for n in numbers]
 
 
-def _fused_labels(features: xr.DataArray, model: ClusterModel,
-                  image: xr.DataArray) -> xr.DataArray | None:
-    """Labels straight from the raw image (one kernel), or None where it cannot be exact.
+def raw_bands(features: xr.DataArray, image: xr.DataArray | None) -> list[int] | None:
+    """Return the 0-based image band of each feature, where ``features`` are raw bands.
 
-    The general path masks the image into a float32 copy (:func:`pipeline.io.masked_float`),
-    selects the bands and labels that; for ``features: [bands]`` and a nearest-centroid
-    model one kernel does all three per image row, with the same arithmetic, without the
-    float32 block (whose writes and page faults were about half the label pass). Every
-    condition below keeps the result identical to :func:`_per_pixel`'s: same values,
-    chunks and coordinates.
+    That is ``features: [bands]`` (any band selection) computed from ``image``, chunked
+    alike, with every band in one chunk: then a kernel may read the raw blocks and
+    convert them itself, bit for bit as :func:`pipeline.io.masked_float` would.
+    ``None`` wherever that is not exact.
     """
-    params = _nearest_centroid_params(model)
-    if params is None:
-        return None
     data = getattr(image, "data", None)
-    if (not isinstance(data, da.Array) or image.dims != ("band", "y", "x")
+    if (image is None or not isinstance(data, da.Array) or image.dims != ("band", "y", "x")
             or np.dtype(image.dtype) not in RAW_DTYPES or features.dims[1:] != ("y", "x")
             or features.shape[1:] != image.shape[1:]
             # masked_float masks within each block: with the bands split over chunks a
@@ -268,6 +262,27 @@ def _fused_labels(features: xr.DataArray, model: ClusterModel,
         if dim in features.coords and dim in image.coords and not np.array_equal(
                 features[dim].values, image[dim].values):
             return None
+    return bands
+
+
+def _fused_labels(features: xr.DataArray, model: ClusterModel,
+                  image: xr.DataArray) -> xr.DataArray | None:
+    """Labels straight from the raw image (one kernel), or None where it cannot be exact.
+
+    The general path masks the image into a float32 copy (:func:`pipeline.io.masked_float`),
+    selects the bands and labels that; for ``features: [bands]`` and a nearest-centroid
+    model one kernel does all three per image row, with the same arithmetic, without the
+    float32 block (whose writes and page faults were about half the label pass). Every
+    condition (here and in :func:`raw_bands`) keeps the result identical to
+    :func:`_per_pixel`'s: same values, chunks and coordinates.
+    """
+    params = _nearest_centroid_params(model)
+    if params is None:
+        return None
+    bands = raw_bands(features, image)
+    if bands is None:
+        return None
+    data = image.data
     nodata = image.rio.nodata
     centroids, weights = params
     dtype = model.label_dtype

@@ -118,15 +118,19 @@ def _label_kernel(cls, nodata, conn8, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _piece_kernel(lab, n, cls, feats, offset, scale, y0, x0, width):  # pragma: no cover
+def _piece_kernel(lab, n, cls, feats, bands, offset, scale, y0, x0, width):  # pragma: no cover
     """Per local piece: class, first pixel, count, bounding box, fixed-point sums.
+
+    Feature ``f`` is ``float32(feats[bands[f]])``: float32 features as they are, or
+    the raw bands of an image (any dtype) converted as :func:`pipeline.io.masked_float`
+    converts them, so ``features: [bands]`` needs no float32 copy of the image.
 
     int32 where it is enough (classes, counts within a chunk, row and column indices
     below 2**31): the pieces of every chunk are held in memory at once. Statistics are
     updated once per horizontal run of a label, not once per pixel.
     """
     h, w = lab.shape
-    nf = feats.shape[0]
+    nf = bands.size
     klass = np.zeros(n, dtype=np.int32)
     first = np.zeros(n, dtype=np.int64)
     count = np.zeros(n, dtype=np.int32)
@@ -144,8 +148,9 @@ def _piece_kernel(lab, n, cls, feats, offset, scale, y0, x0, width):  # pragma: 
         for f in range(nf):
             off = offset[f]
             scl = scale[f]
+            row = feats[bands[f], i]
             for j in range(w):
-                v = (np.float64(feats[f, i, j]) - off) / scl
+                v = (np.float64(np.float32(row[j])) - off) / scl
                 v = v if np.isfinite(v) else 0.0
                 v = min(max(v, -_CLIP), _CLIP)
                 q = np.int64(np.rint(v * _UNIT))

@@ -153,15 +153,16 @@ def _interior_edges(lab: np.ndarray, count: np.ndarray, conn8: bool, min_pixels:
     return a.astype(np.int32), b.astype(np.int32), length.astype(np.int32)
 
 
-def _chunk_task(classes: np.ndarray, feats: np.ndarray | None, index: int, y0: int, x0: int,
-                width: int, nodata: int | None, connectivity: int, offset: np.ndarray,
-                scale: np.ndarray, min_pixels: int | None) -> tuple[ChunkPieces, ChunkStrips]:
+def _chunk_task(classes: np.ndarray, feats: np.ndarray | None, bands: np.ndarray, index: int,
+                y0: int, x0: int, width: int, nodata: int | None, connectivity: int,
+                offset: np.ndarray, scale: np.ndarray, min_pixels: int | None
+                ) -> tuple[ChunkPieces, ChunkStrips]:
     lab, n = label_chunk(classes, nodata, connectivity)
     h, w = lab.shape
     if feats is None:
         feats = np.empty((0, h, w), dtype=np.float32)
     cls = np.ascontiguousarray(classes)
-    stats = _piece_kernel(lab, n, cls, np.ascontiguousarray(feats), offset, scale,
+    stats = _piece_kernel(lab, n, cls, np.ascontiguousarray(feats), bands, offset, scale,
                           y0, x0, width)
     if min_pixels is None:
         empty = np.empty(0, dtype=np.int32)
@@ -269,6 +270,7 @@ def segment_tasks(
     min_pixels: int | None = None,
     offset: Sequence[float] | np.ndarray | None = None,
     scale: Sequence[float] | np.ndarray | None = None,
+    bands: Sequence[int] | None = None,
 ) -> SegmentTasks:
     """Build the lazy per-chunk summaries of a class map's segments.
 
@@ -292,6 +294,11 @@ def segment_tasks(
     offset, scale : array-like, shape (feature,), optional
         Features are summed as ``(x - offset) / scale`` (defaults 0 and 1): the units
         of the similarity used by the merge. Use the model's standardisation.
+    bands : sequence of int, optional
+        ``features`` is the raw image (any dtype, shape (band, y, x)) and feature ``f``
+        its 0-based band ``bands[f]``, converted to float32 on the fly: the same sums
+        as from :func:`pipeline.io.masked_float`'s copy (valid pixels are finite),
+        without making that copy.
 
     Returns
     -------
@@ -313,6 +320,11 @@ def segment_tasks(
     data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data)
     nodata = _nodata(labels)
     nf = 0 if features is None else int(features.shape[0])
+    if bands is not None:
+        if features is None or not all(0 <= b < nf for b in bands):
+            raise ValueError(f"bands {list(bands)} must index the {nf} bands of features")
+        nf = len(bands)
+    band_index = np.asarray(range(nf) if bands is None else bands, dtype=np.int64)
     if features is not None and features.shape[1:] != labels.shape:
         raise ValueError(f"features have shape {features.shape[1:]}, labels {labels.shape}; "
                          "expected the same (y, x) shape")
@@ -335,8 +347,8 @@ def segment_tasks(
     for i in range(ny):
         for j in range(nx):
             fb = None if features is None else feat_blocks[i, j]
-            p, s = task(lab_blocks[i, j], fb, i * nx + j, int(ys[i]), int(xs[j]), width,
-                        nodata, connectivity, off, scl, min_pixels)
+            p, s = task(lab_blocks[i, j], fb, band_index, i * nx + j, int(ys[i]), int(xs[j]),
+                        width, nodata, connectivity, off, scl, min_pixels)
             pieces.append(p)
             strips[i, j] = s
     join = dask.delayed(_join_task, pure=True)
