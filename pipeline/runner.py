@@ -8,6 +8,7 @@ into place only when complete, so a failed run leaves nothing that looks finishe
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -49,7 +50,7 @@ from .config import RunConfig
 from .errors import ModelError, OutputExistsError, reading
 from .features import compute_features
 from .io import LabelWriter, masked_float, open_image
-from .io._write import ZARR_WRITE_CONFIG, regular_chunks, store_part
+from .io._write import regular_chunks, store_part
 from .postprocess import majority_filter
 from .report import build_report, describe_image, plot_comparison, plot_elbow, write_report
 
@@ -242,7 +243,8 @@ class _Segments:
 
 def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArray,
                     model: Any, rasters: dict[str, xr.DataArray], timings: dict[str, float],
-                    along: Any = None, cached: xr.DataArray | None = None
+                    along: Any = None, after_pass: Callable[[], None] | None = None,
+                    read_back: Callable[[], xr.DataArray] | None = None
                     ) -> _Segments | None:
     """Global segments of ``rasters["labels"]``, merged to ``min_size`` (computes).
 
@@ -250,8 +252,9 @@ def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArr
     the lazy ``rasters["segments"]``. Without ``along``, the summaries take one more
     pass of read, features, labels and local labelling, and the write pass computes
     the segments with the other rasters. With ``along`` (the write of the class
-    rasters, uncomputed), both are computed in one pass over the input, and the
-    segments are relabelled from ``cached``, the class map that pass also stored.
+    rasters, uncomputed), both are computed in one pass over the input,
+    ``after_pass()`` is called, and the segments are relabelled from the class map
+    that pass wrote (``read_back()``).
     Feature means and the merge's similarity use the model's standardisation
     (``model.mean``, ``model.scale``), the units the classes were fitted in. With
     ``features: [bands]`` they are summed from the raw ``image`` blocks, as the labels
@@ -283,12 +286,14 @@ def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArr
         pieces, joins = dask.compute(tasks.pieces, tasks.joins)
     else:
         _, pieces, joins = dask.compute(along, tasks.pieces, tasks.joins)
+        if after_pass is not None:
+            after_pass()
     t_resolve = time.perf_counter()
     index = resolve_segments(tasks, pieces, joins)
     n_found = index.n_segments
     if min_px is not None:
         index = merge_small_segments(index, min_px)
-    rasters["segments"] = relabel_segments(labels if cached is None else cached, index)
+    rasters["segments"] = relabel_segments(labels if read_back is None else read_back(), index)
     table = segment_table(index.stats, transform=transform, feature_names=model.feature_names,
                           offset=model.mean, scale=model.scale)
     summary = {"connectivity": index.connectivity, "found": n_found,
@@ -298,35 +303,6 @@ def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArr
     # with `along`, the pass itself counts as writing: only resolving is "segments"
     timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
     return _Segments(index=index, table=table, summary=summary)
-
-
-@dataclass
-class _ClassCache:
-    """The class map stored beside the outputs (ZSTD level 1), for a second pass."""
-
-    path: Path
-    data: Any  # zarr array, the store target
-    labels: xr.DataArray  # the same class map, read back lazily
-
-
-def _class_cache(staging: Path, labels: xr.DataArray) -> _ClassCache:
-    """Create a Zarr store chunked like ``labels``, and its lazy read-back.
-
-    Relabelling segments from it costs a read of the class map (one byte a pixel,
-    from the page cache) instead of the input's decoding, features, labels and
-    majority filter all over again.
-    """
-    import zarr
-
-    path = staging / ".classes.cache.zarr"
-    chunks = tuple(c[0] for c in labels.chunks)
-    nodata = int(labels.rio.nodata)
-    array = zarr.create_array(store=str(path), shape=labels.shape, chunks=chunks,
-                              dtype=labels.dtype, fill_value=nodata,
-                              compressors=zarr.codecs.ZstdCodec(level=1),
-                              config=ZARR_WRITE_CONFIG)
-    back = da.from_zarr(array, chunks=labels.chunks)
-    return _ClassCache(path, array, labels.copy(data=back))
 
 
 def _write_segments(seg: _Segments, raster: xr.DataArray, staging: Path, config: RunConfig,
@@ -625,7 +601,7 @@ def run(
         # On a cluster the summaries take a pass of their own (the workers hold no
         # file handle of this process).
         one_pass = (pp.segments is not None and client is None
-                    and regular_chunks(labels.chunks))  # the class-map cache is Zarr
+                    and regular_chunks(labels.chunks))  # read back from Zarr if no COG
         segments = (None if one_pass else
                     _segments_stage(config, image, features, model, rasters, timings))
         with staged_output(output, overwrite or keep is not None, keep or ()) as staging:
@@ -638,22 +614,39 @@ def run(
                                    predictor=name == "confidence")  # a measured value
 
             writers = {name: writer(name, arr) for name, arr in rasters.items()}
+            written: list[Path] = []  # the finished outputs
+            closed: set[str] = set()  # writers already finished
             bar = _Progress(labels.data.npartitions, "label+write", progress)
             try:
                 if one_pass:
-                    cache = _class_cache(staging, rasters["labels"])
-                    along = store_rasters({**rasters, "cache": rasters["labels"]},
-                                          {**writers, "cache": cache.data}, None, bar,
-                                          compute=False)
-                    segments = _segments_stage(config, image, features, model, rasters,
-                                               timings, along=along, cached=cache.labels)
+                    along = store_rasters(rasters, writers, None, bar, compute=False)
+                    # once the pass is over the class rasters are complete: their COGs
+                    # are encoded (GDAL, no GIL) while this thread resolves the segments
+                    encoder = concurrent.futures.ThreadPoolExecutor(1)
+                    encoding: list[concurrent.futures.Future] = []
+
+                    def encode() -> None:
+                        classes = list(writers.values())
+                        encoding.append(encoder.submit(
+                            lambda: [p for w in classes for p in w.close()]))
+
+                    def read_back() -> xr.DataArray:  # the class map, finished
+                        written.extend(encoding[0].result())
+                        return rasters["labels"].copy(data=writers["labels"].read_back())
+
+                    try:
+                        segments = _segments_stage(config, image, features, model, rasters,
+                                                   timings, along=along, after_pass=encode,
+                                                   read_back=read_back)
+                    finally:
+                        encoder.shutdown()
+                    closed = set(writers)
                     writers["segments"] = writer("segments", rasters["segments"])
                     bar.close()
                     bar = _Progress(labels.data.npartitions, "segments", progress)
                     t_raster = time.perf_counter()
                     store_rasters({"segments": rasters["segments"]},
                                   {"segments": writers["segments"]}, None, bar)
-                    shutil.rmtree(cache.path)
                     timings["segments_raster"] = time.perf_counter() - t_raster
                 else:
                     store_rasters(rasters, writers, client, bar)
@@ -669,7 +662,7 @@ def run(
                 timings.get("segments", 0.0) + timings.get("segments_raster", 0.0)
                 if one_pass else 0.0)
             t = time.perf_counter()
-            written = [p for w in writers.values() for p in w.close()]
+            written += [p for n, w in writers.items() if n not in closed for p in w.close()]
             timings["cog"] = time.perf_counter() - t
             if segments is not None:
                 written += _write_segments(segments, rasters["segments"], staging, config,

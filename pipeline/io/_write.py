@@ -51,9 +51,12 @@ def _temp_compression() -> dict[str, Any]:
     GDAL lacks ZSTD.
     """
     try:  # a GDAL built without libzstd refuses to create the file
-        with rasterio.open(f"/vsimem/{uuid.uuid4().hex}.tif", "w", driver="GTiff", width=1,
-                           height=1, count=1, dtype="uint8", compress="zstd") as ds:
-            ds.write(np.zeros((1, 1, 1), np.uint8))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(f"/vsimem/{uuid.uuid4().hex}.tif", "w", driver="GTiff",
+                               width=1, height=1, count=1, dtype="uint8",
+                               compress="zstd") as ds:
+                ds.write(np.zeros((1, 1, 1), np.uint8))
     except rasterio.errors.RasterioError:
         return {"compress": "none"}
     return {"compress": "zstd", "ZSTD_LEVEL": 1, "NUM_THREADS": "ALL_CPUS"}
@@ -199,6 +202,7 @@ class LabelWriter:
         self._tif: Any = None
         self._zarr: Any = None
         height, width = template.shape
+        self._chunks = template.chunks or ((height,), (width,))
         self._tif_tmp = self.directory / f".{stem}.tiled.tif"
         self._overviews: list[tuple[int, Any]] = []
         self._factors: list[int] = []
@@ -206,8 +210,7 @@ class LabelWriter:
         if "cog" in self.formats:
             side = self._side
             self._factors = overview_factors(height, width)
-            chunk = max(template.chunks[0][0], template.chunks[1][0]) if template.chunks \
-                else side
+            chunk = max(self._chunks[0][0], self._chunks[1][0])
             # streamed with a cheap codec: the COG is encoded once, at the end, with
             # every core (encoding DEFLATE twice cost a third of the write stage)
             profile = dict(driver="GTiff", count=1, dtype=self.dtype.name, nodata=nodata,
@@ -346,6 +349,25 @@ class LabelWriter:
                 zarr.consolidate_metadata(str(path))
             outputs.append(path)
         return outputs
+
+    def read_back(self) -> Any:
+        """Return the finished raster, read back lazily: a Dask array chunked as given.
+
+        After :meth:`close`: the COG if written, else the Zarr store. A second pass over
+        a class map (segments) reads it at a fraction of the cost of computing it again.
+        """
+        import dask.array as da
+
+        if self._tif is not None or self._zarr is not None:
+            raise RuntimeError(f"{self.stem}: close the writer before reading it back")
+        if "cog" in self.formats:
+            from ._read import open_image
+
+            side = max(self._chunks[0][0], self._chunks[1][0])
+            image = open_image(self.directory / f"{self.stem}.tif", chunks=side)
+            return image.data[0].rechunk(self._chunks)
+        return da.from_zarr(str(self.directory / f"{self.stem}.zarr"), component=self.stem,
+                            chunks=self._chunks)
 
     def abort(self) -> None:
         """Close open handles without finishing (the caller removes the directory)."""
