@@ -40,16 +40,23 @@ ZARR_WRITE_CONFIG = {"write_empty_chunks": True}
 _TILE = 512
 
 
-@functools.cache
-def _temp_compression() -> dict[str, Any]:
+def _temp_compression(dtype: np.dtype) -> dict[str, Any]:
     """Creation options of the streamed GeoTIFFs the COG is encoded from.
 
-    ZSTD level 1, compressed by GDAL's own threads: against uncompressed files, a
-    16384^2 run with segments wrote 1.3 GB less to disk (its uint32 segment IDs
-    shrink ~30x), its segment pass went from 7.5 to 3.7 s and its system time from
-    11 to 4 s; a class map alone is as fast either way. Uncompressed where this
-    GDAL lacks ZSTD.
+    ZSTD level 1, compressed by GDAL's own threads, for IDs wider than a byte: against
+    an uncompressed file, a 16384^2 run's uint32 segment raster wrote 1 GB less to
+    disk (~30x smaller), its pass went from 7.5 to 3.7 s and the run's system time
+    from 11 to 4 s. One-byte class maps stay uncompressed: compressing them made the
+    label pass 0.5 s slower with threads and 4 s with worker processes (the process
+    that writes them also schedules). Uncompressed where this GDAL lacks ZSTD.
     """
+    if np.dtype(dtype).itemsize == 1 or not _has_zstd():
+        return {"compress": "none"}
+    return {"compress": "zstd", "ZSTD_LEVEL": 1, "NUM_THREADS": "ALL_CPUS"}
+
+
+@functools.cache
+def _has_zstd() -> bool:
     try:  # a GDAL built without libzstd refuses to create the file
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -58,8 +65,8 @@ def _temp_compression() -> dict[str, Any]:
                                compress="zstd") as ds:
                 ds.write(np.zeros((1, 1, 1), np.uint8))
     except rasterio.errors.RasterioError:
-        return {"compress": "none"}
-    return {"compress": "zstd", "ZSTD_LEVEL": 1, "NUM_THREADS": "ALL_CPUS"}
+        return False
+    return True
 
 
 def label_dtype(n_classes: int) -> tuple[np.dtype, int]:
@@ -215,7 +222,7 @@ class LabelWriter:
             # every core (encoding DEFLATE twice cost a third of the write stage)
             profile = dict(driver="GTiff", count=1, dtype=self.dtype.name, nodata=nodata,
                            tiled=True, blockxsize=side, blockysize=side, BIGTIFF="IF_SAFER",
-                           **_temp_compression())
+                           **_temp_compression(self.dtype))
             crs, transform = template.rio.crs, template.rio.transform()
             self._tif = rasterio.open(self._tif_tmp, "w", width=width, height=height,
                                       crs=crs, transform=transform, **profile)
@@ -316,10 +323,10 @@ class LabelWriter:
     def close(self) -> list[Path]:
         """Finish every output and return their paths.
 
-        The streamed (tiled, ZSTD level 1) GeoTIFF and its overviews, decimated as the
-        blocks arrived, are joined by a VRT and encoded once as a COG (DEFLATE level 1,
-        all cores; predictor 2 if asked) in this one process, as GDAL requires; the
-        temporary files are removed.
+        The streamed GeoTIFF (tiled; ZSTD level 1 above one byte a pixel) and its
+        overviews, decimated as the blocks arrived, are joined by a VRT and encoded once
+        as a COG (DEFLATE level 1, all cores; predictor 2 if asked) in this one process,
+        as GDAL requires; the temporary files are removed.
 
         Overviews use nearest resampling, GDAL's default for paletted COGs: every
         overview pixel is a real class. GDAL's ``mode`` costs about 8x as much (2.2 s
