@@ -129,3 +129,31 @@ def test_class_counts_match_bincount(dtype, nodata):
     ref = np.bincount(block.ravel().astype(np.int64), minlength=nodata + 1)
     np.testing.assert_array_equal(_class_counts(block, 6, nodata),
                                   np.append(ref[:6], ref[nodata]))
+
+
+@pytest.mark.parametrize("formats", [("cog",), ("zarr",), ("cog", "zarr")])
+@pytest.mark.parametrize("dtype", ["uint8", "uint32"])
+def test_read_back_gives_the_finished_raster(tmp_path, formats, dtype):
+    """A closed writer reads its raster back with the template's chunks (the segments'
+    second pass); uint32 IDs stream through the ZSTD temporary and come out exact."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 6, (300, 260)).astype(dtype)
+    labels[:3] = 255
+    if dtype == "uint32":
+        labels[5:9] = 2**32 - 2
+    template = _template(labels, (64, 100)).astype(dtype)
+    w = LabelWriter(tmp_path, template, nodata=255, formats=formats, stem="ids")
+    with pytest.raises(RuntimeError, match="close the writer"):
+        w.read_back()
+    ys = np.cumsum((0,) + template.chunks[0])
+    xs = np.cumsum((0,) + template.chunks[1])
+    for i in range(len(ys) - 1)[::-1]:  # any order
+        for j in range(len(xs) - 1):
+            r = (slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
+            w[r] = labels[r]
+    assert sorted(p.name for p in w.close()) == sorted(
+        {"cog": "ids.tif", "zarr": "ids.zarr"}[f] for f in formats)
+    back = w.read_back()
+    assert back.chunks == template.chunks and back.dtype == labels.dtype
+    np.testing.assert_array_equal(back.compute(), labels)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
