@@ -285,7 +285,9 @@ def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArr
     if along is None:
         pieces, joins = dask.compute(tasks.pieces, tasks.joins)
     else:
-        _, pieces, joins = dask.compute(along, tasks.pieces, tasks.joins)
+        # unoptimised: fusing the stores' chains renames their tasks, and the summaries
+        # (built on the unfused keys) would compute the majority filter a second time
+        _, pieces, joins = dask.compute(along, tasks.pieces, tasks.joins, optimize_graph=False)
         if after_pass is not None:
             after_pass()
     t_resolve = time.perf_counter()

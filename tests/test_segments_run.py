@@ -89,3 +89,23 @@ def test_segments_follow_the_filtered_labels_and_cog_only(tmp_path, noisy_scene)
     np.testing.assert_array_equal(klass[seg], labels)
     polys = gpd.read_parquet(out / "polygons.parquet")
     assert len(polys) == len(table) and not (out / "segments.zarr").exists()
+
+
+def test_one_pass_filters_each_chunk_once(tmp_path, noisy_scene, monkeypatch):
+    """The pass that writes the class map and summarises the segments shares its
+    blocks: the majority filter runs once per chunk, not once for each consumer."""
+    import collections
+
+    from pipeline.postprocess import _majority
+
+    calls: collections.Counter = collections.Counter()
+    kernel = _majority.majority_block
+
+    def counted(block, radius, nodata):
+        calls[block.shape] += 1
+        return kernel(block, radius, nodata)
+
+    monkeypatch.setattr(_majority, "majority_block", counted)
+    pp = {"majority": {"radius": 2}, "segments": True, "min_size": 4}
+    run(_config(tmp_path, noisy_scene, "once", 32, pp, formats=("cog",)))
+    assert sum(calls.values()) == 9  # 3 x 3 chunks of 32 (each with its halo)
