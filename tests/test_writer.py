@@ -157,3 +157,26 @@ def test_read_back_gives_the_finished_raster(tmp_path, formats, dtype):
     assert back.chunks == template.chunks and back.dtype == labels.dtype
     np.testing.assert_array_equal(back.compute(), labels)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_worker_side_zarr_writes_skip_the_empty_chunk_check(tmp_path):
+    """store_part (a worker's share) opens the store with the writer's Zarr config
+    and writes chunks the writer's process reads back unchanged."""
+    pytest.importorskip("zarr")
+    from pipeline.io._write import ZARR_WRITE_CONFIG, _open_stores, store_part
+
+    labels = np.full((64, 48), 255, np.uint8)
+    labels[:32] = 3
+    template = _template(labels, (32, 48))
+    w = LabelWriter(tmp_path, template, nodata=255, n_classes=6, formats=("zarr",))
+    remote = w.remote(shared=True)
+    for r in ((slice(0, 32), slice(0, 48)), (slice(32, 64), slice(0, 48))):
+        block, hist = store_part(labels[r], r, remote)
+        assert block is None  # the chunk is written: nothing to send back
+        w.add(r, block, hist)
+    array = _open_stores[remote["zarr"]]
+    if hasattr(array, "with_config"):
+        assert array.config.write_empty_chunks is ZARR_WRITE_CONFIG["write_empty_chunks"]
+    w.close()
+    np.testing.assert_array_equal(w.read_back().compute(), labels)
+    assert w.counts[3] == 32 * 48 and w.counts[-1] == 32 * 48

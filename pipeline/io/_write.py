@@ -490,8 +490,9 @@ def store_part(block: np.ndarray, region: tuple[slice, slice], remote: dict[str,
             path, name, _ = remote["zarr"]
             import zarr
 
-            array = zarr.open_array(store=path, path=name, mode="r+",
-                                    config=ZARR_WRITE_CONFIG)
+            array = zarr.open_array(store=path, path=name, mode="r+")
+            if hasattr(array, "with_config"):  # zarr >= 3.1 (open_array drops `config`)
+                array = array.with_config(ZARR_WRITE_CONFIG)
             _open_stores[remote["zarr"]] = array
         array[region] = block
     hist = None
