@@ -109,3 +109,24 @@ def test_one_pass_filters_each_chunk_once(tmp_path, noisy_scene, monkeypatch):
     pp = {"majority": {"radius": 2}, "segments": True, "min_size": 4}
     run(_config(tmp_path, noisy_scene, "once", 32, pp, formats=("cog",)))
     assert sum(calls.values()) == 9  # 3 x 3 chunks of 32 (each with its halo)
+
+
+def test_worker_processes_give_the_threads_outputs(tmp_path, noisy_scene):
+    """On a LocalCluster (the summaries take a pass of their own, the workers write
+    the Zarr chunks) segments, table and class map equal the one-pass threaded run."""
+    pp = {"majority": {"radius": 1}, "segments": True, "min_size": 6, "polygons": True}
+    threads = run(_config(tmp_path, noisy_scene, "threads", 32, pp))
+    cfg = _config(tmp_path, noisy_scene, "procs", 32, pp).to_dict()
+    cfg["compute"] = {"scheduler": "processes", "n_workers": 2}
+    procs = run(parse_config(cfg))
+    a, b = _outputs(threads.output), _outputs(procs.output)
+    np.testing.assert_array_equal(a[0], b[0])  # segments.tif
+    assert a[1] == b[1]  # its georeferencing
+    np.testing.assert_array_equal(a[2], b[2])  # segments.zarr
+    pd.testing.assert_frame_equal(a[3], b[3])
+    assert shapely.to_wkb(a[4].geometry.values).tolist() == \
+        shapely.to_wkb(b[4].geometry.values).tolist()
+    for name in ("labels.tif",):
+        with rasterio.open(threads.output / name) as x, rasterio.open(procs.output / name) as y:
+            np.testing.assert_array_equal(x.read(1), y.read(1))
+    assert threads.report["segments"] == procs.report["segments"]
