@@ -75,3 +75,21 @@ def test_read_hook_logs_rasterio_reads(tmp_path):
         ["read", str(scene), "3", "0", "32", "32", "32"],
         ["read", str(scene), "1", "0", "0", "64", "64"],
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fixed_cost_prints_its_table(tmp_path):
+    out = tmp_path / "fixed.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "fixed_cost.py"), "--repeat", "1",
+         "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=170, env=_env(),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| tileseg run (256^2, [cog]) (process) |" in proc.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"tileseg --help", "tileseg run (256^2, [cog])",
+                         "import pipeline.runner"}
+    assert all(len(v) == 1 and v[0] > 0 for v in runs.values())
+    assert (tmp_path / "work" / "out" / "labels.tif").exists()
