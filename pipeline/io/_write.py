@@ -210,6 +210,7 @@ class LabelWriter:
         self._zarr: Any = None
         height, width = template.shape
         self._chunks = template.chunks or ((height,), (width,))
+        self._chunk_side = max(self._chunks[0][0], self._chunks[1][0])
         self._tif_tmp = self.directory / f".{stem}.tiled.tif"
         self._overviews: list[tuple[int, Any]] = []
         self._factors: list[int] = []
@@ -217,7 +218,6 @@ class LabelWriter:
         if "cog" in self.formats:
             side = self._side
             self._factors = overview_factors(height, width)
-            chunk = max(self._chunks[0][0], self._chunks[1][0])
             # streamed with a cheap codec: the COG is encoded once, at the end, with
             # every core (encoding DEFLATE twice cost a third of the write stage)
             profile = dict(driver="GTiff", count=1, dtype=self.dtype.name, nodata=nodata,
@@ -232,7 +232,7 @@ class LabelWriter:
                 (f, rasterio.open(self._overview_path(f), "w", width=-(-width // f),
                                   height=-(-height // f), crs=crs,
                                   transform=transform * Affine.scale(f),
-                                  **{**profile, **_overview_tiles(side, chunk, f)}))
+                                  **{**profile, **_overview_tiles(side, self._chunk_side, f)}))
                 for f in self._factors
             ]
         if "zarr" in self.formats:
@@ -370,8 +370,7 @@ class LabelWriter:
         if "cog" in self.formats:
             from ._read import open_image
 
-            side = max(self._chunks[0][0], self._chunks[1][0])
-            image = open_image(self.directory / f"{self.stem}.tif", chunks=side)
+            image = open_image(self.directory / f"{self.stem}.tif", chunks=self._chunk_side)
             return image.data[0].rechunk(self._chunks)
         return da.from_zarr(str(self.directory / f"{self.stem}.zarr"), component=self.stem,
                             chunks=self._chunks)
