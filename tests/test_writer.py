@@ -29,13 +29,18 @@ def _template(labels: np.ndarray, chunk: tuple[int, int], georef: bool = True) -
     return arr.rio.write_nodata(255, encoded=False)
 
 
+def _regions(template: xr.DataArray) -> list[tuple[slice, slice]]:
+    """Every chunk's (rows, columns) region, row-major."""
+    ys = np.cumsum((0,) + template.chunks[0])
+    xs = np.cumsum((0,) + template.chunks[1])
+    return [(slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
+            for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
+
+
 def _write(tmp_path, labels, chunk, georef=True, order=None):
     template = _template(labels, chunk, georef)
     w = LabelWriter(tmp_path, template, nodata=255, n_classes=6, formats=("cog",))
-    ys = np.cumsum((0,) + template.chunks[0])
-    xs = np.cumsum((0,) + template.chunks[1])
-    regions = [(slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
-               for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
+    regions = _regions(template)
     for r in (regions if order is None else [regions[i] for i in order(len(regions))]):
         w[r] = labels[r]
     return w.close()[0]
@@ -145,12 +150,8 @@ def test_read_back_gives_the_finished_raster(tmp_path, formats, dtype):
     w = LabelWriter(tmp_path, template, nodata=255, formats=formats, stem="ids")
     with pytest.raises(RuntimeError, match="close the writer"):
         w.read_back()
-    ys = np.cumsum((0,) + template.chunks[0])
-    xs = np.cumsum((0,) + template.chunks[1])
-    for i in range(len(ys) - 1)[::-1]:  # any order
-        for j in range(len(xs) - 1):
-            r = (slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
-            w[r] = labels[r]
+    for r in _regions(template)[::-1]:  # any order
+        w[r] = labels[r]
     assert sorted(p.name for p in w.close()) == sorted(
         {"cog": "ids.tif", "zarr": "ids.zarr"}[f] for f in formats)
     back = w.read_back()
@@ -170,7 +171,7 @@ def test_worker_side_zarr_writes_skip_the_empty_chunk_check(tmp_path):
     template = _template(labels, (32, 48))
     w = LabelWriter(tmp_path, template, nodata=255, n_classes=6, formats=("zarr",))
     remote = w.remote(shared=True)
-    for r in ((slice(0, 32), slice(0, 48)), (slice(32, 64), slice(0, 48))):
+    for r in _regions(template):
         block, hist = store_part(labels[r], r, remote)
         assert block is None  # the chunk is written: nothing to send back
         w.add(r, block, hist)
