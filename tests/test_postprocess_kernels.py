@@ -1,5 +1,6 @@
 """The rewritten post-processing kernels against the straightforward versions they
-replaced (kept here as pure-Python references): same output, bit for bit."""
+replaced (kept here as pure-Python references): same output, bit for bit (contacts:
+the same pairs and summed lengths, which is all their consumer keeps)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pipeline.postprocess._kernels import (
     _UNIT,
     _contact_kernel,
     _piece_kernel,
+    _run_edges,
     label_chunk,
+    label_runs,
+    paint_runs,
 )
 from pipeline.postprocess._majority import (
     _majority_boxcount,
@@ -21,6 +25,7 @@ from pipeline.postprocess._majority import (
     _majority_sliding,
     majority_block,
 )
+from pipeline.postprocess._segments import _combine_pairs
 
 # ---------------------------------------------------------------------------------
 # References: the per-pixel kernels before the run-based / vectorised rewrite
@@ -122,8 +127,7 @@ def _piece_reference(lab, n, cls, feats, offset, scale, y0, x0, width):
 
 
 def _contact_reference(lab, count, conn8, min_pixels):
-    """Contacts in the old enumeration order: per pixel right, down, down-right,
-    down-left."""
+    """Per-pixel contacts: per pixel right, down, down-right, down-left."""
     h, w = lab.shape
     lo, hi, length = [], [], []
     offs = ((0, 1, 1), (1, 0, 1), (1, 1, 0), (1, -1, 0))
@@ -232,6 +236,29 @@ def test_run_labelling_of_boolean_and_checkerboard_maps():
         np.testing.assert_array_equal(lab, ref)
 
 
+def test_runs_paint_any_table_and_give_the_edge_strips():
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 3, (13, 17)).astype(np.uint8)
+    arr[4] = 9  # a row of nodata
+    arr[:, 0] = 9
+    runs = label_runs(arr, 9, 8)
+    lab, n = label_chunk(arr, 9, 8)
+    assert runs.n == n and runs.row_ptr[4] == runs.row_ptr[5]
+    lut = np.concatenate([[0], rng.permutation(n) + 1000]).astype(np.uint32)
+    out = np.full(arr.shape, 7, dtype=np.uint32)
+    paint_runs(runs.starts, runs.ends, runs.labels, runs.row_ptr, lut, out)
+    np.testing.assert_array_equal(out, lut[lab])
+    edges = _run_edges(runs.starts, runs.ends, runs.labels, runs.row_ptr, arr.shape[1])
+    for got, want in zip(edges, (lab[0], lab[-1], lab[:, 0], lab[:, -1]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert _run_edges(*label_runs(arr[:0], 9, 8)[1:], 17)[0].tolist() == [0] * 17
+
+
+def _pieces(arr, nodata, conn8, *rest):
+    runs = label_runs(arr, nodata, 8 if conn8 else 4)
+    return _piece_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr, runs.n, *rest)
+
+
 @settings(max_examples=150, deadline=None)
 @given(data=_class_maps(), conn8=st.booleans(), nf=st.integers(0, 3),
        y0=st.integers(0, 50), x0=st.integers(0, 50), seed=st.integers(0, 2**32 - 1))
@@ -246,27 +273,43 @@ def test_run_piece_statistics_equal_per_pixel_sums(data, conn8, nf, y0, x0, seed
     offset = rng.normal(size=nf)
     scale = rng.uniform(0.1, 3.0, size=nf)
     width = x0 + arr.shape[1] + 7
-    args = (lab, n, np.ascontiguousarray(arr), feats, offset, scale, y0, x0, width)
-    _same(_piece_kernel(*args[:4], np.arange(nf), *args[4:]), _piece_reference(*args))
+    cls = np.ascontiguousarray(arr)
+    _same(_pieces(arr, nodata, conn8, cls, feats, np.arange(nf), offset, scale, y0, x0, width),
+          _piece_reference(lab, n, cls, feats, offset, scale, y0, x0, width))
+
+
+def _contacts(arr, nodata, conn8, min_pixels):
+    """Run contacts and per-pixel contacts, each combined per pair as segments does."""
+    lab, n = label_chunk(arr, nodata, 8 if conn8 else 4)
+    runs = label_runs(arr, nodata, 8 if conn8 else 4)
+    count = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.int32)
+    got = _contact_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr, count, conn8,
+                          min_pixels)
+    want = _contact_reference(lab, count, conn8, min_pixels)
+    if want[0].size == 0:
+        assert got[0].size == 0
+        return got, want
+    return _combine_pairs(*got, n), _combine_pairs(*want, n)
 
 
 @settings(max_examples=150, deadline=None)
 @given(data=_class_maps(), conn8=st.booleans(), min_pixels=st.integers(1, 12))
-def test_one_pass_contacts_equal_the_two_pass_count_and_fill(data, conn8, min_pixels):
+def test_run_contacts_equal_the_per_pixel_contacts(data, conn8, min_pixels):
     arr, nodata = data
-    lab, n = label_chunk(arr, nodata, 8 if conn8 else 4)
-    count = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.int32)
-    _same(_contact_kernel(lab, count, conn8, min_pixels),
-          _contact_reference(lab, count, conn8, min_pixels))
+    got, want = _contacts(arr, nodata, conn8, min_pixels)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, r)
 
 
 def test_contacts_past_the_first_capacity_are_all_kept():
-    # a 1-pixel checkerboard of small pieces: ~4 contacts per pixel, more than the
-    # first guess (1/8 per pixel) holds, so the kernel retries
+    # a 1-pixel checkerboard of 4-connected pieces: one run per pixel and up to two
+    # contacts per run, more than the first guess (one per run) holds: a retry
     board = (np.indices((64, 64)).sum(0) % 2).astype(np.uint8)
-    board[::3] = 2
-    lab, n = label_chunk(board, None, 8)
-    count = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.int32)
-    got = _contact_kernel(lab, count, True, 10**6)
-    assert got[0].size > max(1024, lab.size // 8)
-    _same(got, _contact_reference(lab, count, True, 10**6))
+    board[::5] = 2
+    runs = label_runs(board, None, 4)
+    raw = _contact_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr,
+                          np.ones(runs.n, np.int32), False, 10**6)
+    assert raw[0].size > runs.starts.size
+    got, want = _contacts(board, None, False, 10**6)
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, r)

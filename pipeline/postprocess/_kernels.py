@@ -7,10 +7,12 @@ per class; :func:`label_chunk` labels every class in one scan (two-pass union-fi
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
-__all__ = ["FIXED_POINT_BITS", "label_chunk"]
+__all__ = ["FIXED_POINT_BITS", "Runs", "label_chunk", "label_runs", "paint_runs"]
 
 #: Feature sums are exact integers: each standardised value is rounded to a multiple of
 #: ``2**-FIXED_POINT_BITS`` and summed as two int64 words (high and low 32 bits).
@@ -21,8 +23,6 @@ _UNIT = float(2**FIXED_POINT_BITS)
 #: standardised values are clipped to +-2**29, so a pixel's value fits in 53 bits and a
 #: piece's low words cannot overflow below 2**31 pixels per chunk
 _CLIP = float(2**29)
-
-
 
 
 @numba.njit(cache=True, nogil=True)
@@ -38,43 +38,46 @@ def _find(parent, a):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _label_kernel(cls, nodata, conn8, out):  # pragma: no cover - compiled
-    """Run-based union-find labelling; final labels numbered by first pixel.
+def _label_kernel(cls, nodata, conn8):  # pragma: no cover - compiled
+    """Run-based union-find labelling; segments numbered by first pixel.
 
     Union-find over horizontal runs (maximal stretches of one class in a row) instead
     of pixels: a run is joined to the runs of its class on the row above that overlap
     it (or touch it by a corner under 8-connectivity), so the forest holds one node per
-    run and each pixel is read once and written once. A union keeps the smaller run
-    index as the root; runs are created in raster order, so every component's root is
-    its first run, whose start is the component's first pixel in raster order: numbering
-    the roots in index order numbers the segments by first pixel.
+    run and each pixel is read once. A union keeps the smaller run index as the root;
+    runs are created in raster order, so every component's root is its first run,
+    whose start is the component's first pixel in raster order: numbering the roots in
+    index order numbers the segments by first pixel.
+
+    Returns the number of segments and the runs of valid pixels in raster order:
+    ``start``, ``end`` (exclusive) and ``label`` (1..n) per run, and ``row_ptr``
+    (runs ``row_ptr[i]:row_ptr[i + 1]`` are row ``i``'s). The statistics, contacts
+    and painted rasters are all derived from the runs, without reading the pixels
+    again (see :func:`paint_runs`, :func:`_piece_kernel`, :func:`_contact_kernel`).
     """
     h, w = cls.shape
     n_max = h * w
     parent = np.empty(n_max, dtype=np.int32)
     r_start = np.empty(n_max, dtype=np.int32)
     r_end = np.empty(n_max, dtype=np.int32)  # exclusive
-    r_row = np.empty(n_max, dtype=np.int32)
     r_cls = np.empty(n_max, dtype=cls.dtype)
+    row_ptr = np.empty(h + 1, dtype=np.int64)
     reach = 1 if conn8 else 0  # how far past its ends a run touches the row above
     n = 0
     prev_lo = 0
     prev_hi = 0
     for i in range(h):
         cur_lo = n
+        row_ptr[i] = n
         j = 0
         while j < w:
             c = cls[i, j]
             e = j + 1
             while e < w and cls[i, e] == c:
                 e += 1
-            if c == nodata:
-                for b in range(j, e):
-                    out[i, b] = 0
-            else:
+            if c != nodata:
                 r_start[n] = j
                 r_end[n] = e
-                r_row[n] = i
                 r_cls[n] = c
                 parent[n] = n
                 n += 1
@@ -98,6 +101,7 @@ def _label_kernel(cls, nodata, conn8, out):  # pragma: no cover - compiled
                 q += 1
         prev_lo = cur_lo
         prev_hi = n
+    row_ptr[h] = n
     # roots in index order = segments in order of first pixel
     final = np.empty(n, dtype=np.int32)
     count = 0
@@ -108,17 +112,29 @@ def _label_kernel(cls, nodata, conn8, out):  # pragma: no cover - compiled
             final[k] = count
         else:
             final[k] = final[root]  # root < k: already numbered
-    # paint each run with its segment's label (nodata pixels were zeroed above)
-    for k in range(n):
-        lab = final[k]
-        i = r_row[k]
-        for b in range(r_start[k], r_end[k]):
-            out[i, b] = lab
-    return count
+    return count, r_start[:n].copy(), r_end[:n].copy(), final, row_ptr
 
 
 @numba.njit(cache=True, nogil=True)
-def _piece_kernel(lab, n, cls, feats, bands, offset, scale, y0, x0, width):  # pragma: no cover
+def paint_runs(starts, ends, labels, row_ptr, lut, out):  # pragma: no cover - compiled
+    """Paint every run with ``lut[label]``, and 0 between runs (nodata)."""
+    h, w = out.shape
+    for i in range(h):
+        j = 0
+        for k in range(row_ptr[i], row_ptr[i + 1]):
+            for b in range(j, starts[k]):
+                out[i, b] = 0
+            v = lut[labels[k]]
+            for b in range(starts[k], ends[k]):
+                out[i, b] = v
+            j = ends[k]
+        for b in range(j, w):
+            out[i, b] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, scale,
+                  y0, x0, width):  # pragma: no cover - compiled
     """Per local piece: class, first pixel, count, bounding box, fixed-point sums.
 
     Feature ``f`` is ``float32(feats[bands[f]])``: float32 features as they are, or
@@ -127,9 +143,11 @@ def _piece_kernel(lab, n, cls, feats, bands, offset, scale, y0, x0, width):  # p
 
     int32 where it is enough (classes, counts within a chunk, row and column indices
     below 2**31): the pieces of every chunk are held in memory at once. Statistics are
-    updated once per horizontal run of a label, not once per pixel.
+    updated once per run of :func:`_label_kernel` (runs of one class are runs of one
+    label), not once per pixel.
     """
-    h, w = lab.shape
+    h = row_ptr.size - 1
+    w = cls.shape[1]
     nf = bands.size
     klass = np.zeros(n, dtype=np.int32)
     first = np.zeros(n, dtype=np.int64)
@@ -143,6 +161,8 @@ def _piece_kernel(lab, n, cls, feats, bands, offset, scale, y0, x0, width):  # p
     q_hi = np.empty((nf, w), dtype=np.int64)
     q_lo = np.empty((nf, w), dtype=np.int64)
     for i in range(h):
+        if row_ptr[i] == row_ptr[i + 1]:
+            continue  # a row of nodata
         # a whole row of fixed-point values first, feature by feature: a branch-free
         # loop that vectorises (every pixel, nodata too: its values are never summed)
         for f in range(nf):
@@ -156,37 +176,81 @@ def _piece_kernel(lab, n, cls, feats, bands, offset, scale, y0, x0, width):  # p
                 q = np.int64(np.rint(v * _UNIT))
                 q_hi[f, j] = q >> 32
                 q_lo[f, j] = q & 0xFFFFFFFF
-        # then one update per run of a label (integer sums: any grouping is exact)
+        # then one update per run (integer sums: any grouping is exact)
         r = y0 + i
-        j = 0
-        while j < w:
-            k = lab[i, j] - 1
-            e = j + 1
-            while e < w and lab[i, e] == k + 1:
-                e += 1
-            if k >= 0:
-                if count[k] == 0:
-                    klass[k] = cls[i, j]
-                    first[k] = r * width + x0 + j
-                    rmin[k] = r
-                count[k] += e - j
-                rmax[k] = r
-                cmin[k] = min(cmin[k], x0 + j)
-                cmax[k] = max(cmax[k], x0 + e - 1)
-                for f in range(nf):
-                    s_hi = np.int64(0)
-                    s_lo = np.int64(0)
-                    for b in range(j, e):
-                        s_hi += q_hi[f, b]
-                        s_lo += q_lo[f, b]
-                    hi[k, f] += s_hi
-                    lo[k, f] += s_lo
-            j = e
+        for t in range(row_ptr[i], row_ptr[i + 1]):
+            k = labels[t] - 1
+            j = starts[t]
+            e = ends[t]
+            if count[k] == 0:
+                klass[k] = cls[i, j]
+                first[k] = r * width + x0 + j
+                rmin[k] = r
+            count[k] += e - j
+            rmax[k] = r
+            cmin[k] = min(cmin[k], x0 + j)
+            cmax[k] = max(cmax[k], x0 + e - 1)
+            for f in range(nf):
+                s_hi = np.int64(0)
+                s_lo = np.int64(0)
+                for b in range(j, e):
+                    s_hi += q_hi[f, b]
+                    s_lo += q_lo[f, b]
+                hi[k, f] += s_hi
+                lo[k, f] += s_lo
     for k in range(n):
         for f in range(nf):
             hi[k, f] += lo[k, f] >> 32
             lo[k, f] &= 0xFFFFFFFF
     return klass, first, count, rmin, rmax, cmin, cmax, hi, lo
+
+
+@numba.njit(cache=True, nogil=True)
+def _run_edges(starts, ends, labels, row_ptr, w):  # pragma: no cover - compiled
+    """Labels of a block's first and last rows and columns (0: nodata), from its runs."""
+    h = row_ptr.size - 1
+    top = np.zeros(w, dtype=np.int64)
+    bottom = np.zeros(w, dtype=np.int64)
+    left = np.zeros(h, dtype=np.int64)
+    right = np.zeros(h, dtype=np.int64)
+    if h == 0:
+        return top, bottom, left, right
+    for k in range(row_ptr[0], row_ptr[1]):
+        top[starts[k]:ends[k]] = labels[k]
+    for k in range(row_ptr[h - 1], row_ptr[h]):
+        bottom[starts[k]:ends[k]] = labels[k]
+    for i in range(h):
+        if row_ptr[i] < row_ptr[i + 1]:
+            if starts[row_ptr[i]] == 0:
+                left[i] = labels[row_ptr[i]]
+            if ends[row_ptr[i + 1] - 1] == w:
+                right[i] = labels[row_ptr[i + 1] - 1]
+    return top, bottom, left, right
+
+
+class Runs(NamedTuple):
+    """The runs of a labelled block (see :func:`label_runs`)."""
+
+    n: int
+    starts: np.ndarray
+    ends: np.ndarray
+    labels: np.ndarray
+    row_ptr: np.ndarray
+
+
+def label_runs(classes: np.ndarray, nodata: int | None, connectivity: int) -> Runs:
+    """Label the connected segments of one block of a class map, as runs.
+
+    Parameters are those of :func:`label_chunk`. Returns the number of segments ``n``
+    and the runs of valid pixels in raster order: ``starts``, ``ends`` (exclusive
+    columns) and ``labels`` (1..n, numbered by each segment's first pixel in raster
+    order) per run; row ``i``'s runs are ``row_ptr[i]:row_ptr[i + 1]``.
+    """
+    cls = np.ascontiguousarray(classes)
+    nd = -1 if nodata is None else int(nodata)
+    if cls.dtype.kind == "b":
+        cls = cls.astype(np.int64)
+    return Runs(*_label_kernel(cls, nd, connectivity == 8))
 
 
 def label_chunk(
@@ -210,14 +274,13 @@ def label_chunk(
     n : int
         Number of segments.
     """
-    cls = np.ascontiguousarray(classes)
-    out = np.empty(cls.shape, dtype=np.int32)
-    nd = -1 if nodata is None else int(nodata)
-    if cls.size == 0:
+    out = np.empty(np.shape(classes), dtype=np.int32)
+    if out.size == 0:
         return out, 0
-    n = _label_kernel(cls.astype(np.int64, copy=False) if cls.dtype.kind == "b" else cls,
-                      nd, connectivity == 8, out)
-    return out, int(n)
+    runs = label_runs(classes, nodata, connectivity)
+    paint_runs(runs.starts, runs.ends, runs.labels, runs.row_ptr,
+               np.arange(runs.n + 1, dtype=np.int32), out)
+    return out, runs.n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -264,82 +327,77 @@ def _min_by_group(group, n, values):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _contacts(lab, small, conn8, lo, hi, length):  # pragma: no cover - compiled
+def _contacts(starts, ends, labels, row_ptr, small, conn8, lo, hi, length
+              ):  # pragma: no cover - compiled
     """Write the contacts of :func:`_contact_kernel` while they fit; return how many.
 
-    Per pixel, in this order: right (side), down (side), down-right and down-left
-    (corners, 8-connectivity); past the capacity contacts are only counted, and the
-    caller retries with room for all. Each neighbour has its own written-out test: a
-    loop over a table of offsets (or a helper per contact) compiled to code about 7x
-    slower, and most pixels only compare equal labels.
+    Per row: the side contacts of consecutive runs (length 1), then the runs of the
+    row below that each run touches, found as :func:`_label_kernel` finds them: their
+    side contact has the length of the overlap (0: a corner, under 8-connectivity).
+    Past the capacity contacts are only counted, and the caller retries with room.
     """
-    h, w = lab.shape
+    h = row_ptr.size - 1
     cap = lo.size
+    reach = 1 if conn8 else 0
     m = 0
     for i in range(h):
-        last = i + 1 == h
-        for j in range(w):
-            p = lab[i, j]
-            if p == 0:
-                continue
-            if j + 1 < w:
-                q = lab[i, j + 1]
-                if q != p and q != 0 and (small[p] or small[q]):
-                    if m < cap:
-                        lo[m] = min(p, q)
-                        hi[m] = max(p, q)
-                        length[m] = 1
-                    m += 1
-            if last:
-                continue
-            q = lab[i + 1, j]
-            if q != p and q != 0 and (small[p] or small[q]):
+        a0 = row_ptr[i]
+        a1 = row_ptr[i + 1]
+        for k in range(a0, a1 - 1):
+            p = labels[k]
+            q = labels[k + 1]
+            if ends[k] == starts[k + 1] and p != q and (small[p] or small[q]):
                 if m < cap:
                     lo[m] = min(p, q)
                     hi[m] = max(p, q)
                     length[m] = 1
                 m += 1
-            if conn8:
-                if j + 1 < w:
-                    q = lab[i + 1, j + 1]
-                    if q != p and q != 0 and (small[p] or small[q]):
-                        if m < cap:
-                            lo[m] = min(p, q)
-                            hi[m] = max(p, q)
-                            length[m] = 0
-                        m += 1
-                if j > 0:
-                    q = lab[i + 1, j - 1]
-                    if q != p and q != 0 and (small[p] or small[q]):
-                        if m < cap:
-                            lo[m] = min(p, q)
-                            hi[m] = max(p, q)
-                            length[m] = 0
-                        m += 1
+        if i + 1 == h:
+            continue
+        b1 = row_ptr[i + 2]
+        t = a1  # the row below starts where this row's runs end
+        for k in range(a0, a1):
+            s = starts[k] - reach
+            e = ends[k] + reach
+            while t < b1 and ends[t] <= s:
+                t += 1
+            u = t
+            p = labels[k]
+            while u < b1 and starts[u] < e:
+                q = labels[u]
+                if p != q and (small[p] or small[q]):
+                    if m < cap:
+                        lo[m] = min(p, q)
+                        hi[m] = max(p, q)
+                        length[m] = max(min(ends[k], ends[u]) - max(starts[k], starts[u]), 0)
+                    m += 1
+                u += 1
     return m
 
 
 @numba.njit(cache=True, nogil=True)
-def _contact_kernel(lab, count, conn8, min_pixels):  # pragma: no cover - compiled
+def _contact_kernel(starts, ends, labels, row_ptr, count, conn8, min_pixels
+                    ):  # pragma: no cover - compiled
     """Every contact of two different pieces of a block, one of them small.
 
-    Returns ``(lo, hi, length)`` per touching pixel pair (``lo < hi``): length 1 for a
-    side, 0 for a corner (8-connectivity). Within a block, touching pixels of one class
-    share a label, so two labels that touch belong to two classes.
+    From the runs of :func:`_label_kernel`. Returns ``(lo, hi, length)`` per pair of
+    touching runs (``lo < hi``): the number of side-touching pixel pairs (0 for a corner
+    contact, 8-connectivity); :func:`_combine_kernel` sums them per pair of pieces.
+    Within a block, touching runs of one class share a label, so two labels that touch
+    belong to two classes.
     """
     # one flag per label (index 0 unused): a byte lookup instead of two count compares
     small = np.zeros(count.size + 1, dtype=np.bool_)
     for k in range(count.size):
         small[k + 1] = count[k] < min_pixels
-    # one pass into a guessed capacity (contacts are few: a pixel has at most 4, but
-    # only borders of small pieces count); a second pass only when it overflows.
-    # int32 labels and int8 lengths: 9 bytes per contact
-    cap = max(1024, lab.size // 8)
+    # one pass into a guessed capacity (only borders of small pieces count); a second
+    # pass only when it overflows
+    cap = max(1024, starts.size)
     while True:
         lo = np.empty(cap, dtype=np.int32)
         hi = np.empty(cap, dtype=np.int32)
-        length = np.empty(cap, dtype=np.int8)
-        m = _contacts(lab, small, conn8, lo, hi, length)
+        length = np.empty(cap, dtype=np.int32)
+        m = _contacts(starts, ends, labels, row_ptr, small, conn8, lo, hi, length)
         if m <= cap:
             return lo[:m], hi[:m], length[:m]
         cap = m

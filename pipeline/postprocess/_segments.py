@@ -35,12 +35,15 @@ from scipy.sparse.csgraph import connected_components
 
 from ._kernels import (
     FIXED_POINT_BITS,
+    Runs,
     _combine_kernel,
     _contact_kernel,
     _min_by_group,
     _piece_kernel,
     _reduce_kernel,
-    label_chunk,
+    _run_edges,
+    label_runs,
+    paint_runs,
 )
 
 __all__ = [
@@ -146,9 +149,10 @@ def _combine_pairs(a: np.ndarray, b: np.ndarray, length: np.ndarray, n: int | No
     return lo[idx], hi[idx], np.add.reduceat(length, idx)
 
 
-def _interior_edges(lab: np.ndarray, count: np.ndarray, conn8: bool, min_pixels: int
+def _interior_edges(runs: Runs, count: np.ndarray, conn8: bool, min_pixels: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lo, hi, length = _contact_kernel(lab, count, conn8, min_pixels)
+    lo, hi, length = _contact_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr,
+                                     count, conn8, min_pixels)
     a, b, length = _combine_pairs(lo, hi, length, count.size)
     return a.astype(np.int32), b.astype(np.int32), length.astype(np.int32)
 
@@ -157,26 +161,27 @@ def _chunk_task(classes: np.ndarray, feats: np.ndarray | None, bands: np.ndarray
                 y0: int, x0: int, width: int, nodata: int | None, connectivity: int,
                 offset: np.ndarray, scale: np.ndarray, min_pixels: int | None
                 ) -> tuple[ChunkPieces, ChunkStrips]:
-    lab, n = label_chunk(classes, nodata, connectivity)
-    h, w = lab.shape
+    cls = np.ascontiguousarray(classes)
+    h, w = cls.shape
+    runs = label_runs(cls, nodata, connectivity)
     if feats is None:
         feats = np.empty((0, h, w), dtype=np.float32)
-    cls = np.ascontiguousarray(classes)
-    stats = _piece_kernel(lab, n, cls, np.ascontiguousarray(feats), bands, offset, scale,
-                          y0, x0, width)
+    stats = _piece_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr, runs.n, cls,
+                          np.ascontiguousarray(feats), bands, offset, scale, y0, x0, width)
     if min_pixels is None:
         empty = np.empty(0, dtype=np.int32)
         edges = (empty, empty, empty)
     else:
-        edges = _interior_edges(lab, stats[2], connectivity == 8, min_pixels)
+        edges = _interior_edges(runs, stats[2], connectivity == 8, min_pixels)
     pieces = ChunkPieces(*stats, *edges)
+    top, bottom, left, right = _run_edges(runs.starts, runs.ends, runs.labels, runs.row_ptr,
+                                          w)
 
     def strip(a: np.ndarray) -> np.ndarray:
         return a.astype(np.int64)  # a copy: the chunk itself is not kept
 
-    strips = ChunkStrips(index, strip(lab[0]), strip(cls[0]), strip(lab[-1]), strip(cls[-1]),
-                         strip(lab[:, 0]), strip(cls[:, 0]), strip(lab[:, -1]),
-                         strip(cls[:, -1]))
+    strips = ChunkStrips(index, top, strip(cls[0]), bottom, strip(cls[-1]),
+                         left, strip(cls[:, 0]), right, strip(cls[:, -1]))
     return pieces, strips
 
 
@@ -518,11 +523,13 @@ def resolve_segments(
 
 def _relabel_block(classes: np.ndarray, lut: np.ndarray, nodata: int | None,
                    connectivity: int) -> np.ndarray:
-    lab, n = label_chunk(classes, nodata, connectivity)
-    if n + 1 != lut.size:
-        raise RuntimeError(f"chunk has {n} segments, its lookup table {lut.size - 1}: "
+    runs = label_runs(classes, nodata, connectivity)
+    if runs.n + 1 != lut.size:
+        raise RuntimeError(f"chunk has {runs.n} segments, its lookup table {lut.size - 1}: "
                            "the class map changed between the summary and the relabel pass")
-    return lut[lab]
+    out = np.empty(np.shape(classes), dtype=lut.dtype)
+    paint_runs(runs.starts, runs.ends, runs.labels, runs.row_ptr, lut, out)  # labels and
+    return out  # table in one write
 
 
 def relabel_segments(labels: xr.DataArray, index: SegmentIndex) -> xr.DataArray:
