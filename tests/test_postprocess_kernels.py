@@ -254,9 +254,10 @@ def test_runs_paint_any_table_and_give_the_edge_strips():
     assert _run_edges(*label_runs(arr[:0], 9, 8)[1:], 17)[0].tolist() == [0] * 17
 
 
-def _pieces(arr, nodata, conn8, *rest):
+def _pieces(arr, nodata, conn8, *rest, integer_sums=False):
     runs = label_runs(arr, nodata, 8 if conn8 else 4)
-    return _piece_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr, runs.n, *rest)
+    return _piece_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr, runs.n, *rest,
+                         integer_sums)
 
 
 @settings(max_examples=150, deadline=None)
@@ -276,6 +277,31 @@ def test_run_piece_statistics_equal_per_pixel_sums(data, conn8, nf, y0, x0, seed
     cls = np.ascontiguousarray(arr)
     _same(_pieces(arr, nodata, conn8, cls, feats, np.arange(nf), offset, scale, y0, x0, width),
           _piece_reference(lab, n, cls, feats, offset, scale, y0, x0, width))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=_class_maps(), conn8=st.booleans(), nf=st.integers(0, 3),
+       dtype=st.sampled_from(["uint8", "int8", "uint16", "int16"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_integer_piece_sums_are_the_sums_of_the_raw_values(data, conn8, nf, dtype, seed):
+    arr, nodata = data
+    lab, n = label_chunk(arr, nodata, 8 if conn8 else 4)
+    info = np.iinfo(dtype)
+    raw = np.random.default_rng(seed).integers(info.min, info.max, (nf + 1, *arr.shape),
+                                               endpoint=True).astype(dtype)
+    bands = np.arange(nf)[::-1].copy()  # any band order
+    cls = np.ascontiguousarray(arr)
+    got = _pieces(arr, nodata, conn8, cls, raw, bands, np.zeros(nf), np.ones(nf), 3, 4, 99,
+                  integer_sums=True)
+    ref = _piece_reference(lab, n, cls, raw[bands].astype(np.float32), np.zeros(nf),
+                           np.ones(nf), 3, 4, 99)
+    _same(got[:7], ref[:7])  # class, first pixel, count, bounding box
+    want = np.zeros((n, nf), dtype=np.int64)
+    for f, b in enumerate(bands):
+        np.add.at(want[:, f], lab[lab > 0] - 1, raw[b][lab > 0].astype(np.int64))
+    hi, lo = got[7:]
+    assert ((lo >= 0) & (lo < 2**32)).all()
+    np.testing.assert_array_equal(hi * 2**32 + lo, want)
 
 
 def _contacts(arr, nodata, conn8, min_pixels):

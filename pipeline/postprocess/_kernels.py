@@ -134,12 +134,19 @@ def paint_runs(starts, ends, labels, row_ptr, lut, out):  # pragma: no cover - c
 
 @numba.njit(cache=True, nogil=True)
 def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, scale,
-                  y0, x0, width):  # pragma: no cover - compiled
-    """Per local piece: class, first pixel, count, bounding box, fixed-point sums.
+                  y0, x0, width, integer_sums):  # pragma: no cover - compiled
+    """Per local piece: class, first pixel, count, bounding box, exact feature sums.
 
     Feature ``f`` is ``float32(feats[bands[f]])``: float32 features as they are, or
     the raw bands of an image (any dtype) converted as :func:`pipeline.io.masked_float`
     converts them, so ``features: [bands]`` needs no float32 copy of the image.
+
+    The sums are fixed-point sums of ``(feature - offset) / scale`` (see
+    :data:`FIXED_POINT_BITS`), or with ``integer_sums`` (raw bands of at most 16 bits,
+    whose float32 values are the integers themselves) the plain integer sums of the
+    raw values, from running sums along each row: a subtraction per run and feature
+    instead of a conversion per pixel and feature (10 -> 4 ms per 1024^2 chunk of 4
+    bands). Both are returned as two normalised words, ``sum = hi * 2**32 + lo``.
 
     int32 where it is enough (classes, counts within a chunk, row and column indices
     below 2**31): the pieces of every chunk are held in memory at once. Statistics are
@@ -160,12 +167,20 @@ def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, s
     lo = np.zeros((n, nf), dtype=np.int64)
     q_hi = np.empty((nf, w), dtype=np.int64)
     q_lo = np.empty((nf, w), dtype=np.int64)
+    run_sum = np.zeros((nf, w + 1), dtype=np.int64)  # 16-bit values: no overflow
     for i in range(h):
         if row_ptr[i] == row_ptr[i + 1]:
             continue  # a row of nodata
-        # a whole row of fixed-point values first, feature by feature: a branch-free
-        # loop that vectorises (every pixel, nodata too: its values are never summed)
-        for f in range(nf):
+        if integer_sums:
+            for f in range(nf):
+                row = feats[bands[f], i]
+                acc = np.int64(0)
+                for j in range(w):
+                    acc += np.int64(row[j])
+                    run_sum[f, j + 1] = acc
+        # else a whole row of fixed-point values first, feature by feature: a
+        # branch-free loop that vectorises (every pixel, nodata too: never summed)
+        for f in range(0 if integer_sums else nf):
             off = offset[f]
             scl = scale[f]
             row = feats[bands[f], i]
@@ -190,6 +205,10 @@ def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, s
             rmax[k] = r
             cmin[k] = min(cmin[k], x0 + j)
             cmax[k] = max(cmax[k], x0 + e - 1)
+            if integer_sums:  # whole sums in `lo` (a chunk's fit: < 2**47)
+                for f in range(nf):
+                    lo[k, f] += run_sum[f, e] - run_sum[f, j]
+                continue
             for f in range(nf):
                 s_hi = np.int64(0)
                 s_lo = np.int64(0)
@@ -199,7 +218,7 @@ def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, s
                 hi[k, f] += s_hi
                 lo[k, f] += s_lo
     for k in range(n):
-        for f in range(nf):
+        for f in range(nf):  # arithmetic shift: negative sums keep lo in [0, 2**32)
             hi[k, f] += lo[k, f] >> 32
             lo[k, f] &= 0xFFFFFFFF
     return klass, first, count, rmin, rmax, cmin, cmax, hi, lo

@@ -49,19 +49,24 @@ def pixels_for_area(area: float, transform: Affine) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _mean_dist(hi, lo, count, g, h):  # pragma: no cover - compiled
-    """Squared distance between the mean feature vectors of groups g and h."""
+def _mean_dist(hi, lo, count, g, h, sum_offset, sum_scale):  # pragma: no cover
+    """Squared distance between the mean feature vectors of groups g and h.
+
+    Means as :meth:`SegmentStats.means` computes them, bit for bit.
+    """
     d = 0.0
     for f in range(hi.shape[1]):
         mg = (np.float64(hi[g, f]) * 4294967296.0 + np.float64(lo[g, f])) / count[g]
         mh = (np.float64(hi[h, f]) * 4294967296.0 + np.float64(lo[h, f])) / count[h]
+        mg = (mg - sum_offset[f]) / sum_scale[f]
+        mh = (mh - sum_offset[f]) / sum_scale[f]
         d += (mg - mh) * (mg - mh)
     return d
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_kernel(count, hi, lo, ptr, nbr, blen, small, min_pixels,  # pragma: no cover
-                  levels):
+def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  # pragma: no cover
+                  min_pixels, levels):
     """Merge small groups, smallest first (ties: lowest ID), into the closest neighbour.
 
     ``parent`` is a union-find forest whose roots are the groups; a group is named by
@@ -132,7 +137,7 @@ def _merge_kernel(count, hi, lo, ptr, nbr, blen, small, min_pixels,  # pragma: n
             best_d = 0.0
             for t in range(nt):
                 h = touched[t]
-                d = _mean_dist(hi, lo, count, g, h)
+                d = _mean_dist(hi, lo, count, g, h, sum_offset, sum_scale)
                 if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
                         or (d == best_d and acc[h] == acc[best] and h < best)):
                     best = h
@@ -212,7 +217,9 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
     lo = np.ascontiguousarray(stats.lo, dtype=np.int64).copy()
     ids = np.flatnonzero(small).astype(np.int64)
     levels = int(min(min_pixels, count[ids].sum() + 1))
-    parent = _merge_kernel(count, hi, lo, ptr, dst, blen, ids, int(min_pixels), levels)
+    parent = _merge_kernel(count, hi, lo, np.asarray(stats.sum_offset, np.float64),
+                           np.asarray(stats.sum_scale, np.float64), ptr, dst, blen, ids,
+                           int(min_pixels), levels)
     # a group is numbered by its first pixel: the lowest ID among its members
     roots = np.flatnonzero(parent == np.arange(n))
     group_min = _min_by_group(parent, n, np.arange(n, dtype=np.int64))

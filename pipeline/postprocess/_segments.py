@@ -67,12 +67,29 @@ def segment_dtype(n_segments: int) -> np.dtype:
     return np.dtype(np.uint32) if n_segments <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
 
 
+def _words_to_float(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    return hi.astype(np.float64) * 4294967296.0 + lo.astype(np.float64)
+
+
 def fixed_to_float(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """Value of normalised two-word fixed-point sums, ``(hi * 2**32 + lo) / 2**bits``.
 
     The result depends only on the exact integer sums, never on how they were added.
     """
-    return (hi.astype(np.float64) * 4294967296.0 + lo.astype(np.float64)) / 2.0**FIXED_POINT_BITS
+    return _words_to_float(hi, lo) / 2.0**FIXED_POINT_BITS
+
+
+#: raw band types whose float32 values are their integers: their segments sum the
+#: integers themselves (exact in int64 below 2**47 pixels), not fixed-point values
+_INTEGER_SUM_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16"))
+
+
+def _sum_units(nf: int, integer_sums: bool, offset: np.ndarray, scale: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum_offset, sum_scale)`` of :class:`SegmentStats` for the sums of a kernel."""
+    if integer_sums:
+        return offset.astype(np.float64), scale.astype(np.float64)
+    return np.zeros(nf), np.full(nf, 2.0**FIXED_POINT_BITS)
 
 
 # ---------------------------------------------------------------------------------
@@ -159,15 +176,16 @@ def _interior_edges(runs: Runs, count: np.ndarray, conn8: bool, min_pixels: int
 
 def _chunk_task(classes: np.ndarray, feats: np.ndarray | None, bands: np.ndarray, index: int,
                 y0: int, x0: int, width: int, nodata: int | None, connectivity: int,
-                offset: np.ndarray, scale: np.ndarray, min_pixels: int | None
-                ) -> tuple[ChunkPieces, ChunkStrips]:
+                offset: np.ndarray, scale: np.ndarray, min_pixels: int | None,
+                integer_sums: bool = False) -> tuple[ChunkPieces, ChunkStrips]:
     cls = np.ascontiguousarray(classes)
     h, w = cls.shape
     runs = label_runs(cls, nodata, connectivity)
     if feats is None:
         feats = np.empty((0, h, w), dtype=np.float32)
     stats = _piece_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr, runs.n, cls,
-                          np.ascontiguousarray(feats), bands, offset, scale, y0, x0, width)
+                          np.ascontiguousarray(feats), bands, offset, scale, y0, x0, width,
+                          integer_sums)
     if min_pixels is None:
         empty = np.empty(0, dtype=np.int32)
         edges = (empty, empty, empty)
@@ -247,6 +265,8 @@ class SegmentTasks:
         The chunking of the class map.
     connectivity : int
     min_pixels : int or None
+    sum_offset, sum_scale : ndarray, shape (feature,)
+        What the pieces' sums are in: see :class:`SegmentStats`.
     """
 
     pieces: list[Any] = field(repr=False)
@@ -254,6 +274,8 @@ class SegmentTasks:
     chunks: tuple[tuple[int, ...], tuple[int, ...]]
     connectivity: int
     min_pixels: int | None
+    sum_offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sum_scale: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def _nodata(labels: xr.DataArray) -> int | None:
@@ -337,6 +359,7 @@ def segment_tasks(
     scl = np.ones(nf) if scale is None else np.asarray(scale, dtype=np.float64)
     if off.shape != (nf,) or scl.shape != (nf,):
         raise ValueError(f"offset and scale must have one value per feature ({nf})")
+    integer_sums = bands is not None and np.dtype(features.dtype) in _INTEGER_SUM_DTYPES
     lab_blocks = data.to_delayed(optimize_graph=False)
     if features is not None:
         fdata = features.data if isinstance(features.data, da.Array) \
@@ -353,14 +376,15 @@ def segment_tasks(
         for j in range(nx):
             fb = None if features is None else feat_blocks[i, j]
             p, s = task(lab_blocks[i, j], fb, band_index, i * nx + j, int(ys[i]), int(xs[j]),
-                        width, nodata, connectivity, off, scl, min_pixels)
+                        width, nodata, connectivity, off, scl, min_pixels, integer_sums)
             pieces.append(p)
             strips[i, j] = s
     join = dask.delayed(_join_task, pure=True)
     joins = [join(strips[i, j], strips.get((i, j + 1)), strips.get((i + 1, j)),
                   strips.get((i + 1, j + 1)), connectivity, min_pixels is not None)
              for i in range(ny) for j in range(nx)]
-    return SegmentTasks(pieces, joins, data.chunks, connectivity, min_pixels)
+    return SegmentTasks(pieces, joins, data.chunks, connectivity, min_pixels,
+                        *_sum_units(nf, integer_sums, off, scl))
 
 
 # ---------------------------------------------------------------------------------
@@ -379,7 +403,12 @@ class SegmentStats:
     rmin, rmax, cmin, cmax : ndarray, shape (n,), int64
         Bounding box in global pixel indices (inclusive).
     hi, lo : ndarray, shape (n, feature), int64
-        Exact fixed-point feature sums: see :func:`fixed_to_float`.
+        Exact integer feature sums as two normalised words, ``hi * 2**32 + lo``.
+    sum_offset, sum_scale : ndarray, shape (feature,), float64
+        The mean in the units of :func:`segment_tasks`' ``offset``/``scale`` is
+        ``(sum / count - sum_offset) / sum_scale``: fixed-point sums of the scaled
+        values (0 and ``2**FIXED_POINT_BITS``), or sums of raw integer bands (the
+        ``offset`` and ``scale`` themselves).
     """
 
     klass: np.ndarray
@@ -391,13 +420,16 @@ class SegmentStats:
     cmax: np.ndarray
     hi: np.ndarray
     lo: np.ndarray
+    sum_offset: np.ndarray
+    sum_scale: np.ndarray
 
     def __len__(self) -> int:
         return int(self.count.size)
 
     def means(self) -> np.ndarray:
         """Mean of each (offset and scaled) feature, shape (n, feature), float64."""
-        return fixed_to_float(self.hi, self.lo) / np.maximum(self.count, 1)[:, None]
+        sums = _words_to_float(self.hi, self.lo) / np.maximum(self.count, 1)[:, None]
+        return (sums - self.sum_offset) / self.sum_scale
 
     def reduce(self, group: np.ndarray, n_groups: int) -> SegmentStats:
         """Statistics of groups of segments; ``group[i]`` in ``0..n_groups-1``.
@@ -409,7 +441,7 @@ class SegmentStats:
             *(np.ascontiguousarray(getattr(self, f))
               for f in ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")),
         )
-        return SegmentStats(*fields)
+        return SegmentStats(*fields, self.sum_offset, self.sum_scale)
 
 
 @dataclass
@@ -488,7 +520,7 @@ def resolve_segments(
     cat = {name: np.concatenate([getattr(p, name) for p in pieces]) if pieces
            else np.empty((0, nf) if name in ("hi", "lo") else 0, np.int64)
            for name in stat_fields}
-    piece_stats = SegmentStats(**cat)
+    piece_stats = SegmentStats(**cat, sum_offset=tasks.sum_offset, sum_scale=tasks.sum_scale)
     del cat
     # canonical IDs: components ranked by their first pixel in raster order
     comp_first = _min_by_group(comp.astype(np.int64), n_comp, piece_stats.first)
