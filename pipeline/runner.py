@@ -618,38 +618,48 @@ def run(
             writers = {name: writer(name, arr) for name, arr in rasters.items()}
             written: list[Path] = []  # the finished outputs
             closed: set[str] = set()  # writers already finished
+            cog_wait = 0.0  # waiting for COGs encoded in the background, after the passes
             bar = _Progress(labels.data.npartitions, "label+write", progress)
             try:
                 if one_pass:
                     along = store_rasters(rasters, writers, None, bar, compute=False)
                     # once the pass is over the class rasters are complete: their COGs
                     # are encoded (GDAL, no GIL) while this thread resolves the segments
+                    # and the segment pass reads the class map from the stream they are
+                    # encoded from (uncompressed: no decoding, and no wait for the COG)
+                    classes = list(writers.values())
                     encoder = concurrent.futures.ThreadPoolExecutor(1)
                     encoding: list[concurrent.futures.Future] = []
 
                     def encode() -> None:
-                        classes = list(writers.values())
+                        for w in classes:
+                            w.finish_streams()
                         encoding.append(encoder.submit(
-                            lambda: [p for w in classes for p in w.close()]))
+                            lambda: [p for w in classes for p in w.close(keep_streams=True)]))
 
                     def read_back() -> xr.DataArray:  # the class map, finished
-                        written.extend(encoding[0].result())
                         return rasters["labels"].copy(data=writers["labels"].read_back())
 
                     try:
                         segments = _segments_stage(config, image, features, model, rasters,
                                                    timings, along=along, after_pass=encode,
                                                    read_back=read_back)
+                        writers["segments"] = writer("segments", rasters["segments"])
+                        bar.close()
+                        bar = _Progress(labels.data.npartitions, "segments", progress)
+                        t_raster = time.perf_counter()
+                        store_rasters({"segments": rasters["segments"]},
+                                      {"segments": writers["segments"]}, None, bar)
+                        timings["segments_raster"] = time.perf_counter() - t_raster
+                        if encoding:  # the class COGs, encoded meanwhile
+                            t_wait = time.perf_counter()
+                            written.extend(encoding[0].result())
+                            cog_wait = time.perf_counter() - t_wait
                     finally:
                         encoder.shutdown()
-                    closed = set(writers)
-                    writers["segments"] = writer("segments", rasters["segments"])
-                    bar.close()
-                    bar = _Progress(labels.data.npartitions, "segments", progress)
-                    t_raster = time.perf_counter()
-                    store_rasters({"segments": rasters["segments"]},
-                                  {"segments": writers["segments"]}, None, bar)
-                    timings["segments_raster"] = time.perf_counter() - t_raster
+                    for w in classes:
+                        w.remove_streams()
+                    closed = {name for name in writers if name != "segments"}
                 else:
                     store_rasters(rasters, writers, client, bar)
             except BaseException:
@@ -660,12 +670,12 @@ def run(
                 bar.close()
             # label_write: the pass over the input (with segments, their second pass
             # over the class map is segments_raster, and resolving them is segments)
-            timings["label_write"] = time.perf_counter() - t - (
+            timings["label_write"] = time.perf_counter() - t - cog_wait - (
                 timings.get("segments", 0.0) + timings.get("segments_raster", 0.0)
                 if one_pass else 0.0)
             t = time.perf_counter()
             written += [p for n, w in writers.items() if n not in closed for p in w.close()]
-            timings["cog"] = time.perf_counter() - t
+            timings["cog"] = time.perf_counter() - t + cog_wait
             if segments is not None:
                 written += _write_segments(segments, rasters["segments"], staging, config,
                                            timings)

@@ -160,6 +160,34 @@ def test_read_back_gives_the_finished_raster(tmp_path, formats, dtype):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("formats", [("cog",), ("zarr",), ("cog", "zarr")])
+def test_read_back_while_the_cog_is_encoded(tmp_path, formats):
+    """After finish_streams a second pass reads the raster (the kept stream) while
+    another thread encodes the COG from it; remove_streams leaves only the outputs."""
+    import concurrent.futures
+
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 6, (300, 260)).astype(np.uint8)
+    template = _template(labels, (64, 100))
+    w = LabelWriter(tmp_path, template, nodata=255, n_classes=6, formats=formats)
+    for r in _regions(template):
+        w[r] = labels[r]
+    w.finish_streams()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        encoding = pool.submit(w.close, keep_streams=True)
+        back = w.read_back()
+        np.testing.assert_array_equal(back.compute(), labels)
+        outputs = encoding.result()
+    np.testing.assert_array_equal(w.read_back().compute(), labels)  # stream still kept
+    w.remove_streams()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in outputs)
+    np.testing.assert_array_equal(w.read_back().compute(), labels)  # from the COG now
+    if "cog" in formats:
+        with rasterio.open(tmp_path / "labels.tif") as ds:
+            np.testing.assert_array_equal(ds.read(1), labels)
+            assert ds.overviews(1)
+
+
 def test_worker_side_zarr_writes_skip_the_empty_chunk_check(tmp_path):
     """store_part (a worker's share) opens the store with the writer's Zarr config
     and writes chunks the writer's process reads back unchanged."""

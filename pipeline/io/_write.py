@@ -212,6 +212,9 @@ class LabelWriter:
         self._chunks = template.chunks or ((height,), (width,))
         self._chunk_side = max(self._chunks[0][0], self._chunks[1][0])
         self._tif_tmp = self.directory / f".{stem}.tiled.tif"
+        self._streams_kept = False  # the finished stream and overviews are still on disk
+        self._finished = False  # every block written: read_back may read the raster
+        self._encoded = False  # the COG is written
         self._overviews: list[tuple[int, Any]] = []
         self._factors: list[int] = []
         self._side = _blocksize(height, width)
@@ -320,13 +323,26 @@ class LabelWriter:
                 self.counts += hist
             self.blocks_written += 1
 
-    def close(self) -> list[Path]:
+    def finish_streams(self) -> None:
+        """Close the streamed GeoTIFF after the last block; :meth:`read_back` may read it.
+
+        Then :meth:`close` (the COG encode) and a :meth:`read_back` pass may run at the
+        same time: the segments' second pass reads the uncompressed stream while the
+        COG is encoded from it, and :meth:`remove_streams` deletes it afterwards.
+        """
+        if self._tif is not None:
+            self._close_tifs()
+            self._streams_kept = True
+        self._finished = True
+
+    def close(self, *, keep_streams: bool = False) -> list[Path]:
         """Finish every output and return their paths.
 
         The streamed GeoTIFF (tiled; ZSTD level 1 above one byte a pixel) and its
         overviews, decimated as the blocks arrived, are joined by a VRT and encoded once
         as a COG (DEFLATE level 1, all cores; predictor 2 if asked) in this one process,
-        as GDAL requires; the temporary files are removed.
+        as GDAL requires; the temporary files are removed unless ``keep_streams`` (for
+        a :meth:`read_back` still reading them: call :meth:`remove_streams` after it).
 
         Overviews use nearest resampling, GDAL's default for paletted COGs: every
         overview pixel is a real class. GDAL's ``mode`` costs about 8x as much (2.2 s
@@ -334,14 +350,16 @@ class LabelWriter:
         files only 18 % smaller (measured in bench/RESULTS.md).
         """
         outputs: list[Path] = []
-        if self._tif is not None:
-            self._close_tifs()
+        self.finish_streams()
+        if self._streams_kept and not self._encoded:
+            self._encoded = True
             cog = self.directory / f"{self.stem}.tif"
             vrt = self.directory / f".{self.stem}.vrt"
             vrt.write_text(self._vrt())
             self._to_cog(vrt, cog)
-            for p in [vrt, self._tif_tmp, *(self._overview_path(f) for f in self._factors)]:
-                p.unlink()
+            vrt.unlink()
+            if not keep_streams:
+                self.remove_streams()
             outputs.append(cog)
         if self._zarr is not None:
             self._zarr = None
@@ -357,20 +375,31 @@ class LabelWriter:
             outputs.append(path)
         return outputs
 
+    def remove_streams(self) -> None:
+        """Delete the streamed GeoTIFF and its overviews (kept by ``close(keep_streams=True)``)."""
+        if self._streams_kept:
+            for p in [self._tif_tmp, *(self._overview_path(f) for f in self._factors)]:
+                p.unlink(missing_ok=True)
+            self._streams_kept = False
+
     def read_back(self) -> Any:
         """Return the finished raster, read back lazily: a Dask array chunked as given.
 
-        After :meth:`close`: the COG if written, else the Zarr store. A second pass over
-        a class map (segments) reads it at a fraction of the cost of computing it again.
+        After :meth:`finish_streams` or :meth:`close`: the streamed GeoTIFF while it is
+        kept (uncompressed for bytes: cheaper to read than the COG), else the COG if
+        written, else the Zarr store (whose chunks are complete once the blocks are
+        written). A second pass over a class map (segments) reads it at a fraction of
+        the cost of computing it again.
         """
         import dask.array as da
 
-        if self._tif is not None or self._zarr is not None:
+        if not self._finished:
             raise RuntimeError(f"{self.stem}: close the writer before reading it back")
         if "cog" in self.formats:
             from ._read import open_image
 
-            image = open_image(self.directory / f"{self.stem}.tif", chunks=self._chunk_side)
+            path = self._tif_tmp if self._streams_kept else self.directory / f"{self.stem}.tif"
+            image = open_image(path, chunks=self._chunk_side)
             return image.data[0].rechunk(self._chunks)
         return da.from_zarr(str(self.directory / f"{self.stem}.zarr"), component=self.stem,
                             chunks=self._chunks)
