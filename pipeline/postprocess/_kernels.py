@@ -62,6 +62,7 @@ def _label_kernel(cls, nodata, conn8):  # pragma: no cover - compiled
     r_end = np.empty(n_max, dtype=np.int32)  # exclusive
     r_cls = np.empty(n_max, dtype=cls.dtype)
     row_ptr = np.empty(h + 1, dtype=np.int64)
+    bounds = np.empty(w + 1, dtype=np.int32)
     reach = 1 if conn8 else 0  # how far past its ends a run touches the row above
     n = 0
     prev_lo = 0
@@ -69,19 +70,27 @@ def _label_kernel(cls, nodata, conn8):  # pragma: no cover - compiled
     for i in range(h):
         cur_lo = n
         row_ptr[i] = n
-        j = 0
-        while j < w:
-            c = cls[i, j]
-            e = j + 1
-            while e < w and cls[i, e] == c:
-                e += 1
+        if w == 0:
+            continue
+        # where the class changes, without a branch per pixel: every column is
+        # written and the count moves on only at a change (a run's end is a branch
+        # the processor cannot predict)
+        row = cls[i]
+        bounds[0] = 0
+        m = 1
+        for j in range(1, w):
+            bounds[m] = j
+            m += np.int64(row[j] != row[j - 1])
+        bounds[m] = w
+        for r in range(m):
+            j = bounds[r]
+            c = row[j]
             if c != nodata:
                 r_start[n] = j
-                r_end[n] = e
+                r_end[n] = bounds[r + 1]
                 r_cls[n] = c
                 parent[n] = n
                 n += 1
-            j = e
         # join the runs of this row with those of the row above (both sorted by start)
         p = prev_lo
         for k in range(cur_lo, n):
