@@ -49,19 +49,11 @@ def pixels_for_area(area: float, transform: Affine) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _mean_dist(hi, lo, count, g, h, sum_offset, sum_scale):  # pragma: no cover
-    """Squared distance between the mean feature vectors of groups g and h.
-
-    Means as :meth:`SegmentStats.means` computes them, bit for bit.
-    """
-    d = 0.0
+def _mean(hi, lo, count, g, sum_offset, sum_scale, out):  # pragma: no cover - compiled
+    """Mean feature vector of group g, as :meth:`SegmentStats.means` computes it."""
     for f in range(hi.shape[1]):
-        mg = (np.float64(hi[g, f]) * 4294967296.0 + np.float64(lo[g, f])) / count[g]
-        mh = (np.float64(hi[h, f]) * 4294967296.0 + np.float64(lo[h, f])) / count[h]
-        mg = (mg - sum_offset[f]) / sum_scale[f]
-        mh = (mh - sum_offset[f]) / sum_scale[f]
-        d += (mg - mh) * (mg - mh)
-    return d
+        m = (np.float64(hi[g, f]) * 4294967296.0 + np.float64(lo[g, f])) / count[g]
+        out[f] = (m - sum_offset[f]) / sum_scale[f]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -81,6 +73,8 @@ def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  
     ``min_pixels``).
     """
     n = count.size
+    mean_g = np.empty(hi.shape[1])  # the group being merged, computed once
+    mean_h = np.empty(hi.shape[1])
     parent = np.arange(n)
     nxt = np.full(n, -1, dtype=np.int64)  # members as linked lists
     tail = np.arange(n)
@@ -135,9 +129,13 @@ def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  
                 continue  # no neighbour: it stays small
             best = -1
             best_d = 0.0
+            _mean(hi, lo, count, g, sum_offset, sum_scale, mean_g)
             for t in range(nt):
                 h = touched[t]
-                d = _mean_dist(hi, lo, count, g, h, sum_offset, sum_scale)
+                _mean(hi, lo, count, h, sum_offset, sum_scale, mean_h)
+                d = 0.0  # squared distance of the mean feature vectors
+                for f in range(mean_g.size):
+                    d += (mean_g[f] - mean_h[f]) * (mean_g[f] - mean_h[f])
                 if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
                         or (d == best_d and acc[h] == acc[best] and h < best)):
                     best = h
