@@ -265,6 +265,7 @@ def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArr
         return None
     # imported here: segments bring pandas, pyarrow and shapely (start-up cost)
     from .postprocess import (
+        load_kernels,
         merge_small_segments,
         pixels_for_area,
         relabel_segments,
@@ -282,14 +283,21 @@ def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArr
     tasks = segment_tasks(labels, features if bands is None else image, bands=bands,
                           connectivity=pp.segments.connectivity, min_pixels=min_px,
                           offset=model.mean, scale=model.scale)
-    if along is None:
-        pieces, joins = dask.compute(tasks.pieces, tasks.joins)
-    else:
-        # unoptimised: fusing the stores' chains renames their tasks, and the summaries
-        # (built on the unfused keys) would compute the majority filter a second time
-        _, pieces, joins = dask.compute(along, tasks.pieces, tasks.joins, optimize_graph=False)
-        if after_pass is not None:
-            after_pass()
+    # the resolve and merge kernels load from numba's cache (~0.8 s of one core) in a
+    # thread while the pass runs, not after it, when resolving is the only work left
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(load_kernels)
+        if along is None:
+            pieces, joins = dask.compute(tasks.pieces, tasks.joins)
+        else:
+            # unoptimised: fusing the stores' chains renames their tasks, and the
+            # summaries (built on the unfused keys) would compute the majority filter
+            # a second time
+            _, pieces, joins = dask.compute(along, tasks.pieces, tasks.joins,
+                                            optimize_graph=False)
+            if after_pass is not None:
+                after_pass()
+        loading.result()
     t_resolve = time.perf_counter()
     index = resolve_segments(tasks, pieces, joins)
     n_found = index.n_segments

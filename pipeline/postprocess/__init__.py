@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 _WHERE = {
     "majority_filter": "_majority",
+    "load_kernels": "_merge",
     "merge_small_segments": "_merge",
     "pixels_for_area": "_merge",
     "SegmentIndex": "_segments",
@@ -27,7 +28,7 @@ __all__: list[str] = sorted(_WHERE)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._majority import majority_filter  # noqa: F401
-    from ._merge import merge_small_segments, pixels_for_area  # noqa: F401
+    from ._merge import load_kernels, merge_small_segments, pixels_for_area  # noqa: F401
     from ._segments import (  # noqa: F401
         SegmentIndex,
         SegmentStats,

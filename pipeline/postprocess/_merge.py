@@ -73,8 +73,12 @@ def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  
     ``min_pixels``).
     """
     n = count.size
-    mean_g = np.empty(hi.shape[1])  # the group being merged, computed once
-    mean_h = np.empty(hi.shape[1])
+    nf = hi.shape[1]
+    # every group's mean, updated when it grows: the distances read 8 bytes a feature
+    # instead of recomputing the mean from its sums (two divisions a feature)
+    mean = np.empty((n, nf))
+    for i in range(n):
+        _mean(hi, lo, count, i, sum_offset, sum_scale, mean[i])
     parent = np.arange(n)
     nxt = np.full(n, -1, dtype=np.int64)  # members as linked lists
     tail = np.arange(n)
@@ -129,23 +133,22 @@ def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  
                 continue  # no neighbour: it stays small
             best = -1
             best_d = 0.0
-            _mean(hi, lo, count, g, sum_offset, sum_scale, mean_g)
             for t in range(nt):
                 h = touched[t]
-                _mean(hi, lo, count, h, sum_offset, sum_scale, mean_h)
                 d = 0.0  # squared distance of the mean feature vectors
-                for f in range(mean_g.size):
-                    d += (mean_g[f] - mean_h[f]) * (mean_g[f] - mean_h[f])
+                for f in range(nf):
+                    d += (mean[g, f] - mean[h, f]) * (mean[g, f] - mean[h, f])
                 if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
                         or (d == best_d and acc[h] == acc[best] and h < best)):
                     best = h
                     best_d = d
             parent[g] = best
             count[best] += count[g]
-            for f in range(hi.shape[1]):
+            for f in range(nf):
                 s = lo[best, f] + lo[g, f]
                 hi[best, f] += hi[g, f] + (s >> 32)
                 lo[best, f] = s & 0xFFFFFFFF
+            _mean(hi, lo, count, best, sum_offset, sum_scale, mean[best])
             nxt[tail[best]] = g
             tail[best] = tail[g]
             if count[best] < min_pixels:  # larger than size: a later bucket
@@ -231,3 +234,29 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
     return SegmentIndex(stats=merged, luts=luts, edges=None, chunks=index.chunks,
                         connectivity=index.connectivity)
 
+
+
+def load_kernels() -> None:
+    """Resolve and merge the segments of a tiny class map, to load their kernels.
+
+    numba loads a cached kernel on its first call in a process: the resolve and merge
+    kernels take ~0.8 s of one core to load, at a point of the run where they are the
+    only work left for that core. The orchestrator calls this in a thread while the
+    pass over the input runs instead. Changes nothing (no global state but numba's).
+    """
+    import dask
+    import xarray as xr
+
+    from ._segments import resolve_segments, segment_tasks
+
+    classes = np.zeros((6, 6), dtype=np.uint8)
+    classes[2:4, 2:4] = 1
+    classes[0, 5] = 255
+    image = np.arange(36, dtype=np.uint16).reshape(1, 6, 6)
+    labels = xr.DataArray(classes, dims=("y", "x")).chunk({"y": 3, "x": 3}).rio.write_nodata(255)
+    bands = xr.DataArray(image, dims=("band", "y", "x")).chunk({"band": 1, "y": 3, "x": 3})
+    for b in (bands, bands.astype(np.float32)):  # integer sums and fixed point
+        tasks = segment_tasks(labels, b, bands=[0] if b.dtype == np.uint16 else None,
+                              connectivity=8, min_pixels=5)
+        pieces, joins = dask.compute(tasks.pieces, tasks.joins, scheduler="synchronous")
+        merge_small_segments(resolve_segments(tasks, pieces, joins), 5)
