@@ -642,8 +642,9 @@ def run(
                     def encode() -> None:
                         for w in classes:
                             w.finish_streams()
-                        encoding.append(encoder.submit(
-                            lambda: [p for w in classes for p in w.close(keep_streams=True)]))
+                        # one encoding thread: the resolve has the other core to itself
+                        encoding.append(encoder.submit(lambda: [
+                            p for w in classes for p in w.close(keep_streams=True, threads=1)]))
 
                     def read_back() -> xr.DataArray:  # the class map, finished
                         return rasters["labels"].copy(data=writers["labels"].read_back())

@@ -335,7 +335,7 @@ class LabelWriter:
             self._streams_kept = True
         self._finished = True
 
-    def close(self, *, keep_streams: bool = False) -> list[Path]:
+    def close(self, *, keep_streams: bool = False, threads: int | None = None) -> list[Path]:
         """Finish every output and return their paths.
 
         The streamed GeoTIFF (tiled; ZSTD level 1 above one byte a pixel) and its
@@ -343,6 +343,8 @@ class LabelWriter:
         as a COG (DEFLATE level 1, all cores; predictor 2 if asked) in this one process,
         as GDAL requires; the temporary files are removed unless ``keep_streams`` (for
         a :meth:`read_back` still reading them: call :meth:`remove_streams` after it).
+        ``threads`` caps GDAL's encoding threads (default: every core), for a COG
+        encoded beside other work.
 
         Overviews use nearest resampling, GDAL's default for paletted COGs: every
         overview pixel is a real class. GDAL's ``mode`` costs about 8x as much (2.2 s
@@ -356,7 +358,7 @@ class LabelWriter:
             cog = self.directory / f"{self.stem}.tif"
             vrt = self.directory / f".{self.stem}.vrt"
             vrt.write_text(self._vrt())
-            self._to_cog(vrt, cog)
+            self._to_cog(vrt, cog, threads)
             vrt.unlink()
             if not keep_streams:
                 self.remove_streams()
@@ -451,7 +453,7 @@ class LabelWriter:
         lines += ["  </VRTRasterBand>", "</VRTDataset>"]
         return "\n".join(lines)
 
-    def _to_cog(self, src: Path, dst: Path) -> None:
+    def _to_cog(self, src: Path, dst: Path, threads: int | None = None) -> None:
         rasterio.shutil.copy(
             src,
             dst,
@@ -462,7 +464,7 @@ class LabelWriter:
             BLOCKSIZE=max(self._side, 128),  # the COG driver's minimum
             OVERVIEWS="FORCE_USE_EXISTING",
             BIGTIFF="IF_SAFER",
-            NUM_THREADS="ALL_CPUS",
+            NUM_THREADS="ALL_CPUS" if threads is None else str(threads),
         )
 
 
