@@ -625,7 +625,6 @@ def run(
 
             writers = {name: writer(name, arr) for name, arr in rasters.items()}
             written: list[Path] = []  # the finished outputs
-            closed: set[str] = set()  # writers already finished
             cog_wait = 0.0  # waiting for COGs encoded in the background, after the passes
             bar = _Progress(labels.data.npartitions, "label+write", progress)
             try:
@@ -644,7 +643,7 @@ def run(
                             w.finish_streams()
                         # one encoding thread: the resolve has the other core to itself
                         encoding.append(encoder.submit(lambda: [
-                            p for w in classes for p in w.close(keep_streams=True, threads=1)]))
+                            w.encode_cog(keep_streams=True, threads=1) for w in classes]))
 
                     def read_back() -> xr.DataArray:  # the class map, finished
                         return rasters["labels"].copy(data=writers["labels"].read_back())
@@ -662,13 +661,12 @@ def run(
                         timings["segments_raster"] = time.perf_counter() - t_raster
                         if encoding:  # the class COGs, encoded meanwhile
                             t_wait = time.perf_counter()
-                            written.extend(encoding[0].result())
+                            encoding[0].result()
                             cog_wait = time.perf_counter() - t_wait
                     finally:
                         encoder.shutdown()
                     for w in classes:
                         w.remove_streams()
-                    closed = {name for name in writers if name != "segments"}
                 else:
                     store_rasters(rasters, writers, client, bar)
             except BaseException:
@@ -683,7 +681,7 @@ def run(
                 timings.get("segments", 0.0) + timings.get("segments_raster", 0.0)
                 if one_pass else 0.0)
             t = time.perf_counter()
-            written += [p for n, w in writers.items() if n not in closed for p in w.close()]
+            written += [p for w in writers.values() for p in w.close()]
             timings["cog"] = time.perf_counter() - t + cog_wait
             if segments is not None:
                 written += _write_segments(segments, rasters["segments"], staging, config,

@@ -163,7 +163,8 @@ def test_read_back_gives_the_finished_raster(tmp_path, formats, dtype):
 @pytest.mark.parametrize("formats", [("cog",), ("zarr",), ("cog", "zarr")])
 def test_read_back_while_the_cog_is_encoded(tmp_path, formats):
     """After finish_streams a second pass reads the raster (the kept stream) while
-    another thread encodes the COG from it; remove_streams leaves only the outputs."""
+    another thread encodes the COG from it; close then finishes the rest, and
+    remove_streams leaves only the outputs."""
     import concurrent.futures
 
     rng = np.random.default_rng(6)
@@ -174,13 +175,15 @@ def test_read_back_while_the_cog_is_encoded(tmp_path, formats):
         w[r] = labels[r]
     w.finish_streams()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        encoding = pool.submit(w.close, keep_streams=True)
-        back = w.read_back()
-        np.testing.assert_array_equal(back.compute(), labels)
-        outputs = encoding.result()
+        encoding = pool.submit(w.encode_cog, keep_streams=True, threads=1)
+        np.testing.assert_array_equal(w.read_back().compute(), labels)
+        encoding.result()
     np.testing.assert_array_equal(w.read_back().compute(), labels)  # stream still kept
     w.remove_streams()
+    outputs = w.close()  # the COG is not encoded again
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in outputs)
+    assert sorted(p.name for p in outputs) == sorted(
+        {"cog": "labels.tif", "zarr": "labels.zarr"}[f] for f in formats)
     np.testing.assert_array_equal(w.read_back().compute(), labels)  # from the COG now
     if "cog" in formats:
         with rasterio.open(tmp_path / "labels.tif") as ds:

@@ -326,43 +326,46 @@ class LabelWriter:
     def finish_streams(self) -> None:
         """Close the streamed GeoTIFF after the last block; :meth:`read_back` may read it.
 
-        Then :meth:`close` (the COG encode) and a :meth:`read_back` pass may run at the
-        same time: the segments' second pass reads the uncompressed stream while the
-        COG is encoded from it, and :meth:`remove_streams` deletes it afterwards.
+        Then :meth:`encode_cog` and a :meth:`read_back` pass may run at the same time:
+        the segments' second pass reads the uncompressed stream while the COG is
+        encoded from it, and :meth:`remove_streams` deletes it afterwards.
         """
         if self._tif is not None:
             self._close_tifs()
             self._streams_kept = True
         self._finished = True
 
-    def close(self, *, keep_streams: bool = False, threads: int | None = None) -> list[Path]:
-        """Finish every output and return their paths.
+    def encode_cog(self, *, keep_streams: bool = False, threads: int | None = None) -> None:
+        """Encode the COG from the finished stream (once; :meth:`close` does it if not).
 
         The streamed GeoTIFF (tiled; ZSTD level 1 above one byte a pixel) and its
         overviews, decimated as the blocks arrived, are joined by a VRT and encoded once
-        as a COG (DEFLATE level 1, all cores; predictor 2 if asked) in this one process,
-        as GDAL requires; the temporary files are removed unless ``keep_streams`` (for
-        a :meth:`read_back` still reading them: call :meth:`remove_streams` after it).
+        as a COG (DEFLATE level 1; predictor 2 if asked) in this one process, as GDAL
+        requires; the temporary files are removed unless ``keep_streams`` (for a
+        :meth:`read_back` still reading them: call :meth:`remove_streams` after it).
         ``threads`` caps GDAL's encoding threads (default: every core), for a COG
-        encoded beside other work.
+        encoded in a thread beside other work; that thread touches no Python state
+        but this writer's (no warning filters: they are not thread-safe).
 
         Overviews use nearest resampling, GDAL's default for paletted COGs: every
         overview pixel is a real class. GDAL's ``mode`` costs about 8x as much (2.2 s
         against 0.3 s on 144 MPix) and DEFLATE level 6 about 3.5x level 1 for label
         files only 18 % smaller (measured in bench/RESULTS.md).
         """
-        outputs: list[Path] = []
         self.finish_streams()
         if self._streams_kept and not self._encoded:
-            self._encoded = True
-            cog = self.directory / f"{self.stem}.tif"
             vrt = self.directory / f".{self.stem}.vrt"
             vrt.write_text(self._vrt())
-            self._to_cog(vrt, cog, threads)
+            self._to_cog(vrt, self.directory / f"{self.stem}.tif", threads)
             vrt.unlink()
-            if not keep_streams:
-                self.remove_streams()
-            outputs.append(cog)
+            self._encoded = True
+        if not keep_streams:
+            self.remove_streams()
+
+    def close(self) -> list[Path]:
+        """Finish every output (:meth:`encode_cog`, Zarr metadata) and return their paths."""
+        self.encode_cog()
+        outputs = [self.directory / f"{self.stem}.tif"] if self._encoded else []
         if self._zarr is not None:
             self._zarr = None
             path = self.directory / f"{self.stem}.zarr"
@@ -378,7 +381,7 @@ class LabelWriter:
         return outputs
 
     def remove_streams(self) -> None:
-        """Delete the streamed GeoTIFF and its overviews (kept by ``close(keep_streams=True)``)."""
+        """Delete the streamed GeoTIFF and overviews (``encode_cog(keep_streams=True)``)."""
         if self._streams_kept:
             for p in [self._tif_tmp, *(self._overview_path(f) for f in self._factors)]:
                 p.unlink(missing_ok=True)
