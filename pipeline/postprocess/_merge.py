@@ -242,21 +242,27 @@ def load_kernels() -> None:
     numba loads a cached kernel on its first call in a process: the resolve and merge
     kernels take ~0.8 s of one core to load, at a point of the run where they are the
     only work left for that core. The orchestrator calls this in a thread while the
-    pass over the input runs instead. Changes nothing (no global state but numba's).
+    pass over the input runs instead. Plain NumPy calls of the chunk tasks (no Dask,
+    no xarray, no warning filters: safe beside the pass); changes nothing but numba's
+    loaded kernels.
     """
-    import dask
-    import xarray as xr
-
-    from ._segments import resolve_segments, segment_tasks
+    from ._segments import SegmentTasks, _chunk_task, _join_task, _sum_units, resolve_segments
 
     classes = np.zeros((6, 6), dtype=np.uint8)
     classes[2:4, 2:4] = 1
     classes[0, 5] = 255
-    image = np.arange(36, dtype=np.uint16).reshape(1, 6, 6)
-    labels = xr.DataArray(classes, dims=("y", "x")).chunk({"y": 3, "x": 3}).rio.write_nodata(255)
-    bands = xr.DataArray(image, dims=("band", "y", "x")).chunk({"band": 1, "y": 3, "x": 3})
-    for b in (bands, bands.astype(np.float32)):  # integer sums and fixed point
-        tasks = segment_tasks(labels, b, bands=[0] if b.dtype == np.uint16 else None,
-                              connectivity=8, min_pixels=5)
-        pieces, joins = dask.compute(tasks.pieces, tasks.joins, scheduler="synchronous")
+    raw = np.arange(36, dtype=np.uint16).reshape(1, 6, 6)
+    one = np.ones(1)
+    for feats, integer_sums in ((raw, True), (raw.astype(np.float32), False)):
+        blocks = {(i, j): _chunk_task(classes[3 * i:3 * i + 3, 3 * j:3 * j + 3],
+                                      feats[:, 3 * i:3 * i + 3, 3 * j:3 * j + 3],
+                                      np.zeros(1, np.int64), 2 * i + j, 3 * i, 3 * j, 6, 255,
+                                      8, one - 1, one, 5, integer_sums)
+                  for i in range(2) for j in range(2)}
+        joins = [_join_task(blocks[i, j][1], *(blocks.get(k, (None, None))[1]
+                                               for k in ((i, j + 1), (i + 1, j), (i + 1, j + 1))),
+                            8, True) for i in range(2) for j in range(2)]
+        tasks = SegmentTasks([None] * 4, [None] * 4, ((3, 3), (3, 3)), 8, 5,
+                             *_sum_units(1, integer_sums, one - 1, one))
+        pieces = [blocks[i, j][0] for i in range(2) for j in range(2)]
         merge_small_segments(resolve_segments(tasks, pieces, joins), 5)

@@ -274,8 +274,8 @@ class SegmentTasks:
     chunks: tuple[tuple[int, ...], tuple[int, ...]]
     connectivity: int
     min_pixels: int | None
-    sum_offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    sum_scale: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sum_offset: np.ndarray
+    sum_scale: np.ndarray
 
 
 def _nodata(labels: xr.DataArray) -> int | None:
