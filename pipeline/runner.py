@@ -681,11 +681,21 @@ def run(
                 timings.get("segments", 0.0) + timings.get("segments_raster", 0.0)
                 if one_pass else 0.0)
             t = time.perf_counter()
+            seg_files: list[Path] | None = None
+            if segments is not None and not config.postprocess.polygons:
+                # the segment COG is encoded in a thread (GDAL only, no GIL) while this
+                # one writes the table (polygons read the finished raster: not then)
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    encoding_seg = pool.submit(writers["segments"].encode_cog)
+                    seg_files = _write_segments(segments, rasters["segments"], staging,
+                                                config, timings)
+                    encoding_seg.result()
             written += [p for w in writers.values() for p in w.close()]
+            # with segments, "cog" includes "segments_write" when they overlap
             timings["cog"] = time.perf_counter() - t + cog_wait
             if segments is not None:
-                written += _write_segments(segments, rasters["segments"], staging, config,
-                                           timings)
+                written += seg_files if seg_files is not None else _write_segments(
+                    segments, rasters["segments"], staging, config, timings)
             figures = _write_figures(config, image, fitted, staging)
             figures += [p.name for p in keep or () if p.name not in figures]
             timings["total"] = time.perf_counter() - t0
