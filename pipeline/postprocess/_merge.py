@@ -235,7 +235,6 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
                         connectivity=index.connectivity)
 
 
-
 def load_kernels() -> None:
     """Resolve and merge the segments of a tiny class map, to load their kernels.
 
