@@ -18,7 +18,7 @@ import dask.threaded
 
 from .config import ComputeConfig
 
-__all__ = ["dask_context", "n_workers", "local_while_workers_warm"]
+__all__ = ["dask_context", "n_workers", "chunk_budget", "local_while_workers_warm"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,31 @@ def n_workers(cfg: ComputeConfig) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+#: chunks a worker thread may hold at once: the one it computes, its inputs (with
+#: neighbours' halos), and finished blocks waiting to be written or summarised
+CHUNKS_PER_THREAD = 8
+
+
+def chunk_budget(cfg: ComputeConfig) -> float:
+    """Return the bytes one chunk's working set may take on the configured workers.
+
+    A worker thread's share of the memory (``memory_limit`` per worker if set, else
+    this machine's RAM shared by every thread) over :data:`CHUNKS_PER_THREAD`. A
+    scheduler reached by its address is assumed to have workers like this machine
+    unless ``memory_limit`` says otherwise.
+    """
+    import psutil
+    from dask.utils import parse_bytes
+
+    workers = n_workers(cfg)
+    threads = cfg.threads_per_worker if cfg.scheduler not in ("threads", "synchronous") else 1
+    if cfg.memory_limit and cfg.memory_limit != "auto":
+        per_worker = float(parse_bytes(cfg.memory_limit))
+    else:
+        per_worker = psutil.virtual_memory().total / workers
+    return per_worker / threads / CHUNKS_PER_THREAD
 
 
 @contextmanager

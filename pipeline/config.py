@@ -142,6 +142,21 @@ class ComputeConfig(_Strict):
     gdal_cachemax: int = Field(64, ge=8)
     dashboard: bool = False
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        from dask.utils import parse_bytes
+
+        try:
+            size = parse_bytes(v)
+        except (ValueError, TypeError):
+            size = 0
+        if size <= 0:
+            raise ValueError(f"expected a size such as 4GiB or 512MB, or auto; got {v!r}")
+        return v
+
     @field_validator("scheduler")
     @classmethod
     def _scheduler(cls, v: str) -> str:

@@ -45,11 +45,11 @@ from .cluster import (
     predict_confidence,
     raw_bands,
 )
-from .compute import dask_context, local_while_workers_warm, n_workers
+from .compute import chunk_budget, dask_context, local_while_workers_warm, n_workers
 from .config import RunConfig
 from .errors import ModelError, OutputExistsError, reading
 from .features import compute_features
-from .io import LabelWriter, masked_float, open_image
+from .io import LabelWriter, fit_chunk, masked_float, open_image
 from .io._write import regular_chunks, store_part
 from .postprocess import majority_filter
 from .report import build_report, describe_image, plot_comparison, plot_elbow, write_report
@@ -523,8 +523,7 @@ def _write_figures(config: RunConfig, image: xr.DataArray, fitted: _Fitted,
 
 def plan(config: RunConfig) -> dict[str, Any]:
     """Describe what :func:`run` would do, without computing anything."""
-    image = open_image(config.input, chunks=config.chunks, nodata=config.nodata)
-    features = compute_features(image, config.features)
+    image, features = _open(config)
     out = Path(config.output)
     return {
         "input": describe_image(image),
@@ -582,8 +581,7 @@ def run(
     output = Path(config.output)
     keep = _prepared(output)
     _refuse_existing(output, overwrite or keep is not None)
-    image = open_image(config.input, chunks=config.chunks, nodata=config.nodata)
-    features = compute_features(image, config.features)
+    image, features = _open(config)
     source = image.attrs["source"]
     timings["open"] = time.perf_counter() - t0
     log.info("config: %s", config.to_dict())
@@ -715,8 +713,34 @@ def run(
 
 
 def _open(config: RunConfig) -> tuple[xr.DataArray, xr.DataArray]:
+    """Open the input lazily and define its features (nothing is computed).
+
+    Without ``chunks`` in the config, the chunks follow the file's tiles (about 1024
+    pixels) unless a chunk's working set would not fit the workers' memory: many
+    bands or features halve them (:func:`~pipeline.io.fit_chunk`).
+    """
     image = open_image(config.input, chunks=config.chunks, nodata=config.nodata)
-    return image, compute_features(image, config.features)
+    features = compute_features(image, config.features)
+    if config.chunks is None:
+        side = max(image.chunks[1][0], image.chunks[2][0])
+        fitted = fit_chunk(side, _bytes_per_pixel(image, features),
+                           chunk_budget(config.compute))
+        if fitted < side:
+            log.info("chunks of %d pixels instead of %d: %d features a pixel", fitted,
+                     side, features.sizes["feature"])
+            image = open_image(config.input, chunks=fitted, nodata=config.nodata)
+            features = compute_features(image, config.features)
+    return image, features
+
+
+def _bytes_per_pixel(image: xr.DataArray, features: xr.DataArray) -> int:
+    """Return one pixel's working set in the label pass, in bytes.
+
+    Its bands as read and as float32, its features with their standardised copy,
+    its labels and scratch.
+    """
+    return (image.sizes["band"] * (image.dtype.itemsize + 4)
+            + features.sizes["feature"] * 8 + 16)
 
 
 def fit_model(config: RunConfig, *, overwrite: bool = False

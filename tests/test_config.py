@@ -41,6 +41,7 @@ def test_unknown_nested_key():
         ("compute.scheduler=gpu", r"compute\.scheduler.*threads, processes"),
         ("features=[colours]", r"unknown feature 'colours'"),
         ("features=[{bands: {bandz: [1]}}]", r"bandz"),
+        ("compute.memory_limit=lots", r"compute\.memory_limit.*4GiB"),
     ],
 )
 def test_bad_values_name_the_key(override, match):

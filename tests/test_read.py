@@ -5,8 +5,10 @@ import pytest
 import rasterio
 import xarray as xr
 
+from pipeline.compute import CHUNKS_PER_THREAD, chunk_budget
+from pipeline.config import ComputeConfig
 from pipeline.errors import InputError
-from pipeline.io import default_chunk, masked_float, open_image, valid_mask
+from pipeline.io import default_chunk, fit_chunk, masked_float, open_image, valid_mask
 from pipeline.testing import write_raster
 
 
@@ -32,6 +34,25 @@ def test_chunks_honoured_and_default_is_multiple_of_tiles(scene):
     assert default_chunk((512, 512), (300, 300)) == 300
     with pytest.raises(ValueError, match="16"):
         open_image(scene.path, chunks=8)
+
+
+def test_fit_chunk_halves_until_the_working_set_fits():
+    four_bands, hyperspectral = 72, 200 * 6 + 200 * 8 + 16  # bytes a pixel
+    budget = 24 * 2**30 / 2 / CHUNKS_PER_THREAD  # 24 GiB, two threads
+    assert fit_chunk(1024, four_bands, budget) == 1024
+    assert fit_chunk(1024, hyperspectral, budget) == 512
+    assert fit_chunk(1024, hyperspectral, 2**30 / CHUNKS_PER_THREAD) == 256  # the floor
+    assert fit_chunk(1536, 4, 768**2 * 4) == 768
+    assert fit_chunk(100, 10**6, 1) == 100  # already below the floor: kept
+
+
+def test_chunk_budget_is_a_worker_threads_share():
+    per_thread = chunk_budget(ComputeConfig(scheduler="processes", n_workers=3,
+                                            threads_per_worker=2, memory_limit="4GiB"))
+    assert per_thread == 4 * 2**30 / 2 / CHUNKS_PER_THREAD
+    threads = chunk_budget(ComputeConfig(n_workers=2))
+    processes = chunk_budget(ComputeConfig(scheduler="processes", n_workers=2))
+    assert threads == processes > 0  # the machine's RAM over every thread
 
 
 def test_nodata_from_file_config_and_nan(tmp_path):

@@ -56,6 +56,19 @@ def test_outputs_bit_identical_for_any_chunking(tmp_path, big_scene):
     np.testing.assert_array_equal(ref_z.labels.values, ref_tif)
 
 
+def test_default_chunks_shrink_to_fit_the_memory_limit(tmp_path, big_scene):
+    """A small memory limit halves the tile-sized default chunks; the outputs stay equal."""
+    ref = _run(tmp_path, "ref", big_scene.path, chunks=1024)
+    # 4 uint16 bands, 4 features: 72 bytes a pixel; 1024^2 would take 75 MB a chunk
+    small = _run(tmp_path, "small", big_scene.path,
+                 compute={"scheduler": "threads", "n_workers": 2, "memory_limit": "80MB"})
+    assert ref.report["input"]["chunks"] == [1024, 1024]
+    assert small.report["input"]["chunks"] == [256, 256]  # 80 MB / 8 per chunk
+    a, _, _ = _read_outputs(ref.output)
+    b, _, _ = _read_outputs(small.output)
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.cluster
 def test_threads_and_local_cluster_are_bit_identical(tmp_path, big_scene):
     a = _run(tmp_path, "threads", big_scene.path, chunks=512)

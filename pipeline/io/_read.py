@@ -18,7 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from ..errors import InputError
 
-__all__ = ["open_image", "default_chunk", "SUPPORTED_DTYPES", "SomeSource"]
+__all__ = ["open_image", "default_chunk", "fit_chunk", "SUPPORTED_DTYPES", "SomeSource"]
 
 SomeSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -52,6 +52,39 @@ def default_chunk(block_shape: tuple[int, int], shape: tuple[int, int]) -> int:
     else:
         side = _TARGET_CHUNK
     return max(16, min(side, max(height, width)))
+
+
+#: the smallest side :func:`fit_chunk` shrinks a chunk to (smaller ones cost more in
+#: task overhead and tile re-reads than they save in memory)
+MIN_FIT_CHUNK = 256
+
+
+def fit_chunk(side: int, bytes_per_pixel: float, budget: float) -> int:
+    """Return ``side``, halved until a chunk's working set fits ``budget`` bytes.
+
+    Parameters
+    ----------
+    side : int
+        The chunk side chosen from the file's tiles (:func:`default_chunk`).
+    bytes_per_pixel : float
+        The working set of one pixel while a chunk is processed (its bands as read
+        and as float32, its features, its labels).
+    budget : float
+        The bytes one chunk may take: a worker thread's share of the memory over the
+        number of chunks a thread may hold at once.
+
+    Returns
+    -------
+    int
+        ``side`` itself when it fits; else ``side`` halved (a multiple of the file's
+        tiles as long as it stays one of ``side``'s halvings), down to
+        :data:`MIN_FIT_CHUNK` at least: a hyperspectral image of 200 bands takes
+        ~2.8 KB a pixel, 3 GB a 1024^2 chunk.
+    """
+    floor = min(side, MIN_FIT_CHUNK)
+    while side > floor and side * side * bytes_per_pixel > budget:
+        side = max(floor, side // 2)
+    return side
 
 
 def _expand_sources(source: SomeSource) -> list[str]:
