@@ -6,6 +6,7 @@ The threaded scheduler, a local cluster of worker processes, or an existing
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -100,16 +101,24 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
         environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ",
                                                     {}).items()
                    if k != "MALLOC_TRIM_THRESHOLD_"}
+        # (the nannies read it when the workers are added, in the cluster's own thread)
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            # The scheduler starts here; the workers are added in the background, each
+            # warmed up by a plugin before its first task (imports, numba kernels):
+            # the caller's first stage runs on this process's threads meanwhile
+            # (local_while_workers_warm) instead of waiting ~0.5 s for them.
             cluster = _local_cluster(cfg, env)
-        client = Client(cluster)
-        log.info("started a LocalCluster with %d worker processes%s", n_workers(cfg),
-                 f"; dashboard {client.dashboard_link}" if cfg.dashboard else "")
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
+            client = Client(cluster)
+            try:
+                client.register_plugin(_warm_up_plugin(), name="tileseg-warm-up")
+                cluster.scale(n_workers(cfg))
+                log.info("starting a LocalCluster with %d worker processes%s",
+                         n_workers(cfg),
+                         f"; dashboard {client.dashboard_link}" if cfg.dashboard else "")
+                yield client
+            finally:
+                client.close()
+                cluster.close()
     else:
         client = Client(cfg.scheduler)
         log.info("connected to %s", cfg.scheduler)
@@ -123,7 +132,7 @@ def _local_cluster(cfg: ComputeConfig, env: dict[str, str]) -> Any:
     from distributed import LocalCluster
 
     return LocalCluster(
-        n_workers=n_workers(cfg),
+        n_workers=0,  # added by the caller's `scale`, without waiting for them
         threads_per_worker=cfg.threads_per_worker,
         processes=True,
         dashboard_address=":0" if cfg.dashboard else None,
@@ -146,24 +155,37 @@ def _warm_worker() -> None:
              np.ones(1, np.float32), 255, out)
 
 
+@functools.cache
+def _warm_up_plugin_class() -> type:
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class WarmUp(WorkerPlugin):
+        """Warm a worker up as it starts (:func:`_warm_worker`)."""
+
+        def setup(self, worker: Any) -> None:
+            _warm_worker()
+
+    return WarmUp
+
+
+def _warm_up_plugin() -> Any:
+    return _warm_up_plugin_class()()
+
+
 @contextmanager
 def local_while_workers_warm(client: Any, cfg: ComputeConfig) -> Iterator[None]:
-    """Compute on local threads while a fresh ``LocalCluster``'s workers warm up.
+    """Compute on local threads while a fresh ``LocalCluster``'s workers start.
 
-    A new worker process imports the pipeline and loads its numba kernels on its
-    first task (~2 s). The first stage (the sample pass and the fit) reads a small
+    A new worker process starts (~0.5 s), then imports the pipeline and loads its
+    numba kernels (~0.4 s). The first stage (the sample pass and the fit) reads a small
     part of the image: on a cluster started here, on this machine's files, it runs on
-    this process's threads while every worker warms up with a task of its own, so
-    the label pass finds them ready. A cluster reached by its address is used as is
-    (its workers may see other files than this process).
+    this process's threads while the workers start and warm up, and the label pass
+    then waits for every worker. A cluster reached by its address is used as is (its
+    workers may see other files than this process).
     """
     if client is None or getattr(client, "cluster", None) is None:
         yield
         return
-    from distributed import fire_and_forget
-
-    for address in client.scheduler_info().get("workers", {}):
-        fire_and_forget(client.submit(_warm_worker, pure=False, workers=[address],
-                                      allow_other_workers=False))
     with dask.config.set(scheduler=dask.threaded.get, num_workers=n_workers(cfg)):
         yield
+    client.wait_for_workers(n_workers(cfg), timeout=120)

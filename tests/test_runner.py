@@ -83,6 +83,30 @@ def test_threads_and_local_cluster_are_bit_identical(tmp_path, big_scene):
     assert a.report["classes"] == b.report["classes"]
 
 
+def _kernels_loaded() -> bool:
+    import sys
+
+    return "pipeline.cluster._predict" in sys.modules
+
+
+@pytest.mark.cluster
+def test_local_cluster_workers_start_warm_while_the_first_stage_runs_here():
+    """The first stage computes on local threads; the workers join warmed up after it."""
+    import dask
+    import dask.threaded
+
+    from pipeline.compute import dask_context, local_while_workers_warm
+    from pipeline.config import ComputeConfig
+
+    cfg = ComputeConfig(scheduler="processes", n_workers=2)
+    with dask_context(cfg) as client:
+        with local_while_workers_warm(client, cfg):
+            assert dask.config.get("scheduler") is dask.threaded.get
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 2  # waited for on the way out
+        assert all(client.run(_kernels_loaded).values())
+
+
 @pytest.mark.cluster
 def test_cluster_by_address_writes_everything_here(tmp_path, big_scene):
     """A cluster reached by its address may not share our files: blocks come back."""
