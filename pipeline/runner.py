@@ -300,6 +300,7 @@ def _segments_stage(config: RunConfig, image: xr.DataArray, features: xr.DataArr
         loading.result()
     t_resolve = time.perf_counter()
     index = resolve_segments(tasks, pieces, joins)
+    del pieces, joins  # the per-piece summaries: as large as the table, not needed now
     n_found = index.n_segments
     if min_px is not None:
         index = merge_small_segments(index, min_px)
