@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,7 +103,13 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
                                                     {}).items()
                    if k != "MALLOC_TRIM_THRESHOLD_"}
         # (the nannies read it when the workers are added, in the cluster's own thread)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        settings: dict[str, Any] = {"distributed.nanny.pre-spawn-environ": environ}
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            # workers forked from one server that imported distributed, dask and numpy
+            # once, instead of each spawned process importing them (~0.9 CPU-s a
+            # worker): processes runs 0.5-0.6 s shorter at 16384^2 on 2 cores
+            settings["distributed.worker.multiprocessing-method"] = "forkserver"
+        with dask.config.set(settings):
             # The scheduler starts here; the workers are added in the background, each
             # warmed up by a plugin before its first task (imports, numba kernels):
             # the caller's first stage runs on this process's threads meanwhile
