@@ -137,13 +137,16 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
     child and all its descendants (Dask worker processes, nannies, ...) every
     ``interval`` seconds and keeps the peak of their sum; ``os.wait4`` adds the kernel's
     exact ``ru_maxrss`` of the largest single process among the child and its reaped
-    descendants, and their user + system CPU time.
+    descendants, and their user + system CPU time (or, if larger, the sum of every
+    polled process's own CPU time, which also covers descendants never reaped into
+    the child, such as workers forked from a forkserver).
     """
     import psutil
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     peak = [0]
     nproc = [1]
+    cpu_seen: dict[int, float] = {}  # pid -> its own user + system CPU, last polled
     timeline: list[tuple[float, float]] = []
     stop = threading.Event()
     with open(log_path, "wb") as log:
@@ -164,6 +167,8 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
             for p in procs:
                 try:
                     total += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu_seen[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
             peak[0] = max(peak[0], total)
@@ -195,7 +200,11 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
             result = json.loads(line[len(RESULT_PREFIX):])
     return Measurement(
         cmd=[str(c) for c in cmd], returncode=proc.returncode, wall_s=wall,
-        cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_tree_mib=peak[0] / 2**20,
+        # os.wait4 counts the child and the descendants reaped up to it; processes
+        # nobody reaps into it (a multiprocessing forkserver and the workers forked
+        # from it) only the polling sees: the larger of the two
+        cpu_s=max(usage.ru_utime + usage.ru_stime, sum(cpu_seen.values())),
+        peak_rss_tree_mib=peak[0] / 2**20,
         maxrss_single_mib=usage.ru_maxrss / 1024, max_processes=nproc[0], log=text,
         result=result, timeline=timeline,
     )
