@@ -68,8 +68,9 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
     ------
     distributed.Client or None
         A client for ``processes`` (a ``LocalCluster`` of worker processes, one thread
-        each by default) and for a scheduler address; ``None`` for ``threads`` and
-        ``synchronous``.
+        each by default, which join in the background: work submitted before they do
+        waits for them, see :func:`local_while_workers_warm`) and for a scheduler
+        address; ``None`` for ``threads`` and ``synchronous``.
 
     Notes
     -----
@@ -102,13 +103,14 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
         environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ",
                                                     {}).items()
                    if k != "MALLOC_TRIM_THRESHOLD_"}
-        # (the nannies read it when the workers are added, in the cluster's own thread)
         settings: dict[str, Any] = {"distributed.nanny.pre-spawn-environ": environ}
         if "forkserver" in multiprocessing.get_all_start_methods():
             # workers forked from one server that imported distributed, dask and numpy
             # once, instead of each spawned process importing them (~0.9 CPU-s a
-            # worker): processes runs 0.5-0.6 s shorter at 16384^2 on 2 cores
+            # worker): processes runs 0.5-0.8 s shorter at 16384^2 on 2 cores
             settings["distributed.worker.multiprocessing-method"] = "forkserver"
+        # set for as long as the cluster lives: the nannies read them when the workers
+        # are added, in the cluster's own thread, after `scale` below returns
         with dask.config.set(settings):
             # The scheduler starts here; the workers are added in the background, each
             # warmed up by a plugin before its first task (imports, numba kernels):
@@ -183,8 +185,9 @@ def _warm_up_plugin() -> Any:
 def local_while_workers_warm(client: Any, cfg: ComputeConfig) -> Iterator[None]:
     """Compute on local threads while a fresh ``LocalCluster``'s workers start.
 
-    A new worker process starts (~0.5 s), then imports the pipeline and loads its
-    numba kernels (~0.4 s). The first stage (the sample pass and the fit) reads a small
+    A new worker process starts (forked from a forkserver where the platform has one),
+    then imports the pipeline and loads its numba kernels (~0.4 s) in a worker plugin,
+    before its first task. The first stage (the sample pass and the fit) reads a small
     part of the image: on a cluster started here, on this machine's files, it runs on
     this process's threads while the workers start and warm up, and the label pass
     then waits for every worker. A cluster reached by its address is used as is (its
