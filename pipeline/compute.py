@@ -6,7 +6,6 @@ The threaded scheduler, a local cluster of worker processes, or an existing
 
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing
 import os
@@ -164,21 +163,19 @@ def _warm_worker() -> None:
              np.ones(1, np.float32), 255, out)
 
 
-@functools.cache
-def _warm_up_plugin_class() -> type:
+def _warm_up_plugin() -> Any:
+    """Return a worker plugin that runs :func:`_warm_worker` as each worker starts.
+
+    Defined here, not at module level, so that threads runs never import
+    ``distributed``; cloudpickle sends the class to the workers by value.
+    """
     from distributed.diagnostics.plugin import WorkerPlugin
 
     class WarmUp(WorkerPlugin):
-        """Warm a worker up as it starts (:func:`_warm_worker`)."""
-
         def setup(self, worker: Any) -> None:
             _warm_worker()
 
-    return WarmUp
-
-
-def _warm_up_plugin() -> Any:
-    return _warm_up_plugin_class()()
+    return WarmUp()
 
 
 @contextmanager
