@@ -57,10 +57,10 @@ def _cap_malloc_arenas() -> None:
     """Cap glibc's malloc arenas in this process (M_ARENA_MAX), before any thread starts.
 
     glibc gives threads up to 8 arenas a core, and each keeps the chunk-sized arrays
-    it freed: at 16384^2 the peak RSS of a run went from 639 to 597 MiB with 2 arenas,
-    and with post-processing (segments) from 1527 to 1260 MiB, at the same speed
-    (3 paired rounds each). A ``MALLOC_ARENA_MAX`` set by the user wins; other C
-    libraries are left alone.
+    it freed: at 16384^2 the peak RSS of a run went from 641 to 594 MiB with 2 arenas,
+    and with post-processing (segments) from 1499 to 1246 MiB, at the same speed
+    (3 paired rounds each, bench/RESULTS.md section 0). A ``MALLOC_ARENA_MAX`` set by
+    the user wins; other C libraries are left alone.
     """
     if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
         return
