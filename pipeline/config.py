@@ -34,6 +34,7 @@ __all__ = [
     "MajorityConfig",
     "SegmentsConfig",
     "MinAreaConfig",
+    "MinVolumeConfig",
     "load_config",
     "parse_config",
     "apply_overrides",
@@ -175,13 +176,33 @@ class MajorityConfig(_Strict):
 class SegmentsConfig(_Strict):
     """``postprocess.segments:``: connected segments of one class, with global IDs."""
 
-    connectivity: Literal[4, 8] = 8  # 8: pixels touching by a corner are connected
+    # images: 4 (by a side) or 8 (also by a corner); volumes: 6 (by a face), 18 (also
+    # by an edge) or 26 (also by a corner). null: 8 for images, 26 for volumes
+    connectivity: Literal[4, 8, 6, 18, 26] | None = None
+
+    def for_ndim(self, ndim: int) -> int:
+        """Return the connectivity of a ``ndim``-D class map (checked against the dims)."""
+        allowed = (4, 8) if ndim == 2 else (6, 18, 26)
+        c = self.connectivity
+        if c is None:
+            return allowed[-1]
+        if c not in allowed:
+            what = "an image (y, x)" if ndim == 2 else "a volume (z, y, x)"
+            raise ConfigError(f"postprocess.segments.connectivity: {c} is not defined on "
+                              f"{what}; expected {' or '.join(map(str, allowed))}")
+        return c
 
 
 class MinAreaConfig(_Strict):
     """``postprocess.min_size: {area: A}``: the minimum segment area in map units."""
 
     area: float = Field(gt=0)  # squared map units (pixels without georeferencing)
+
+
+class MinVolumeConfig(_Strict):
+    """``postprocess.min_size: {volume: V}``: the minimum segment volume (volumes)."""
+
+    volume: float = Field(gt=0)  # the input's unit cubed (e.g. mm^3; voxels without one)
 
 
 def _submodel(model: type[BaseModel], v: Any) -> BaseModel:
@@ -210,7 +231,7 @@ class PostprocessConfig(_Strict):
     # by min_size and polygons; `true` means the defaults
     segments: SegmentsConfig | None = None
     # merge segments smaller than this many pixels, or {area: A} in squared map units
-    min_size: Annotated[int, Field(ge=1)] | MinAreaConfig | None = None
+    min_size: Annotated[int, Field(ge=1)] | MinAreaConfig | MinVolumeConfig | None = None
     polygons: bool = False  # one polygon per segment: polygons.gpkg + polygons.parquet
 
     @field_validator("segments", mode="before")
@@ -221,14 +242,14 @@ class PostprocessConfig(_Strict):
     @field_validator("min_size", mode="before")
     @classmethod
     def _min_size(cls, v: Any) -> Any:
-        if v is None or isinstance(v, MinAreaConfig):
+        if v is None or isinstance(v, MinAreaConfig | MinVolumeConfig):
             return v
         if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
             return v
         if isinstance(v, Mapping):
-            return _submodel(MinAreaConfig, v)
-        raise ValueError("expected a pixel count >= 1 (e.g. 16) or {area: A} in squared "
-                         "map units")
+            return _submodel(MinVolumeConfig if "volume" in v else MinAreaConfig, v)
+        raise ValueError("expected a pixel (voxel) count >= 1 (e.g. 16), {area: A} in "
+                         "squared map units or {volume: V} in the volume's unit cubed")
 
     @model_validator(mode="before")
     @classmethod
@@ -255,6 +276,10 @@ class RunConfig(_Strict):
 
     input: str | list[str]
     output: str
+    input_level: int = Field(0, ge=0)  # pyramid level of the input (0: full resolution)
+    # valid pixels: a raster/volume on the same grid (nonzero = valid), `otsu`, or a
+    # vector file (GeoPackage, GeoJSON, Shapefile) for georeferenced inputs
+    mask: str | None = None
     chunks: int | None = Field(None, ge=16)
     nodata: float | None = None
     features: list[FeatureSpec] = Field(default_factory=lambda: [FeatureSpec.parse("bands")])
@@ -262,8 +287,13 @@ class RunConfig(_Strict):
     compute: ComputeConfig = ComputeConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     report: ReportConfig = ReportConfig()
-    formats: list[Literal["cog", "zarr"]] = Field(default_factory=lambda: ["cog", "zarr"],
-                                                  min_length=1)
+    # NGFF version of ome-zarr outputs: null = the input's when it is OME-Zarr, else 0.4
+    # (on Zarr v2: the version every current viewer reads); 0.5 is on Zarr v3
+    ngff_version: Literal["0.4", "0.5"] | None = None
+    # null: by input kind (GeoTIFF and photos [cog, zarr]; NIfTI and DICOM
+    # [nifti, ome-zarr]; OME-TIFF, whole-slide TIFF and OME-Zarr [ome-zarr])
+    formats: list[Literal["cog", "zarr", "nifti", "ome-zarr"]] | None = Field(
+        None, min_length=1)
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -291,10 +321,15 @@ class RunConfig(_Strict):
                 raise ValueError(f"item {i}: {exc}") from None
         return out
 
+    @field_validator("ngff_version", mode="before")
+    @classmethod
+    def _ngff_version(cls, v: Any) -> Any:
+        return f"{v:.1f}" if isinstance(v, float) else v  # YAML reads 0.4 as a number
+
     @field_validator("formats")
     @classmethod
-    def _formats(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
+    def _formats(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
             raise ValueError("formats are listed twice")
         return v
 

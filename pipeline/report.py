@@ -22,25 +22,51 @@ def _crs_text(crs: Any) -> str | None:
 
 
 def describe_image(image: xr.DataArray) -> dict[str, Any]:
-    """Return a JSON-able description of a lazy image (no computation)."""
-    crs = image.rio.crs
-    transform = image.rio.transform()
+    """Return a JSON-able description of a lazy image (no computation).
+
+    Volumes ``(band, z, y, x)`` add ``depth``; an image that carries a geometry
+    (``attrs["geometry"]``, :class:`pipeline.io.Geometry`) describes it under
+    ``geometry`` (kind, dims, spacing, units, affine).
+    """
     nodata = image.rio.nodata
-    return {
+    geometry = image.attrs.get("geometry")
+    spatial = image.chunks[1:]
+    out = {
         "source": image.attrs.get("source"),
         "width": int(image.sizes["x"]),
         "height": int(image.sizes["y"]),
         "bands": int(image.sizes["band"]),
         "dtype": str(image.dtype),
         "nodata": None if nodata is None or np.isnan(nodata) else float(nodata),
-        "crs": _crs_text(crs),
-        "transform": list(transform)[:6],
-        "chunks": [int(image.chunks[1][0]), int(image.chunks[2][0])],
-        "n_chunks": int(len(image.chunks[1]) * len(image.chunks[2])),
+        "crs": None,
+        "transform": None,
+        "chunks": [int(c[0]) for c in spatial],
+        "n_chunks": int(np.prod([len(c) for c in spatial])),
     }
+    if "z" in image.dims:
+        out["depth"] = int(image.sizes["z"])
+    else:
+        out["crs"] = _crs_text(image.rio.crs)
+        out["transform"] = list(image.rio.transform())[:6]
+    if geometry is not None and hasattr(geometry, "describe"):
+        out["geometry"] = geometry.describe()
+    return out
+
+
+#: short names of the units of physical images, for area/volume units
+_SHORT_UNITS = {"millimeter": "mm", "micrometer": "um", "nanometer": "nm",
+                "centimeter": "cm", "meter": "m"}
 
 
 def _pixel_area(image: xr.DataArray) -> tuple[float, str]:
+    """Area (or volume) of one pixel (voxel) and its unit, e.g. ``(0.5, "mm^3")``."""
+    geometry = image.attrs.get("geometry")
+    if geometry is not None and getattr(geometry, "crs", None) is None \
+            and getattr(geometry, "kind", "gdal") != "gdal":
+        unit = _SHORT_UNITS.get(geometry.unit or "", geometry.unit)
+        if unit is None:
+            return 1.0, "voxel" if geometry.ndim == 3 else "pixel"
+        return float(geometry.voxel_size), f"{unit}^{geometry.ndim}"
     crs = image.rio.crs
     t = image.rio.transform()
     if crs is None:

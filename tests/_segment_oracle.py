@@ -1,5 +1,7 @@
 """Whole-image references for the segment tests, written independently of the library.
 
+2-D class maps ``(y, x)`` and volumes ``(z, y, x)`` (connectivity 6, 18 or 26).
+
 Segments come from ``scipy.ndimage.label`` class by class; the merge is a plain Python
 transcription of the rule (dicts of neighbours, a heap), run on the whole raster.
 """
@@ -37,9 +39,15 @@ def canonical(ids: np.ndarray) -> np.ndarray:
     return lut[ids]
 
 
+#: 3-D connectivity -> rank of scipy.ndimage.generate_binary_structure(3, rank)
+RANKS_3D = {6: 1, 18: 2, 26: 3}
+
+
 def oracle_segments(classes: np.ndarray, connectivity: int, nodata: int = NODATA) -> np.ndarray:
-    """scipy.ndimage.label class by class, renumbered canonically."""
+    """scipy.ndimage.label class by class, renumbered canonically (2-D or 3-D)."""
     structure = np.ones((3, 3), bool) if connectivity == 8 else None
+    if classes.ndim == 3:
+        structure = ndi.generate_binary_structure(3, RANKS_3D[connectivity])
     out = np.zeros(classes.shape, dtype=np.int64)
     n = 0
     for c in np.unique(classes):
@@ -52,13 +60,37 @@ def oracle_segments(classes: np.ndarray, connectivity: int, nodata: int = NODATA
 
 
 def neighbour_pairs(seg: np.ndarray, connectivity: int) -> dict[tuple[int, int], int]:
-    """{(a, b): shared border} for touching segments a < b (corner contacts: 0)."""
+    """{(a, b): shared border} for touching segments a < b (corner contacts: 0).
+
+    Volumes: the border is the number of face-adjacent voxel pairs (edge and corner
+    contacts: 0).
+    """
+    if seg.ndim == 3:
+        return _neighbour_pairs_3d(seg, connectivity)
     views = [(seg[:, :-1], seg[:, 1:], 1), (seg[:-1, :], seg[1:, :], 1)]
     if connectivity == 8:
         views += [(seg[:-1, :-1], seg[1:, 1:], 0), (seg[:-1, 1:], seg[1:, :-1], 0)]
     out: dict[tuple[int, int], int] = {}
     for p, q, length in views:
         m = (p != q) & (p > 0) & (q > 0)
+        for a, b in zip(p[m].tolist(), q[m].tolist(), strict=True):
+            key = (min(a, b), max(a, b))
+            out[key] = out.get(key, 0) + length
+    return out
+
+
+def _neighbour_pairs_3d(seg: np.ndarray, connectivity: int) -> dict[tuple[int, int], int]:
+    rank = RANKS_3D[connectivity]
+    out: dict[tuple[int, int], int] = {}
+    for d in np.ndindex(3, 3, 3):
+        d = tuple(x - 1 for x in d)
+        if d <= (0, 0, 0) or sum(map(abs, d)) > rank:
+            continue  # one of each pair of opposite offsets
+        src = tuple(slice(max(0, -x), s - max(0, x)) for x, s in zip(d, seg.shape, strict=True))
+        dst = tuple(slice(max(0, x), s - max(0, -x)) for x, s in zip(d, seg.shape, strict=True))
+        p, q = seg[src], seg[dst]
+        m = (p != q) & (p > 0) & (q > 0)
+        length = 1 if sum(map(abs, d)) == 1 else 0
         for a, b in zip(p[m].tolist(), q[m].tolist(), strict=True):
             key = (min(a, b), max(a, b))
             out[key] = out.get(key, 0) + length
@@ -142,12 +174,13 @@ def oracle_merge(seg: np.ndarray, classes: np.ndarray, features: np.ndarray,
 
 
 def as_arrays(classes: np.ndarray, features: np.ndarray | None, chunks) -> tuple:
-    lab = xr.DataArray(da.from_array(classes, chunks=chunks), dims=("y", "x"))
+    dims = ("z", "y", "x")[-classes.ndim:]
+    lab = xr.DataArray(da.from_array(classes, chunks=chunks), dims=dims)
     lab = lab.rio.write_nodata(NODATA, encoded=False)
     feats = None
     if features is not None:
         feats = xr.DataArray(da.from_array(features, chunks=((features.shape[0],),) + tuple(
-            lab.data.chunks)), dims=("feature", "y", "x"))
+            lab.data.chunks)), dims=("feature",) + dims)
     return lab, feats
 
 

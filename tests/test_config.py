@@ -16,7 +16,8 @@ def test_minimal_config_has_documented_defaults():
     cfg = parse_config({"input": "a.tif", "output": "out"})
     assert cfg.cluster.k == 8 and cfg.cluster.seed == 0
     assert cfg.cluster.sample_size == 1_000_000
-    assert cfg.formats == ["cog", "zarr"]
+    assert cfg.formats is None  # by input kind (pipeline.stages.DEFAULT_FORMATS)
+    assert cfg.input_level == 0 and cfg.mask is None
     assert cfg.compute.scheduler == "threads"
     assert cfg.features[0].describe() == {"bands": {"scale": True, "bands": None}}
 
@@ -89,3 +90,27 @@ def test_config_token_is_stable():
     c = parse_config({"input": "a", "output": "b", "cluster": {"k": 4}})
     assert tokenize(a) == tokenize(b) != tokenize(c)
     assert isinstance(a, RunConfig)
+
+
+@pytest.mark.parametrize("name", ["brain_mri", "ct", "wsi_he", "sentinel2"])
+def test_example_configs_parse(name):
+    cfg = load_config(f"configs/{name}.yaml")
+    assert cfg.output and cfg.features
+
+
+def test_volume_keys_validated():
+    cfg = parse_config({"input": "a.nii", "output": "o", "input_level": 2, "mask": "otsu",
+                        "postprocess": {"segments": {"connectivity": 26},
+                                        "min_size": {"volume": 5.0}},
+                        "formats": ["nifti", "ome-zarr"]})
+    assert cfg.postprocess.segments.for_ndim(3) == 26
+    assert cfg.postprocess.min_size.volume == 5.0
+    with pytest.raises(ConfigError, match="connectivity: 26 is not defined on an image"):
+        cfg.postprocess.segments.for_ndim(2)
+    default = parse_config({"input": "a", "output": "o", "postprocess": {"segments": True}})
+    assert (default.postprocess.segments.for_ndim(2),
+            default.postprocess.segments.for_ndim(3)) == (8, 26)
+    with pytest.raises(ConfigError, match="input_level"):
+        parse_config({"input": "a", "output": "o", "input_level": -1})
+    with pytest.raises(ConfigError, match="formats"):
+        parse_config({"input": "a", "output": "o", "formats": ["nii"]})

@@ -142,7 +142,10 @@ def test_georeferencing_and_nodata_round_trip(tmp_path, scene):
     assert ds.rio.crs == crs
     assert ds.labels.rio.transform() == transform
     assert ds.labels.encoding["chunks"] == (100, 100)
-    np.testing.assert_array_equal(np.isnan(ds.labels.values), tif == 255)
+    # integer labels as written, not CF-decoded floats: nodata is an attribute
+    assert ds.labels.dtype == np.uint8 and ds.labels.attrs["nodata"] == 255
+    assert ds.labels.rio.nodata == 255
+    np.testing.assert_array_equal(ds.labels.values, tif)
     report = json.loads((out / "report.json").read_text())
     assert report["input"]["crs"] == "EPSG:32633"
     assert report["area_unit"] == "m^2"

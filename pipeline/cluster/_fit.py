@@ -169,20 +169,35 @@ def _confidence_block(block: np.ndarray, model: ClusterModel) -> np.ndarray:
 
 
 def _first(func: Any, args: tuple[Any, ...], blocks: list[np.ndarray]) -> np.ndarray:
-    return func(blocks[0], *args)
+    block = blocks[0]
+    if block.ndim == 3:
+        return func(block, *args)
+    # a volume's block (band, z, y, x): the kernels are per pixel, so its z-slices
+    # are handed over as the rows of one (band, z * y, x) block (a view when contiguous)
+    nb, *spatial = block.shape
+    flat = func(np.ascontiguousarray(block).reshape(nb, -1, spatial[-1]), *args)
+    return flat.reshape(spatial)
+
+
+#: blockwise indices of the spatial dims, by number of spatial dims
+_SPATIAL_INDEX = {2: "yx", 3: "zyx"}
 
 
 def per_block(data: da.Array, func: Any, *args: Any, dtype: np.dtype) -> da.Array:
     """Map ``func(block, *args)`` from (band, y, x) blocks to (y, x) blocks, lazily.
 
+    Volumes' blocks (band, z, y, x) give (z, y, x) blocks: ``func`` sees their
+    z-slices stacked as rows, so per-pixel kernels serve both.
     ``map_blocks(..., drop_axis=0)`` would first concatenate the blocks along the
     dropped axis: a copy of every input block, even of a single one (7 % of a worker's
     time in the label pass). Here the band axis is one chunk, handed over as is.
     """
     data = data.rechunk({0: -1})
+    out = _SPATIAL_INDEX[data.ndim - 1]
     name = f"{func.__name__}-{tokenize(data, func, *args)}"
-    return da.blockwise(partial(_first, func, args), "yx", data, "byx", concatenate=False,
-                        dtype=dtype, meta=np.empty((0, 0), dtype), name=name)
+    return da.blockwise(partial(_first, func, args), out, data, "b" + out,
+                        concatenate=False, dtype=dtype,
+                        meta=np.empty((0,) * len(out), dtype), name=name)
 
 
 def _per_pixel(features: xr.DataArray, model: ClusterModel, func: Any, dtype: np.dtype,
@@ -191,7 +206,7 @@ def _per_pixel(features: xr.DataArray, model: ClusterModel, func: Any, dtype: np
                          features.attrs.get("n_bands"))
     data = per_block(features.data, func, model, dtype=dtype)
     coords = {n: c for n, c in features.coords.items() if "feature" not in c.dims}
-    out = xr.DataArray(data, dims=("y", "x"), coords=coords, name=name)
+    out = xr.DataArray(data, dims=features.dims[1:], coords=coords, name=name)
     return out.rio.write_nodata(nodata, encoded=False)
 
 
@@ -246,8 +261,9 @@ def raw_bands(features: xr.DataArray, image: xr.DataArray | None) -> list[int] |
     ``None`` wherever that is not exact.
     """
     data = getattr(image, "data", None)
-    if (image is None or not isinstance(data, da.Array) or image.dims != ("band", "y", "x")
-            or np.dtype(image.dtype) not in RAW_DTYPES or features.dims[1:] != ("y", "x")
+    if (image is None or not isinstance(data, da.Array)
+            or image.dims not in (("band", "y", "x"), ("band", "z", "y", "x"))
+            or np.dtype(image.dtype) not in RAW_DTYPES or features.dims[1:] != image.dims[1:]
             or features.shape[1:] != image.shape[1:]
             # masked_float masks within each block: with the bands split over chunks a
             # pixel is invalid only by the bands of its own chunk; keep that path
@@ -258,7 +274,7 @@ def raw_bands(features: xr.DataArray, image: xr.DataArray | None) -> list[int] |
     bands = _raw_band_indices(features, image)
     if bands is None:
         return None
-    for dim in ("y", "x"):  # the features of this image, not of another on the same grid
+    for dim in image.dims[1:]:  # the features of this image, not of another on the same grid
         if dim in features.coords and dim in image.coords and not np.array_equal(
                 features[dim].values, image[dim].values):
             return None
@@ -291,7 +307,7 @@ def _fused_labels(features: xr.DataArray, model: ClusterModel,
         np.asarray(bands, dtype=np.int64), np.asarray(centroids, dtype=np.float32),
         np.asarray(weights, dtype=np.float32), model.nodata, dtype, dtype=dtype)
     coords = {n: c for n, c in features.coords.items() if "feature" not in c.dims}
-    out = xr.DataArray(labels, dims=("y", "x"), coords=coords, name="labels")
+    out = xr.DataArray(labels, dims=features.dims[1:], coords=coords, name="labels")
     return out.rio.write_nodata(model.nodata, encoded=False)
 
 

@@ -124,6 +124,42 @@ def _select_block(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, ce
                    cells, cy0, cx0, cell)
 
 
+def _select_volume_block(block, z0, y0, x0, height, width, seed_key, threshold):
+    """Candidates of a volume's block (feature, z, y, x), from every voxel.
+
+    Voxel ``(z, y, x)`` has the global index ``(z * height + y) * width + x``: that of
+    pixel ``(z * height + y, x)`` of the volume's slices stacked as rows. Each z-slice
+    of the block is scanned as such a 2-D block (one sample cell holding everything),
+    so a volume's sample is the same for any chunking, as an image's is.
+    """
+    block = np.ascontiguousarray(block)
+    everything = np.ones((1, 1), dtype=bool)
+    parts = [_select(block[:, k], (z0 + k) * height + y0, x0, width, seed_key, threshold,
+                     everything, 0, 0, _WHOLE)
+             for k in range(block.shape[1])]
+    if not parts:
+        return np.empty(0, np.uint64), np.empty((0, block.shape[0]), np.float32), 0
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            sum(p[2] for p in parts))
+
+
+#: a sample cell larger than any volume's stacked slices (cells are not used there)
+_WHOLE = 1 << 62
+
+
+def _volume_parts(features: xr.DataArray, seed_key, threshold) -> list:
+    data = features.data.rechunk({0: -1})
+    _, depth, height, width = features.shape
+    blocks = data.to_delayed(optimize_graph=False)
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in data.chunks[1:]]
+    select = dask.delayed(_select_volume_block, pure=True, nout=3)
+    return [dask.delayed(tuple)(select(blocks[(0, i, j, k)], int(starts[0][i]),
+                                       int(starts[1][j]), int(starts[2][k]), height, width,
+                                       seed_key, threshold))
+            for i in range(len(starts[0])) for j in range(len(starts[1]))
+            for k in range(len(starts[2]))]
+
+
 def _with_fraction(merged, fraction):
     return (*merged, fraction)
 
@@ -176,8 +212,9 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
 
     Parameters
     ----------
-    features : DataArray, shape (feature, y, x), float32
-        Invalid pixels are NaN.
+    features : DataArray, shape (feature, y, x) or (feature, z, y, x), float32
+        Invalid pixels are NaN. Volumes are sampled from every voxel (``cells`` is
+        ignored): a chunk of a volume spans many slices, so cells would save no read.
     size : int
         Maximum number of pixels in the sample.
     seed : int
@@ -199,6 +236,15 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
         ``n <= size``; ``n_valid`` the exact number of valid pixels in the cells read,
         and ``fraction`` the fraction of cells read (1.0: the whole image).
     """
+    if features.ndim == 4:  # a volume: every voxel is read (see _select_volume_block)
+        nf, depth, height, width = features.shape
+        n_voxels = valid_hint if valid_hint else depth * height * width
+        fraction = min(1.0, OVERSAMPLE * size / max(n_voxels, 1))
+        threshold = (_U(np.iinfo(np.uint64).max) if fraction >= 1.0
+                     else _U(int(fraction * 2.0**64)))
+        parts = _volume_parts(features, _mix(seed)[0], threshold)
+        merged = dask.delayed(_merge, pure=True)(parts, size, nf)
+        return dask.delayed(_with_fraction, pure=True)(merged, 1.0)
     nf, height, width = features.shape
     cfrac = cell_fraction(height, width, size, cell, min_cells) if cells else 1.0
     chosen = _chosen_cells(height, width, cfrac, seed, cell)

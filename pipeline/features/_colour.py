@@ -1,4 +1,7 @@
-"""Per-pixel colour-space features: HSV and CIE L*a*b* (scikit-image conversions)."""
+"""Per-pixel colour-space features: HSV, CIE L*a*b* and H&E-DAB stains (scikit-image).
+
+Every family works on images ``(band, y, x)`` and volumes ``(band, z, y, x)`` alike.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ from pydantic import Field
 from ._common import band_indices, per_pixel, value_range, wrap
 from ._registry import FeatureParams, register
 
-__all__ = ["ColourParams", "hsv", "lab"]
+__all__ = ["ColourParams", "hed", "hsv", "lab"]
 
 
 class ColourParams(FeatureParams):
-    """Parameters of the ``hsv`` and ``lab`` families.
+    """Parameters of the ``hsv``, ``lab`` and ``hed`` families.
 
     Attributes
     ----------
@@ -31,9 +34,9 @@ class ColourParams(FeatureParams):
 
 
 def _rgb_unit(block: np.ndarray, idx: list[int], vmax: float) -> tuple[np.ndarray, np.ndarray]:
-    """(y, x, 3) float64 RGB in [0, 1] with invalid pixels set to 0, and the invalid mask."""
+    """(*spatial, 3) float64 RGB in [0, 1] with invalid pixels set to 0, and the invalid mask."""
     rgb = np.stack([block[i] for i in idx], axis=-1).astype(np.float64)
-    bad = ~np.isfinite(rgb).all(axis=-1)
+    bad = np.logical_not(np.isfinite(rgb).all(axis=-1, keepdims=False))
     rgb[bad] = 0.0
     rgb /= vmax
     np.clip(rgb, 0.0, 1.0, out=rgb)
@@ -68,6 +71,27 @@ def _rgb2lab(rgb: np.ndarray) -> np.ndarray:
     return color.xyz2lab(xyz)
 
 
+def _rgb2hed(rgb: np.ndarray) -> np.ndarray:
+    """``skimage.color.rgb2hed`` with the optical-density matrix product written out.
+
+    scikit-image computes ``log(max(rgb, 1e-6)) / log(1e-6) @ hed_from_rgb`` with BLAS,
+    whose rounding depends on the array's shape (see :func:`_rgb2lab`); the same steps
+    channel by channel give each pixel the same bits in any block.
+    """
+    from skimage.color.colorconv import hed_from_rgb
+
+    od = np.log(np.maximum(rgb, 1e-6)) / np.log(1e-6)
+    o0, o1, o2 = od[..., 0], od[..., 1], od[..., 2]
+    m = hed_from_rgb
+    stains = np.stack([o0 * m[0, j] + o1 * m[1, j] + o2 * m[2, j] for j in range(3)], axis=-1)
+    return np.maximum(stains, 0.0)
+
+
+def _hed_block(block: np.ndarray, idx: list[int], vmax: float) -> np.ndarray:
+    rgb, bad = _rgb_unit(block, idx, vmax)
+    return _channels_first(_rgb2hed(rgb), bad)
+
+
 def _lab_block(block: np.ndarray, idx: list[int], vmax: float) -> np.ndarray:
     rgb, bad = _rgb_unit(block, idx, vmax)
     return _channels_first(_rgb2lab(rgb), bad)
@@ -94,14 +118,14 @@ def hsv(image: xr.DataArray, params: ColourParams) -> xr.DataArray:
 
     Parameters
     ----------
-    image : DataArray, shape (band, y, x), float32
+    image : DataArray, shape (band, y, x) or (band, z, y, x), float32
         The masked image (nodata already NaN).
     params : ColourParams
         Which bands are R, G, B and what value means full intensity.
 
     Returns
     -------
-    DataArray, shape (feature, y, x)
+    DataArray, shape (feature, y, x) or (feature, z, y, x)
         Lazy, features ``hsv_h``, ``hsv_s``, ``hsv_v``, each in [0, 1]; NaN where the
         pixel is invalid. Hue is circular (0 and 1 are both red) and 0 for greys.
 
@@ -119,14 +143,14 @@ def lab(image: xr.DataArray, params: ColourParams) -> xr.DataArray:
 
     Parameters
     ----------
-    image : DataArray, shape (band, y, x), float32
+    image : DataArray, shape (band, y, x) or (band, z, y, x), float32
         The masked image (nodata already NaN).
     params : ColourParams
         Which bands are R, G, B and what value means full intensity.
 
     Returns
     -------
-    DataArray, shape (feature, y, x)
+    DataArray, shape (feature, y, x) or (feature, z, y, x)
         Lazy, features ``lab_L`` (0..100), ``lab_a``, ``lab_b``; NaN where the pixel is
         invalid. Identical bits for a pixel whatever the chunking.
 
@@ -136,3 +160,34 @@ def lab(image: xr.DataArray, params: ColourParams) -> xr.DataArray:
         If a band does not exist, or ``max`` is needed and the input's type is unknown.
     """
     return _colour(image, params, "lab", _lab_block, ["lab_L", "lab_a", "lab_b"])
+
+
+@register("hed", ColourParams)
+def hed(image: xr.DataArray, params: ColourParams) -> xr.DataArray:
+    """Haematoxylin, eosin and DAB by colour deconvolution (``skimage.color.rgb2hed``).
+
+    For brightfield histology (H&E, IHC): Ruifrok and Johnston's stain vectors turn
+    each pixel's optical density ``-log(rgb)`` (RGB scaled to [0, 1], floored at
+    1e-6 as scikit-image does) into the amount of each stain.
+
+    Parameters
+    ----------
+    image : DataArray, shape (band, y, x) or (band, z, y, x), float32
+        The masked image (nodata already NaN).
+    params : ColourParams
+        Which bands are R, G, B (``{hed: [1, 2, 3]}`` is short for
+        ``{hed: {rgb: [1, 2, 3]}}``) and what value means full intensity (``max``).
+
+    Returns
+    -------
+    DataArray, shape (feature, y, x) or (feature, z, y, x)
+        Lazy, features ``hed_h`` (haematoxylin), ``hed_e`` (eosin), ``hed_d`` (DAB),
+        each >= 0 (0 for white); NaN where the pixel is invalid. Identical bits for a
+        pixel whatever the chunking.
+
+    Raises
+    ------
+    ConfigError
+        If a band does not exist, or ``max`` is needed and the input's type is unknown.
+    """
+    return _colour(image, params, "hed", _hed_block, ["hed_h", "hed_e", "hed_d"])

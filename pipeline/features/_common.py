@@ -11,7 +11,35 @@ import xarray as xr
 
 from ..errors import ConfigError
 
-__all__ = ["band_indices", "source_dtype", "value_range", "per_pixel", "overlap", "wrap"]
+__all__ = ["band_indices", "source_dtype", "value_range", "per_pixel", "overlap", "wrap",
+           "spatial_dims", "spacing"]
+
+
+def spatial_dims(image: xr.DataArray) -> tuple[str, ...]:
+    """Return the image's dims without ``band``: ``("y", "x")`` or ``("z", "y", "x")``."""
+    return tuple(str(d) for d in image.dims if d != "band")
+
+
+def spacing(image: xr.DataArray) -> tuple[float, ...]:
+    """Return the voxel size per spatial dim (dims order) from ``attrs["geometry"]``.
+
+    Without a geometry every spacing is 1.
+
+    Raises
+    ------
+    ValueError
+        If the geometry does not name every spatial dim of the image.
+    """
+    dims = spatial_dims(image)
+    geometry = image.attrs.get("geometry")
+    if geometry is None:
+        return (1.0,) * len(dims)
+    by_dim = dict(zip(geometry.dims, geometry.spacing, strict=True))
+    missing = [d for d in dims if d not in by_dim]
+    if missing:
+        raise ValueError(f"the image's geometry has dims {tuple(geometry.dims)}, not the "
+                         f"image's spatial dims {dims}")
+    return tuple(float(by_dim[d]) for d in dims)
 
 
 def band_indices(image: xr.DataArray, numbers: Sequence[int], family: str) -> list[int]:
@@ -79,9 +107,10 @@ def per_pixel(
     *args: Any,
     **kwargs: Any,
 ) -> da.Array:
-    """Apply ``func(block, *args) -> (n_out, y, x) float32`` to every block (lazy).
+    """Apply ``func(block, *args) -> (n_out, *spatial) float32`` to every block (lazy).
 
-    The band axis is made one chunk first, so ``func`` sees every band of its pixels.
+    Blocks are ``(band, y, x)`` or ``(band, z, y, x)``. The band axis is made one chunk
+    first, so ``func`` sees every band of its pixels.
     ``block_info`` is passed through when ``func`` asks for it.
     """
     data = image.data.rechunk({0: -1})
@@ -90,28 +119,33 @@ def per_pixel(
         *args,
         chunks=((n_out,),) + data.chunks[1:],
         dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32),
+        meta=np.empty((0,) * data.ndim, np.float32),
         **kwargs,
     )
 
 
 def overlap(
-    data: da.Array, func: Callable[..., np.ndarray], halo: int, **kwargs: Any
+    data: da.Array, func: Callable[..., np.ndarray], halo: int | Sequence[int], **kwargs: Any
 ) -> da.Array:
-    """``map_overlap`` with a halo of ``halo`` pixels on every axis, same chunks back.
+    """``map_overlap`` with a halo of ``halo`` pixels, same chunks back.
 
+    ``halo`` is one radius for every axis, or one per axis of ``data`` (exact: an
+    anisotropic kernel reads only its own reach along each axis).
     ``boundary="none"``: nothing is padded at the array edge, so ``func`` must treat the
     edge itself, exactly as the whole-array reference does (scipy's ``mode=``). Axes
     with one chunk need no halo; an axis shorter than the halo is made one chunk (dask
     cannot overlap it). ``map_overlap`` also merges chunks thinner than the halo; the
     result is rechunked to ``data``'s chunks so every feature shares one chunking.
     """
+    halos = [int(halo)] * data.ndim if isinstance(halo, int | np.integer) else list(halo)
+    if len(halos) != data.ndim:
+        raise ValueError(f"expected one halo per axis of a {data.ndim}-D array, got {halo!r}")
     depth: dict[int, int] = {}
     single: dict[int, int] = {}
-    for axis, chunks in enumerate(data.chunks):
-        if len(chunks) > 1 and sum(chunks) <= halo:
+    for axis, (chunks, h) in enumerate(zip(data.chunks, halos, strict=True)):
+        if len(chunks) > 1 and sum(chunks) <= h:
             single[axis] = -1
-        depth[axis] = halo if len(chunks) > 1 and axis not in single else 0
+        depth[axis] = int(h) if len(chunks) > 1 and axis not in single else 0
     src = data.rechunk(single) if single else data
     out = src.map_overlap(func, depth=depth, boundary="none", **kwargs)
     if out.chunks != data.chunks:
@@ -120,7 +154,10 @@ def overlap(
 
 
 def wrap(image: xr.DataArray, data: da.Array, names: Sequence[str]) -> xr.DataArray:
-    """Wrap a lazy ``(feature, y, x)`` array with the image's spatial coordinates."""
+    """Wrap a lazy ``(feature, *spatial)`` array with the image's spatial coordinates.
+
+    The spatial dims are the image's own: ``(y, x)`` or ``(z, y, x)``.
+    """
     coords = {k: v for k, v in image.coords.items() if "band" not in v.dims}
     coords["feature"] = list(names)
-    return xr.DataArray(data, dims=("feature", "y", "x"), coords=coords)
+    return xr.DataArray(data, dims=("feature", *spatial_dims(image)), coords=coords)

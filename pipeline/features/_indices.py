@@ -117,14 +117,14 @@ def index(image: xr.DataArray, params: IndexParams) -> xr.DataArray:
 
     Parameters
     ----------
-    image : DataArray, shape (band, y, x), float32
+    image : DataArray, shape (band, y, x) or (band, z, y, x), float32
         The masked image (nodata already NaN).
     params : IndexParams
         The index and the band of each role.
 
     Returns
     -------
-    DataArray, shape (feature, y, x)
+    DataArray, shape (feature, y, x) or (feature, z, y, x)
         Lazy, one feature named after the index (``ndvi``); NaN where the pixel is
         invalid, 0 where the denominator is 0.
 
@@ -159,14 +159,14 @@ def normalized_difference(
 
     Parameters
     ----------
-    image : DataArray, shape (band, y, x), float32
+    image : DataArray, shape (band, y, x) or (band, z, y, x), float32
         The masked image (nodata already NaN).
     params : NormalizedDifferenceParams
         The two bands.
 
     Returns
     -------
-    DataArray, shape (feature, y, x)
+    DataArray, shape (feature, y, x) or (feature, z, y, x)
         Lazy, one feature named ``nd_b<a>_b<b>``; NaN where the pixel is invalid, 0
         where ``a + b`` is 0.
 

@@ -1,8 +1,9 @@
 """The feature registry: small named functions that turn an image into features.
 
-A *feature family* is a function ``(image, params) -> DataArray(feature, y, x)`` plus a
-pydantic model for its parameters and a function giving the halo (in pixels) that its
-parameters need.  Families register themselves with :func:`register`; third-party
+A *feature family* is a function ``(image, params) -> DataArray(feature, *spatial)``
+(spatial ``(y, x)`` or ``(z, y, x)``, the image's own) plus a pydantic model for its
+parameters and a function giving the halo (in pixels) that its parameters need.
+Families register themselves with :func:`register`; third-party
 packages add more through the ``tileseg.features`` entry-point group, loaded on first
 lookup of an unknown name (no hard-coded list of modules).
 """
@@ -63,7 +64,9 @@ def register(
         The pydantic model of the family's parameters (unknown keys are errors).
     halo : callable
         ``halo(params) -> int``: the neighbourhood radius in pixels the family reads
-        around each pixel; 0 for per-pixel families.
+        around each pixel (the largest over the axes); 0 for per-pixel families. It
+        only tells per-pixel families from neighbourhood ones (how the sample is
+        drawn): the family itself passes the exact per-axis depth to ``map_overlap``.
 
     Returns
     -------
@@ -130,6 +133,7 @@ class FeatureSpec:
         """
         if isinstance(item, FeatureSpec):
             return item
+        raw: Any
         if isinstance(item, str):
             name, raw = item, {}
         elif isinstance(item, Mapping) and len(item) == 1:

@@ -29,14 +29,14 @@ def bands(image: xr.DataArray, params: BandsParams) -> xr.DataArray:
 
     Parameters
     ----------
-    image : DataArray, shape (band, y, x), float32
+    image : DataArray, shape (band, y, x) or (band, z, y, x), float32
         The masked image (nodata already NaN).
     params : BandsParams
         Which bands to keep.
 
     Returns
     -------
-    DataArray, shape (feature, y, x)
+    DataArray, shape (feature, y, x) or (feature, z, y, x)
         Lazy, one feature per selected band, named ``band<N>``.
     """
     count = image.sizes["band"]

@@ -30,15 +30,16 @@ def compute_features(
 
     Parameters
     ----------
-    image : DataArray, shape (band, y, x)
+    image : DataArray, shape (band, y, x) or (band, z, y, x)
         As returned by :func:`pipeline.open_image`; its nodata value (``rio.nodata``)
-        and NaN mark invalid pixels.
+        and NaN mark invalid pixels; ``attrs["geometry"]`` (optional) gives the voxel
+        spacing that physical-unit parameters use.
     features : sequence
         Feature entries as in the config: ``"bands"``, ``{"bands": [3, 4]}``, ...
 
     Returns
     -------
-    DataArray, shape (feature, y, x), float32
+    DataArray, shape (feature, y, x) or (feature, z, y, x), float32
         Lazy and chunked like the image (one chunk along ``feature``). Invalid pixels
         are NaN in every feature. The coordinate ``scale`` (bool, along ``feature``)
         says which features are standardised before clustering; ``attrs["features"]``

@@ -48,10 +48,18 @@ def nodata_in(dtype: np.dtype, nodata: float | None) -> tuple[Any, bool]:
 
 
 def _masked_float_block(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Mask one ``(band, y, x)`` or ``(band, z, y, x)`` block (any number of axes).
+
+    A contiguous block is viewed as ``(band, rows, x)`` (no copy): the kernel walks
+    rows, and a row of a volume is a row of one ``z`` slice.
+    """
     block = np.ascontiguousarray(block)
-    out = np.empty(block.shape, dtype=np.float32)
-    _mask_rows(block, *nodata_in(block.dtype, nodata), out)
-    return out
+    if block.size == 0:  # an empty block has no -1 axis to infer
+        return np.empty(block.shape, dtype=np.float32)
+    rows = block.reshape(block.shape[0], -1, block.shape[-1])
+    out = np.empty(rows.shape, dtype=np.float32)
+    _mask_rows(rows, *nodata_in(block.dtype, nodata), out)
+    return out.reshape(block.shape)
 
 
 def masked_float(image: xr.DataArray) -> xr.DataArray:
@@ -59,14 +67,15 @@ def masked_float(image: xr.DataArray) -> xr.DataArray:
 
     Parameters
     ----------
-    image : DataArray, shape (band, y, x)
+    image : DataArray, shape (band, y, x) or (band, z, y, x)
         Any supported dtype; nodata from ``image.rio.nodata``.
 
     Returns
     -------
-    DataArray, shape (band, y, x), float32
-        Lazy, same chunks and coordinates. A pixel is invalid when any band equals
-        the nodata value or is NaN/inf; all its bands become NaN.
+    DataArray, same shape, float32
+        Lazy, same chunks, coordinates and attrs (``geometry`` included). A pixel or
+        voxel is invalid when any band equals the nodata value or is NaN/inf; all its
+        bands become NaN.
     """
     nodata = image.rio.nodata
     nodata = None if nodata is None else float(nodata)
@@ -74,7 +83,7 @@ def masked_float(image: xr.DataArray) -> xr.DataArray:
         _masked_float_block,
         nodata,
         dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32),
+        meta=np.empty((0,) * image.ndim, np.float32),
     )
     out = image.copy(data=data)
     # colour features scale by the source dtype's range (uint8 / 255, uint16 / 65535)
@@ -83,5 +92,8 @@ def masked_float(image: xr.DataArray) -> xr.DataArray:
 
 
 def valid_mask(image: xr.DataArray) -> xr.DataArray:
-    """Return a lazy boolean ``DataArray(y, x)``: True where the pixel is valid."""
+    """Return a lazy boolean ``DataArray(y, x)`` or ``(z, y, x)``: True where valid.
+
+    Reduces over ``band``, whatever the number of spatial dims.
+    """
     return masked_float(image).notnull().all("band")

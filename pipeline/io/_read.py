@@ -1,11 +1,18 @@
-"""Open rasters lazily: GeoTIFF/COG, plain images, mosaics of tiles, Zarr stores."""
+"""Open images lazily, choosing the reader by the input's kind.
+
+GeoTIFF/COG, plain images and mosaics of tiles go through GDAL; NIfTI, DICOM series,
+OME-TIFF and whole-slide TIFFs, OME-Zarr and plain Zarr stores through their own
+readers (:mod:`._nifti`, :mod:`._dicom`, :mod:`._ome`). Every reader returns the lazy
+array and its :class:`~._geometry.Geometry`.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -17,8 +24,10 @@ import xarray as xr
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from ..errors import InputError
+from ._geometry import Geometry
 
-__all__ = ["open_image", "default_chunk", "fit_chunk", "SUPPORTED_DTYPES", "SomeSource"]
+__all__ = ["open_image", "open_with_geometry", "read_overview", "default_chunk", "fit_chunk",
+           "SUPPORTED_DTYPES", "SomeSource"]
 
 SomeSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -114,12 +123,13 @@ def _is_zarr(path: str) -> bool:
     )
 
 
-def _describe(path: str) -> dict[str, Any]:
+def _describe(path: str, **open_options: Any) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
+            with rasterio.open(path, **open_options) as ds:
                 info = {
+                    "overviews": len(ds.overviews(1)) if ds.count else 0,
                     "count": ds.count,
                     "dtypes": set(ds.dtypes),
                     "block": tuple(ds.block_shapes[0]),
@@ -203,14 +213,139 @@ def _mosaic_vrt(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _open_zarr(path: str, chunks: int | None) -> xr.DataArray:
+# --- helpers shared by the readers (_nifti, _dicom, _ome) ------------------------------
+
+#: default chunk side of a volume, per spatial axis
+VOLUME_CHUNK = 128
+
+#: data types a reader converts to a supported one (losslessly where one exists)
+_WIDER_DTYPES = {"bool": "uint8", "int8": "int16", "float16": "float32",
+                 "int64": "float64", "uint64": "float64"}
+
+
+def volume_chunk(store_side: int | None, shape: Sequence[int]) -> int:
+    """Default chunk side of a volume: 128, capped by the shape.
+
+    A multiple of the store's own chunk side when that is smaller (so no stored chunk is
+    read twice), the store's side when it is larger.
+    """
+    side = VOLUME_CHUNK
+    if store_side and store_side > 0:
+        side = max(1, VOLUME_CHUNK // store_side) * store_side
+    return max(1, min(side, max(shape)))
+
+
+def spatial_chunk(chunks: int | None, shape: Sequence[int],
+                  block: Sequence[int] | None = None) -> int:
+    """Return the chunk side of every spatial axis: ``chunks`` as given, else a default.
+
+    Volumes: :func:`volume_chunk`; 2-D images: :func:`default_chunk` (a multiple of
+    the file's tiles ``block`` near 1024).
+    """
+    if chunks:
+        return int(chunks)
+    if len(shape) == 3:
+        sides = {int(b) for b in block} if block else set()
+        return volume_chunk(sides.pop() if len(sides) == 1 else None, shape)
+    by, bx = block if block else (1, shape[-1])
+    return default_chunk((int(by), int(bx)), (int(shape[0]), int(shape[1])))
+
+
+def supported_dtype(dtype: Any, path: str) -> np.dtype:
+    """Return the supported data type that holds ``dtype`` (int8 -> int16, ...).
+
+    Raises
+    ------
+    InputError
+        Complex, string or other non-numeric types.
+    """
+    dt = np.dtype(dtype)
+    name = np.dtype(dt.str.replace(">", "<").replace("|", "<")).name if dt.kind in "biuf" \
+        else dt.name
+    name = _WIDER_DTYPES.get(name, name)
+    if name not in SUPPORTED_DTYPES:
+        raise InputError(f"{path}: data type {dt.name} is not supported; expected one of "
+                         + ", ".join(SUPPORTED_DTYPES))
+    return np.dtype(name)
+
+
+def scaled_dtype(dtype: Any, slope: float, inter: float,
+                 value_range: tuple[float, float] | None = None) -> np.dtype:
+    """Return the data type of ``stored * slope + inter``.
+
+    The stored type itself when there is no scaling; an integer type wide enough for
+    ``value_range`` (default: the stored type's range) shifted by ``inter`` when the
+    slope is 1 and the intercept integral; else float32 (float64 for float64 data).
+    """
+    dt = np.dtype(dtype)
+    if slope == 1 and inter == 0:
+        return dt
+    if slope == 1 and float(inter).is_integer():
+        if dt.kind == "f":
+            return dt
+        info = np.iinfo(dt)
+        lo, hi = value_range if value_range is not None else (info.min, info.max)
+        lo, hi = lo + inter, hi + inter
+        for name in ("uint8", "int16", "uint16", "int32", "uint32"):
+            ti = np.iinfo(name)
+            if ti.min <= lo and hi <= ti.max:
+                return np.dtype(name)
+        return np.dtype("float64")
+    return np.dtype("float64") if dt == np.float64 else np.dtype("float32")
+
+
+def rescale(block: np.ndarray, slope: float, inter: float, dtype: Any) -> np.ndarray:
+    """``block * slope + inter`` as ``dtype`` (one chunk; exact for integer results)."""
+    dtype = np.dtype(dtype)
+    if slope == 1 and inter == 0:
+        return np.asarray(block).astype(dtype, copy=False)
+    if dtype.kind in "iu":  # slope 1, integral intercept: exact in the wider type
+        return np.asarray(block).astype(dtype) + dtype.type(int(inter))
+    out = np.asarray(block).astype(dtype)
+    out *= dtype.type(slope)
+    out += dtype.type(inter)
+    return out
+
+
+def single_level(path: str, level: int) -> None:
+    """Refuse a pyramid level > 0 on a format without pyramids."""
+    if level:
+        raise InputError(f"{path}: input_level {level} asks for a pyramid level but the "
+                         "file has one level only; expected input_level 0")
+
+
+def beyond_levels(path: str, level: int, n_levels: int) -> InputError:
+    """Return the error for a pyramid level the file does not have."""
+    return InputError(f"{path}: input_level {level} is beyond the {n_levels} pyramid "
+                      f"level(s) of the file; expected input_level 0 to {n_levels - 1}")
+
+
+def make_image(data: Any, geometry: Geometry, source: str,
+               nodata: float | None = None) -> xr.DataArray:
+    """Wrap a Dask array ``(band, [z,] y, x)`` as the readers' DataArray."""
+    dims = ("band", *geometry.dims)
+    arr = xr.DataArray(data, dims=dims, name="image")
+    if nodata is not None:
+        arr = arr.rio.write_nodata(nodata, encoded=False)
+    arr.attrs["source"] = source
+    arr.attrs["geometry"] = geometry
+    return arr
+
+
+# --- GDAL and plain Zarr ---------------------------------------------------------------
+
+
+def _open_zarr(path: str, chunks: int | None) -> tuple[xr.DataArray, Geometry]:
     try:
         with warnings.catch_warnings():
             # stores without consolidated metadata (ours among them) are fine to open
             warnings.simplefilter("ignore", RuntimeWarning)
             ds = xr.open_zarr(path, mask_and_scale=False, consolidated=None)
     except Exception as exc:  # zarr raises many types for a bad store
-        raise InputError(f"{path}: not a readable Zarr store ({exc})") from None
+        # a bare array, or arrays without xarray's dimension names
+        from ._ome import open_zarr_array
+
+        return open_zarr_array(path, chunks=chunks, error=str(exc))
     refs = {ds[v].attrs.get("grid_mapping") for v in ds.data_vars} | {"spatial_ref"}
     ds = ds.set_coords([v for v in ds.data_vars if v in refs])
     names = [v for v in ds.data_vars if ds[v].ndim >= 2]
@@ -223,74 +358,346 @@ def _open_zarr(path: str, chunks: int | None) -> xr.DataArray:
             f"{path}: expected one data variable (or one named 'image'), found {names}"
         )
     da = ds[name]
-    if da.ndim == 2:
+    volume = da.ndim == 4 or (da.ndim == 3 and da.dims[0] == "z")
+    if da.ndim == 2 or (da.ndim == 3 and volume):
         da = da.expand_dims("band")
-    if da.ndim != 3:
-        raise InputError(f"{path}: variable {name!r} has dims {da.dims}; expected (band, y, x)")
-    band, ydim, xdim = da.dims
-    da = da.rename({band: "band", ydim: "y", xdim: "x"})
+    if da.ndim not in (3, 4):
+        raise InputError(f"{path}: variable {name!r} has dims {da.dims}; expected (band, y, x) "
+                         "or (band, z, y, x)")
+    new = ("band", "z", "y", "x") if volume else ("band", "y", "x")
+    da = da.rename({old: n for old, n in zip(da.dims, new, strict=True) if old != n})
     if str(da.dtype) not in SUPPORTED_DTYPES:
-        raise InputError(f"{path}: data type {da.dtype} is not supported")
+        da = da.astype(supported_dtype(da.dtype, path))
     fill = da.encoding.get("_FillValue", da.attrs.get("_FillValue", da.attrs.get("nodata")))
     da = da.rio.write_nodata(fill, encoded=False) if fill is not None else da
-    da = da.chunk({"band": -1, "y": chunks, "x": chunks} if chunks else {"band": -1})
-    return da
+    if volume:
+        store = tuple(da.encoding.get("chunks") or ())[-3:]  # the stored (z, y, x) chunks
+        side = spatial_chunk(chunks, da.shape[1:], store or None)
+        da = da.chunk({"band": -1, "z": side, "y": side, "x": side})
+        geometry = Geometry(dims=("z", "y", "x"), shape=tuple(da.shape[1:]), kind="zarr",
+                            spacing=(1.0, 1.0, 1.0), affine=np.eye(4))
+    else:
+        da = da.chunk({"band": -1, "y": chunks, "x": chunks} if chunks else {"band": -1})
+        crs = da.rio.crs
+        transform = None
+        if crs is not None or ("x" in da.coords and "y" in da.coords):
+            try:
+                transform = da.rio.transform()
+            except Exception:  # coordinates rioxarray cannot turn into a transform
+                transform = None
+        geometry = Geometry(dims=("y", "x"), shape=tuple(da.shape[1:]), kind="zarr",
+                            crs=crs, transform=transform)
+    return da, geometry
+
+
+def _gdal_target(paths: list[str],
+                 level: int) -> tuple[str, dict[str, Any], int, dict[str, Any]]:
+    """Return what GDAL opens (path or VRT), its options for ``level``, levels, info."""
+    label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} tiles)"
+    target = paths[0] if len(paths) == 1 else _mosaic_vrt(paths)
+    info = _describe(target)
+    levels = 1 + info["overviews"] if len(paths) == 1 else 1
+    if level >= levels:
+        raise beyond_levels(label, level, levels)
+    if not level:
+        return target, {}, levels, info
+    options = {"overview_level": level - 1}
+    return target, options, levels, _describe(target, **options)
+
+
+def _read_gdal(paths: list[str], chunks: int | None,
+               level: int) -> tuple[xr.DataArray, Geometry]:
+    target, options, levels, info = _gdal_target(paths, level)
+    side = chunks or default_chunk(info["block"], info["shape"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        da = rioxarray.open_rasterio(
+            target,
+            chunks={"band": -1, "y": side, "x": side},
+            lock=False,  # one dataset handle per read, no process-wide lock
+            cache=False,
+            parse_coordinates=True,
+            **options,
+        )
+    da = da.drop_vars([c for c in ("band",) if c in da.coords])
+    geometry = Geometry(dims=("y", "x"), shape=tuple(da.shape[1:]), kind="gdal",
+                        crs=da.rio.crs, transform=da.rio.transform(),
+                        extra={"levels": levels, "level": level})
+    return da, geometry
+
+
+# --- the registry: which reader opens which input --------------------------------------
+
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf2", ".tf8", ".scn", ".bif")
+
+
+def _local(path: str) -> bool:
+    return "://" not in path and not path.startswith("/vsi")
+
+
+def _has_dicom_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _accepts_dicom(paths: list[str]) -> bool:
+    first = paths[0]
+    if not _local(first):
+        return False
+    if len(paths) == 1 and os.path.isdir(first):
+        return not _is_zarr(first)
+    return first.lower().endswith(_DICOM_SUFFIXES) or _has_dicom_magic(first)
+
+
+def _accepts_nifti(paths: list[str]) -> bool:
+    return len(paths) == 1 and paths[0].lower().endswith((".nii", ".nii.gz"))
+
+
+def _accepts_ome_zarr(paths: list[str]) -> bool:
+    if len(paths) != 1 or not _is_zarr(paths[0]):
+        return False
+    from ._ome import is_ome_zarr
+
+    return is_ome_zarr(paths[0])
+
+
+def _accepts_zarr(paths: list[str]) -> bool:
+    return len(paths) == 1 and _is_zarr(paths[0])
+
+
+def _accepts_tifffile(paths: list[str]) -> bool:
+    if len(paths) != 1 or not _local(paths[0]) or not paths[0].lower().endswith(_TIFF_SUFFIXES):
+        return False
+    from ._ome import is_slide_tiff
+
+    return is_slide_tiff(paths[0])
+
+
+def _read_dicom(paths: list[str], chunks: int | None,
+                level: int) -> tuple[xr.DataArray, Geometry]:
+    from ._dicom import open_dicom
+
+    return open_dicom(paths[0] if len(paths) == 1 else paths, chunks=chunks, level=level)
+
+
+def _read_nifti(paths: list[str], chunks: int | None,
+                level: int) -> tuple[xr.DataArray, Geometry]:
+    from ._nifti import open_nifti
+
+    return open_nifti(paths[0], chunks=chunks, level=level)
+
+
+def _read_ome_zarr(paths: list[str], chunks: int | None,
+                   level: int) -> tuple[xr.DataArray, Geometry]:
+    from ._ome import open_ome_zarr
+
+    return open_ome_zarr(paths[0], chunks=chunks, level=level)
+
+
+def _read_zarr(paths: list[str], chunks: int | None,
+               level: int) -> tuple[xr.DataArray, Geometry]:
+    single_level(paths[0], level)
+    return _open_zarr(paths[0], chunks)
+
+
+def _read_tifffile(paths: list[str], chunks: int | None,
+                   level: int) -> tuple[xr.DataArray, Geometry]:
+    from ._ome import open_tiff
+
+    return open_tiff(paths[0], chunks=chunks, level=level)
+
+
+@dataclass(frozen=True)
+class _Reader:
+    kind: str
+    accepts: Callable[[list[str]], bool]
+    open: Callable[[list[str], int | None, int], tuple[xr.DataArray, Geometry]]
+
+
+#: tried in order; the first that accepts the (expanded) input opens it; GDAL takes the rest
+READERS: tuple[_Reader, ...] = (
+    _Reader("dicom", _accepts_dicom, _read_dicom),
+    _Reader("nifti", _accepts_nifti, _read_nifti),
+    _Reader("ome-zarr", _accepts_ome_zarr, _read_ome_zarr),
+    _Reader("zarr", _accepts_zarr, _read_zarr),
+    _Reader("tiff", _accepts_tifffile, _read_tifffile),
+    _Reader("gdal", lambda paths: True, _read_gdal),
+)
+
+
+def _reader_for(paths: list[str]) -> _Reader:
+    return next(r for r in READERS if r.accepts(paths))
+
+
+def _check_args(chunks: int | None, level: int) -> None:
+    if chunks is not None and chunks < 16:
+        raise ValueError(f"chunks: expected a chunk side >= 16 pixels, got {chunks}")
+    if level < 0:
+        raise InputError(f"input_level: expected a pyramid level >= 0, got {level}")
+
+
+def open_with_geometry(
+    source: SomeSource, *, chunks: int | None = None, nodata: float | None = None,
+    level: int = 0,
+) -> tuple[xr.DataArray, Geometry]:
+    """Open an image lazily with the reader its kind needs; return it and its geometry.
+
+    Parameters
+    ----------
+    source : path, glob, or list of paths
+        A GeoTIFF/COG or any GDAL raster, a glob or list of tiles on one grid, a
+        ``.zarr`` store (plain or OME-Zarr NGFF 0.4/0.5), a NIfTI-1/2 file
+        (``.nii``, ``.nii.gz``), a DICOM series (a directory, or a list of files),
+        an OME-TIFF or whole-slide TIFF (SVS, NDPI, pyramidal TIFF).
+    chunks : int, optional
+        Chunk side in pixels/voxels (>= 16) along every spatial axis, honoured as
+        given. By default a multiple of the file's tiles near 1024 (2-D) or 128
+        (volumes); plain 2-D Zarr keeps the store's chunks.
+    nodata : float, optional
+        Overrides the file's nodata value.
+    level : int
+        Pyramid level (0 = full resolution) of OME-TIFF, whole-slide TIFF and
+        OME-Zarr inputs, or GDAL overview (``level - 1``); other formats have one.
+
+    Returns
+    -------
+    DataArray, shape (band, y, x) or (band, z, y, x)
+        Lazy (Dask), the band axis one chunk; ``attrs["source"]`` names the input and
+        ``attrs["geometry"]`` holds the geometry.
+    Geometry
+        Where the pixels are (CRS and transform, or affine, spacing and units).
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable input, unsupported data type, a level the file lacks,
+        inconsistent series (DICOM) or time series (several timepoints).
+    """
+    _check_args(chunks, level)
+    paths = _expand_sources(source)
+    reader = _reader_for(paths)
+    parts = "tiles" if reader.kind == "gdal" else "files"
+    label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} {parts})"
+    da, geometry = reader.open(paths, chunks, level)
+    if nodata is not None:
+        da = da.rio.write_nodata(nodata, encoded=False)
+    da.attrs["source"] = label
+    da.attrs["geometry"] = geometry
+    da.name = "image"
+    return da, geometry
 
 
 def open_image(
-    source: SomeSource, *, chunks: int | None = None, nodata: float | None = None
+    source: SomeSource, *, chunks: int | None = None, nodata: float | None = None,
+    level: int = 0,
 ) -> xr.DataArray:
-    """Open a raster lazily as a chunked ``DataArray(band, y, x)``.
+    """Open a raster or volume lazily as a chunked ``DataArray(band, [z,] y, x)``.
 
     Parameters
     ----------
     source : path, glob, or list of paths
         A GeoTIFF/COG or any GDAL raster (plain PNG/JPEG/TIFF included, with pixel
         coordinates), a glob or list of tiles on one grid (mosaicked lazily through a
-        GDAL VRT), or a ``.zarr`` store with one ``(band, y, x)`` or ``(y, x)`` variable.
+        GDAL VRT), a ``.zarr`` store with one ``(band, y, x)``, ``(y, x)`` or
+        ``(band, z, y, x)`` variable, or any input :func:`open_with_geometry` reads
+        (NIfTI, DICOM, OME-TIFF, whole-slide TIFF, OME-Zarr).
     chunks : int, optional
         Chunk side in pixels (>= 16), honoured as given. By default a multiple of the
-        file's internal tiles near 1024 (Zarr: the store's chunks).
+        file's internal tiles near 1024 (Zarr: the store's chunks; volumes: 128).
     nodata : float, optional
         Overrides the file's nodata value. NaN is always nodata.
+    level : int
+        Pyramid level (see :func:`open_with_geometry`).
 
     Returns
     -------
-    DataArray, shape (band, y, x)
+    DataArray, shape (band, y, x) or (band, z, y, x)
         Lazy (Dask); georeferencing through ``.rio`` (CRS, transform), nodata as
-        ``.rio.nodata``, and ``attrs["source"]`` naming the input.
+        ``.rio.nodata``, ``attrs["source"]`` naming the input, and (all but GDAL
+        rasters) ``attrs["geometry"]``.
 
     Raises
     ------
     InputError
         Missing file, unreadable raster, unsupported data type, tiles not on one grid.
     """
-    if chunks is not None and chunks < 16:
-        raise ValueError(f"chunks: expected a chunk side >= 16 pixels, got {chunks}")
-    paths = _expand_sources(source)
-    label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} tiles)"
-    if len(paths) == 1 and _is_zarr(paths[0]):
-        da = _open_zarr(paths[0], chunks)
-    else:
-        if len(paths) == 1:
-            target = paths[0]
-            info = _describe(target)
-        else:
-            target = _mosaic_vrt(paths)
-            info = _describe(target)
-        side = chunks or default_chunk(info["block"], info["shape"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            da = rioxarray.open_rasterio(
-                target,
-                chunks={"band": -1, "y": side, "x": side},
-                lock=False,  # one dataset handle per read, no process-wide lock
-                cache=False,
-                parse_coordinates=True,
-            )
-        da = da.drop_vars([c for c in ("band",) if c in da.coords])
-    if nodata is not None:
-        da = da.rio.write_nodata(nodata, encoded=False)
-    da.attrs["source"] = label
-    da.name = "image"
+    da, geometry = open_with_geometry(source, chunks=chunks, nodata=nodata, level=level)
+    if geometry.kind == "gdal":
+        # GDAL rasters keep their historical attrs: a Geometry is no Zarr/netCDF
+        # attribute, and these images are written back with xarray (their geometry is
+        # all in .rio); open_with_geometry returns it
+        del da.attrs["geometry"]
     return da
+
+
+# --- small in-memory overviews ----------------------------------------------------------
+
+
+def read_overview(
+    source: SomeSource, max_side: int = 1024, *, level: int = 0,
+) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Read a small in-memory copy of an image, from its pyramid when it has one.
+
+    Parameters
+    ----------
+    source : path, glob, or list of paths
+        Any input :func:`open_with_geometry` reads.
+    max_side : int
+        The overview's long spatial side is about this (at least this, less than
+        twice it) unless the image is smaller.
+    level : int
+        The pyramid level the factors refer to (the one the run reads).
+
+    Returns
+    -------
+    ndarray, shape (band, y, x) or (band, z, y, x)
+        From the coarsest pyramid level (or GDAL overview) whose long side is still
+        >= ``max_side``, decimated further by an integer stride; images without a
+        pyramid are read strided (only the chunks they need are read, but each whole).
+    tuple of float
+        The decimation factor of each spatial axis relative to level ``level``: pixel
+        ``i`` of the overview is pixel ``i * factor`` there.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side: expected a positive side, got {max_side}")
+    _check_args(None, level)
+    paths = _expand_sources(source)
+    reader = _reader_for(paths)
+    if reader.kind == "gdal":
+        return _gdal_overview(paths, max_side, level)
+    da, geometry = reader.open(paths, None, level)
+    base = geometry.shape
+    levels = int(geometry.extra.get("levels", 1))
+    shapes = geometry.extra.get("level_shapes")
+    chosen = level
+    for lvl in range(level + 1, levels):
+        shape = tuple(shapes[lvl]) if shapes else reader.open(paths, None, lvl)[1].shape
+        if max(shape) < max_side:
+            break
+        chosen = lvl
+    if chosen != level:
+        da, geometry = reader.open(paths, None, chosen)
+    stride = max(1, max(geometry.shape) // max_side)
+    small = np.asarray(da.data[(slice(None),) + (slice(None, None, stride),) * geometry.ndim])
+    factors = tuple(float(b) / s * stride for b, s in zip(base, geometry.shape, strict=True))
+    return small, factors
+
+
+def _gdal_overview(paths: list[str], max_side: int,
+                   level: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    from rasterio.enums import Resampling
+
+    target, options, _, _ = _gdal_target(paths, level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(target, **options) as ds:
+            h, w = ds.height, ds.width
+            stride = max(1, max(h, w) // max_side)
+            out = (ds.count, -(-h // stride), -(-w // stride))
+            small = ds.read(out_shape=out, resampling=Resampling.nearest)
+    return small, (h / out[1], w / out[2])

@@ -194,6 +194,8 @@ class LabelWriter:
         formats: tuple[str, ...] = LABEL_FORMATS,
         stem: str = "labels",
         predictor: bool = False,
+        geometry: Any = None,
+        class_names: list[str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.stem = stem
@@ -208,9 +210,13 @@ class LabelWriter:
         self._lock = threading.Lock()
         self._tif: Any = None
         self._zarr: Any = None
-        height, width = template.shape
-        self._chunks = template.chunks or ((height,), (width,))
-        self._chunk_side = max(self._chunks[0][0], self._chunks[1][0])
+        height, width = template.shape[-2:]
+        self._chunks = template.chunks or tuple((n,) for n in template.shape)
+        self._chunk_side = max(self._chunks[-2][0], self._chunks[-1][0])
+        if "cog" in self.formats and template.ndim != 2:
+            raise ValueError(f"{stem}: a COG holds a 2-D raster, not dims {template.dims}")
+        # the other formats' sinks (NIfTI, OME-Zarr, ...: pipeline.io._sinks)
+        self._sinks = self._open_sinks(template, geometry, class_names)
         self._tif_tmp = self.directory / f".{stem}.tiled.tif"
         self._streams_kept = False  # the finished stream and overviews are still on disk
         self._finished = False  # every block written: read_back may read the raster
@@ -241,6 +247,26 @@ class LabelWriter:
         if "zarr" in self.formats:
             self._zarr = self._create_zarr(template)
 
+    def _open_sinks(self, template: xr.DataArray, geometry: Any,
+                    class_names: list[str] | None) -> list[Any]:
+        from ._sinks import SINKS
+
+        wanted = [f for f in self.formats if SINKS[f].factory is not None]
+        if not wanted:
+            return []
+        if geometry is None:
+            from ._geometry import Geometry
+
+            geometry = template.attrs.get("geometry") or Geometry(
+                dims=tuple(template.dims), shape=tuple(template.shape))
+        role = ("classes" if self.n_classes is not None
+                else "ids" if self.nodata == 0 else "values")
+        return [SINKS[f].factory(self.directory, self.stem, geometry,
+                                 shape=tuple(template.shape), chunks=self._chunks,
+                                 dtype=self.dtype, nodata=self.nodata, role=role,
+                                 n_classes=self.n_classes, class_names=class_names)
+                for f in wanted]
+
     def _overview_path(self, factor: int) -> Path:
         return self.directory / f".{self.stem}.ovr{factor}.tif"
 
@@ -265,7 +291,10 @@ class LabelWriter:
         extra = [c for c in ds[self.stem].coords if c not in ds[self.stem].dims]
         if extra:
             attrs["coordinates"] = " ".join(sorted(extra))
-        attrs["_FillValue"] = self.nodata
+        # the nodata label as an attribute, not `_FillValue`: xarray would decode the
+        # integer labels to float32 with NaN; users expect integer labels (Zarr v3
+        # stores its own fill value, which xarray does not use as a mask)
+        attrs["nodata"] = self.nodata
         import zarr  # only runs that write Zarr pay its import (0.1 s)
 
         return zarr.open_group(str(path), mode="r+").create_array(
@@ -283,7 +312,9 @@ class LabelWriter:
         block = np.asarray(block)
         if self._zarr is not None:
             self._zarr[region] = block
-        self.add(region, block, self.histogram(block))
+        for sink in self._sinks:
+            sink[region] = block
+        self.add(region, block, self.histogram(block), sinks_written=True)
 
     def histogram(self, block: np.ndarray) -> np.ndarray | None:
         """Pixels per class of a block, nodata last (``None`` for ID rasters)."""
@@ -303,15 +334,24 @@ class LabelWriter:
         remote_zarr = shared and self._zarr is not None
         return {"zarr": (str(self.directory / f"{self.stem}.zarr"), self.stem, self._token)
                 if remote_zarr else None,
-                "tif": self._tif is not None or (self._zarr is not None and not remote_zarr),
+                "tif": (self._tif is not None or bool(self._sinks)
+                        or (self._zarr is not None and not remote_zarr)),
                 "n_classes": self.n_classes,  # None: no counts (an ID raster)
                 "nodata": self.nodata}
 
-    def add(self, region: tuple[slice, slice], block: np.ndarray | None,
-            hist: np.ndarray | None, *, zarr_written: bool = True) -> None:
-        """Record a block: its GeoTIFF tiles, its Zarr chunk unless written, its counts."""
+    def add(self, region: tuple[slice, ...], block: np.ndarray | None,
+            hist: np.ndarray | None, *, zarr_written: bool = True,
+            sinks_written: bool = False) -> None:
+        """Record a block: its GeoTIFF tiles, its Zarr chunk unless written, its counts.
+
+        Blocks that come back from workers (``sinks_written`` false) also go to the
+        other formats' sinks here.
+        """
         if not zarr_written and self._zarr is not None:
             self._zarr[region] = block
+        if not sinks_written and block is not None:
+            for sink in self._sinks:
+                sink[region] = block
         with self._lock:
             if self._tif is not None:
                 self._tif.write(block, 1, window=_window(region))
@@ -366,6 +406,9 @@ class LabelWriter:
         """Finish every output (:meth:`encode_cog`, Zarr metadata) and return their paths."""
         self.encode_cog()
         outputs = [self.directory / f"{self.stem}.tif"] if self._encoded else []
+        for sink in self._sinks:
+            outputs += sink.close()
+        self._sinks = []
         if self._zarr is not None:
             self._zarr = None
             path = self.directory / f"{self.stem}.zarr"
@@ -386,6 +429,11 @@ class LabelWriter:
             for p in [self._tif_tmp, *(self._overview_path(f) for f in self._factors)]:
                 p.unlink(missing_ok=True)
             self._streams_kept = False
+
+    @property
+    def readable(self) -> bool:
+        """Whether :meth:`read_back` can read the raster (it has a COG or a Zarr store)."""
+        return "cog" in self.formats or "zarr" in self.formats
 
     def read_back(self) -> Any:
         """Return the finished raster, read back lazily: a Dask array chunked as given.
@@ -414,6 +462,9 @@ class LabelWriter:
         if self._tif is not None:
             self._close_tifs()
         self._zarr = None
+        for sink in self._sinks:
+            sink.abort()
+        self._sinks = []
 
     def _close_tifs(self) -> None:
         self._tif.close()

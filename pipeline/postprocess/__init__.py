@@ -1,5 +1,8 @@
 """Post-processing of class maps (majority filter, segments, merging, polygons).
 
+Segments, their merging and their table work on 2-D class maps ``(y, x)`` and on
+volumes ``(z, y, x)`` alike (the functions dispatch on ``labels.ndim``).
+
 Names load on first use: segments and polygons bring pandas, pyarrow and shapely,
 which a run without them should not pay for at start-up.
 """
@@ -12,6 +15,7 @@ _WHERE = {
     "load_kernels": "_merge",
     "merge_small_segments": "_merge",
     "pixels_for_area": "_merge",
+    "voxels_for_volume": "_merge",
     "SegmentIndex": "_segments",
     "SegmentStats": "_segments",
     "SegmentTasks": "_segments",
@@ -28,7 +32,12 @@ __all__: list[str] = sorted(_WHERE)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._majority import majority_filter  # noqa: F401
-    from ._merge import load_kernels, merge_small_segments, pixels_for_area  # noqa: F401
+    from ._merge import (  # noqa: F401
+        load_kernels,
+        merge_small_segments,
+        pixels_for_area,
+        voxels_for_volume,
+    )
     from ._segments import (  # noqa: F401
         SegmentIndex,
         SegmentStats,

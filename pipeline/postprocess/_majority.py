@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numba
 import numpy as np
 import xarray as xr
@@ -169,21 +171,276 @@ def _majority_boxcount(block, radius, nodata, n_bins, col, out):  # pragma: no c
                          else block.dtype.type(best_v[j]))
 
 
-def majority_block(block: np.ndarray, radius: int, nodata: int) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _majority_direct3(block, rz, ry, rx, nodata, counts, out):  # pragma: no cover
+    """Count each window afresh: 3 visits of the window's voxels, whatever the classes."""
+    d, h, w = block.shape
+    for k in range(d):
+        k0 = max(k - rz, 0)
+        k1 = min(k + rz + 1, d)
+        for i in range(h):
+            i0 = max(i - ry, 0)
+            i1 = min(i + ry + 1, h)
+            for j in range(w):
+                c = block[k, i, j]
+                if c == nodata:
+                    out[k, i, j] = nodata
+                    continue
+                j0 = max(j - rx, 0)
+                j1 = min(j + rx + 1, w)
+                for e in range(k0, k1):
+                    for a in range(i0, i1):
+                        for b in range(j0, j1):
+                            v = block[e, a, b]
+                            if v != nodata:
+                                counts[v] += 1
+                best_n = 0
+                best_v = c
+                for e in range(k0, k1):
+                    for a in range(i0, i1):
+                        for b in range(j0, j1):
+                            v = block[e, a, b]
+                            if v != nodata:
+                                n = counts[v]
+                                if n > best_n or (n == best_n and v < best_v):
+                                    best_n = n
+                                    best_v = v
+                out[k, i, j] = c if counts[c] == best_n else best_v
+                for e in range(k0, k1):
+                    for a in range(i0, i1):
+                        for b in range(j0, j1):
+                            counts[block[e, a, b]] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _majority_sliding3(block, rz, ry, rx, nodata, n_bins, counts, out):  # pragma: no cover
+    """Slide a class histogram along each row of a volume, for a moderate class count.
+
+    Per voxel: 2 (2rz+1)(2ry+1) updates and ``n_bins`` bins to scan.
+    """
+    d, h, w = block.shape
+    for k in range(d):
+        k0 = max(k - rz, 0)
+        k1 = min(k + rz + 1, d)
+        for i in range(h):
+            i0 = max(i - ry, 0)
+            i1 = min(i + ry + 1, h)
+            for v in range(n_bins):
+                counts[v] = 0
+            for b in range(min(rx, w)):
+                for e in range(k0, k1):
+                    for a in range(i0, i1):
+                        v = block[e, a, b]
+                        if v != nodata:
+                            counts[v] += 1
+            for j in range(w):
+                enter = j + rx
+                if enter < w:
+                    for e in range(k0, k1):
+                        for a in range(i0, i1):
+                            v = block[e, a, enter]
+                            if v != nodata:
+                                counts[v] += 1
+                leave = j - rx - 1
+                if leave >= 0:
+                    for e in range(k0, k1):
+                        for a in range(i0, i1):
+                            v = block[e, a, leave]
+                            if v != nodata:
+                                counts[v] -= 1
+                c = block[k, i, j]
+                if c == nodata:
+                    out[k, i, j] = nodata
+                    continue
+                best_n = 0
+                best_v = c
+                for v in range(n_bins):  # ascending: ties go to the smallest ID
+                    if counts[v] > best_n:
+                        best_n = counts[v]
+                        best_v = v
+                out[k, i, j] = c if counts[c] == best_n else best_v
+
+
+@numba.njit(cache=True, nogil=True)
+def _majority_boxcount3(block, rz, ry, rx, nodata, n_bins, row, along_x, ring, plane,
+                        best_n, best_v, centre_n, out):  # pragma: no cover - compiled
+    """Separable per-class box counts over a volume, for few classes.
+
+    Class by class, slice by slice: the window count along x from a zero-padded row
+    (``row``; ``rx`` zeros either side stand for voxels beyond the block edge) into
+    the slice buffer ``along_x``, a running sum along y into a ``ring`` of the last
+    ``2 rz + 2`` slices, and a running sum along z in ``plane``, which then updates the
+    running maximum (strict ``>`` in ascending class order: ties go to the smallest
+    ID) and the centre class's count. Every pass but the row fill is a whole-row vector
+    operation on slice-sized buffers; integer sums, so their order cannot change the
+    result. About ``n_bins * (2 rx + 9)`` vector lanes of work per voxel, whatever
+    ``ry`` and ``rz``; besides the block, 3 count volumes and ``2 rz + 4`` slices.
+    """
+    d, h, w = block.shape
+    n_ring = ring.shape[0]
+    ct = along_x.dtype.type
+    one = ct(1)
+    zero = ct(0)
+    best_n[:] = 0
+    best_v[:] = 0
+    centre_n[:] = 0
+    row[:] = 0
+    for v in range(n_bins):
+        if v == nodata:
+            continue
+        vb = block.dtype.type(v)
+        vv = ct(v)
+        plane[:, :] = 0
+        for k in range(-rz, d):  # k < 0: the first slices enter before the first output
+            enter = k + rz
+            if enter < d:
+                for i in range(h):  # along x
+                    src = block[enter, i]
+                    for j in range(w):
+                        row[rx + j] = one if src[j] == vb else zero
+                    dst = along_x[i]
+                    for j in range(w):
+                        dst[j] = row[j]
+                    for off in range(1, 2 * rx + 1):
+                        for j in range(w):
+                            dst[j] += row[j + off]
+                acc_slice = ring[enter % n_ring]  # along y: a running sum down the slice
+                acc = acc_slice[0]
+                acc[:] = 0
+                for a in range(min(ry + 1, h)):
+                    for j in range(w):
+                        acc[j] += along_x[a, j]
+                for i in range(1, h):
+                    prev = acc_slice[i - 1]
+                    acc = acc_slice[i]
+                    for j in range(w):
+                        acc[j] = prev[j]
+                    if i + ry < h:
+                        src = along_x[i + ry]
+                        for j in range(w):
+                            acc[j] += src[j]
+                    if i - ry - 1 >= 0:
+                        src = along_x[i - ry - 1]
+                        for j in range(w):
+                            acc[j] -= src[j]
+                for i in range(h):  # along z: the entering slice
+                    p = plane[i]
+                    src = acc_slice[i]
+                    for j in range(w):
+                        p[j] += src[j]
+            leave = k - rz - 1
+            if leave >= 0:
+                gone = ring[leave % n_ring]
+                for i in range(h):
+                    p = plane[i]
+                    src = gone[i]
+                    for j in range(w):
+                        p[j] -= src[j]
+            if k < 0:
+                continue
+            for i in range(h):
+                p = plane[i]
+                bn = best_n[k, i]
+                bv = best_v[k, i]
+                cn = centre_n[k, i]
+                lab = block[k, i]
+                for j in range(w):
+                    n = p[j]
+                    better = n > bn[j]
+                    bn[j] = n if better else bn[j]
+                    bv[j] = vv if better else bv[j]
+                    cn[j] = n if lab[j] == vb else cn[j]
+    for k in range(d):
+        for i in range(h):
+            for j in range(w):
+                c = block[k, i, j]
+                # a valid centre is counted in its own window, so best_n >= 1 there
+                out[k, i, j] = (c if (c == nodata or centre_n[k, i, j] == best_n[k, i, j])
+                                else block.dtype.type(best_v[k, i, j]))
+
+
+def majority_block3(block: np.ndarray, radii: tuple[int, int, int], nodata: int) -> np.ndarray:
+    """Majority filter of one (halo-extended) ``(z, y, x)`` block, per-axis radii.
+
+    The rule of :func:`majority_block` over a ``(2rz+1) x (2ry+1) x (2rx+1)`` window
+    cut at the block edge. Few classes take separable box counts, more a sliding
+    histogram along x, very many with a small window a direct count (all three give
+    the same map; the choice is by measured cost).
+    """
+    block = np.ascontiguousarray(block)
+    rz, ry, rx = (int(r) for r in radii)
+    nodata_v = block.dtype.type(nodata)
+    out = np.empty_like(block)
+    if block.size == 0:
+        return out
+    n_bins = int(_max_valid(block, nodata_v)) + 1
+    face = (2 * rz + 1) * (2 * ry + 1)
+    window = face * (2 * rx + 1)
+    # Measured on 128^3 uint8 maps (random and blocky), per 2.1 M voxels: box counts
+    # ~3.5 ms per class bin; the sliding histogram ~3.5-5 ms per voxel of the window's
+    # y-z face plus ~1.1 ms per bin; a direct count ~3.6-6.6 ms per window voxel. So:
+    # box counts up to two bins per face voxel, then the histogram while its updates
+    # and scan cost less than the direct count's visits.
+    if n_bins <= 2 * face:
+        ctype = np.int16 if window < 2**15 else np.int32
+        d, h, w = block.shape
+        _majority_boxcount3(
+            block, rz, ry, rx, nodata_v, n_bins, np.empty(w + 2 * rx, ctype),
+            np.empty((h, w), ctype), np.empty((2 * rz + 2, h, w), ctype),
+            np.empty((h, w), ctype), np.empty(block.shape, ctype),
+            np.empty(block.shape, ctype), np.empty(block.shape, ctype), out)
+        return out
+    counts = np.zeros(int(np.iinfo(block.dtype).max) + 1, dtype=np.int32)
+    if 4 * face + n_bins < 6 * window:
+        _majority_sliding3(block, rz, ry, rx, nodata_v, n_bins, counts, out)
+    else:
+        _majority_direct3(block, rz, ry, rx, nodata_v, counts, out)
+    return out
+
+
+def _whole(r: object) -> bool:
+    if isinstance(r, bool):
+        return False
+    return isinstance(r, int | np.integer) or (isinstance(r, float) and r.is_integer())
+
+
+def _radii(radius: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    """One radius per spatial axis, checked: integers >= 0.
+
+    Raises
+    ------
+    ValueError
+        If a radius is not a whole number >= 0, or there is not one per axis.
+    """
+    if isinstance(radius, Sequence) and not isinstance(radius, str):
+        radii = tuple(radius)
+        if len(radii) != ndim:
+            raise ValueError(f"majority_filter: expected one radius per axis of the "
+                             f"{ndim}-D labels, got {radius!r}")
+    else:
+        radii = (radius,) * ndim
+    if not all(_whole(r) for r in radii) or min(radii) < 0:
+        raise ValueError(f"majority_filter: radius must be an integer >= 1 (or one "
+                         f"integer >= 0 per axis, the largest >= 1), got {radius!r}")
+    return tuple(int(r) for r in radii)
+
+
+def majority_block(block: np.ndarray, radius: int | Sequence[int], nodata: int) -> np.ndarray:
     """Majority filter of one (halo-extended) block; also the whole-image reference.
 
     Parameters
     ----------
-    block : ndarray, shape (y, x), uint8 or uint16
+    block : ndarray, shape (y, x) or (z, y, x), uint8 or uint16
         Class IDs; ``nodata`` marks invalid pixels.
-    radius : int
-        The window is ``(2 * radius + 1)`` pixels square, cut at the block edge.
+    radius : int or sequence of int
+        The window is ``(2 * radius + 1)`` pixels along every axis, or ``2 * r + 1``
+        along each axis for per-axis radii (dims order), cut at the block edge.
     nodata : int
         The nodata label.
 
     Returns
     -------
-    ndarray, shape (y, x), same dtype
+    ndarray, same shape and dtype
         The most frequent class among the valid pixels of each window. Ties keep the
         centre pixel's class when it is among the most frequent, else the smallest ID.
         Nodata is never counted and nodata pixels stay nodata.
@@ -193,6 +450,13 @@ def majority_block(block: np.ndarray, radius: int, nodata: int) -> np.ndarray:
     # histogram bin per pixel (65536 for uint16 labels). Here separable box counts serve
     # a few classes, a sliding histogram more, and counting each window afresh many;
     # all three give the same map.
+    radii = _radii(radius, block.ndim)
+    if block.ndim == 3:
+        return majority_block3(block, (radii[0], radii[1], radii[2]), nodata)
+    if radii[0] != radii[1]:
+        # an anisotropic 2-D window is a one-slice volume
+        return majority_block3(block[None], (0, radii[0], radii[1]), nodata)[0]
+    radius = radii[0]
     block = np.ascontiguousarray(block)
     nodata_v = block.dtype.type(nodata)
     out = np.empty_like(block)
@@ -213,23 +477,26 @@ def majority_block(block: np.ndarray, radius: int, nodata: int) -> np.ndarray:
 
 
 def majority_filter(
-    labels: xr.DataArray, radius: int = 1, *, nodata: int | None = None
+    labels: xr.DataArray, radius: int | Sequence[int] = 1, *, nodata: int | None = None
 ) -> xr.DataArray:
     """Replace each pixel's class by the most frequent class around it, lazily.
 
     Parameters
     ----------
-    labels : DataArray, shape (y, x), uint8 or uint16
+    labels : DataArray, shape (y, x) or (z, y, x), uint8 or uint16
         A class map, e.g. from :func:`pipeline.predict`.
-    radius : int
-        Window of ``(2 * radius + 1) x (2 * radius + 1)`` pixels (>= 1); also the halo
-        each chunk reads from its neighbours (``map_overlap``).
+    radius : int or sequence of int
+        Window of ``2 * radius + 1`` pixels (voxels) along every axis (>= 1): a square,
+        or a cube on a volume. A sequence gives one radius per spatial axis in dims
+        order (each >= 0, the largest >= 1), e.g. ``(1, 2, 2)`` for voxels twice as
+        thick as they are wide. Each chunk reads a halo of the radius along its axis
+        from its neighbours (``map_overlap``), no more.
     nodata : int, optional
         The nodata label; by default ``labels.rio.nodata``.
 
     Returns
     -------
-    DataArray, shape (y, x)
+    DataArray, same shape
         Lazy, same dtype, chunks, coordinates and nodata as ``labels``. Nodata pixels stay
         nodata and are never counted; pixels beyond the image edge are not counted either.
         Ties keep the centre class when it is among the most frequent, else the smallest
@@ -240,7 +507,8 @@ def majority_filter(
     TypeError
         If the labels are not uint8 or uint16.
     ValueError
-        If ``radius < 1`` or no nodata label is known.
+        If the labels are not 2-D or 3-D, the radius is not as above, or no nodata
+        label is known.
 
     Examples
     --------
@@ -248,30 +516,35 @@ def majority_filter(
     """
     if labels.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"majority_filter: expected uint8 or uint16 labels, got {labels.dtype}")
-    if int(radius) != radius or radius < 1:
-        raise ValueError(f"majority_filter: radius must be an integer >= 1, got {radius!r}")
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"majority_filter: expected (y, x) or (z, y, x) labels, got dims "
+                         f"{labels.dims}")
+    radii = _radii(radius, labels.ndim)
+    if max(radii) < 1:
+        raise ValueError(f"majority_filter: radius must be an integer >= 1 (or one "
+                         f"integer >= 0 per axis, the largest >= 1), got {radius!r}")
     if nodata is None:
         nodata = labels.rio.nodata
     if nodata is None:
         raise ValueError("majority_filter: the labels have no nodata value; pass nodata=")
-    radius = int(radius)
     data = labels.data
-    # halo = radius on axes with several chunks; an axis shorter than the halo is made
-    # one chunk (dask cannot overlap it)
+    # halo = the radius along each axis with several chunks; an axis shorter than its
+    # halo is made one chunk (dask cannot overlap it)
     depth: dict[int, int] = {}
     single: dict[int, int] = {}
-    for axis, chunks in enumerate(data.chunks):
-        if len(chunks) > 1 and sum(chunks) <= radius:
+    for axis, (chunks, r) in enumerate(zip(data.chunks, radii, strict=True)):
+        if len(chunks) > 1 and sum(chunks) <= r:
             single[axis] = -1
-        depth[axis] = radius if len(chunks) > 1 and axis not in single else 0
+        depth[axis] = r if len(chunks) > 1 and axis not in single else 0
     src = data.rechunk(single) if single else data
     out = src.map_overlap(
         majority_block,
         depth=depth,
         boundary="none",  # the kernel cuts windows at the image edge: outside never counts
         dtype=labels.dtype,
-        meta=np.empty((0, 0), labels.dtype),
-        radius=radius,
+        meta=np.empty((0,) * labels.ndim, labels.dtype),
+        # the 2-D square window keeps its int (the same graph and kernel as before)
+        radius=radii[0] if len(set(radii)) == 1 and labels.ndim == 2 else radii,
         nodata=int(nodata),
     )
     if out.chunks != data.chunks:

@@ -17,7 +17,17 @@ from affine import Affine
 from ._kernels import _find, _min_by_group
 from ._segments import SegmentIndex, segment_dtype
 
-__all__ = ["merge_small_segments", "pixels_for_area"]
+__all__ = ["merge_small_segments", "pixels_for_area", "voxels_for_volume"]
+
+
+def _count_for(amount: float, unit: float) -> int:
+    """Smallest ``n`` with ``n * unit >= amount``, guarded against the division's rounding."""
+    n = max(1, math.ceil(amount / unit))
+    while n > 1 and (n - 1) * unit >= amount:
+        n -= 1
+    while n * unit < amount:
+        n += 1
+    return n
 
 
 def pixels_for_area(area: float, transform: Affine) -> int:
@@ -40,12 +50,29 @@ def pixels_for_area(area: float, transform: Affine) -> int:
     pixel = abs(transform.a * transform.e - transform.b * transform.d)
     if not pixel > 0:
         raise ValueError("the transform has a zero pixel area")
-    n = max(1, math.ceil(area / pixel))
-    while n > 1 and (n - 1) * pixel >= area:  # guard the division's rounding
-        n -= 1
-    while n * pixel < area:
-        n += 1
-    return n
+    return _count_for(area, pixel)
+
+
+def voxels_for_volume(volume: float, voxel_volume: float) -> int:
+    """Smallest voxel count whose volume is at least ``volume``.
+
+    Parameters
+    ----------
+    volume : float
+        Minimum volume (> 0), in the unit of ``voxel_volume`` (e.g. mm^3).
+    voxel_volume : float
+        Volume of one voxel (> 0), e.g. :attr:`pipeline.io.Geometry.voxel_size`.
+
+    Returns
+    -------
+    int
+        ``n`` such that a segment of ``m`` voxels is small exactly when ``m < n``.
+    """
+    if not volume > 0:
+        raise ValueError(f"volume must be > 0, got {volume!r}")
+    if not (voxel_volume > 0 and math.isfinite(voxel_volume)):
+        raise ValueError(f"voxel_volume must be > 0, got {voxel_volume!r}")
+    return _count_for(volume, voxel_volume)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -167,13 +194,15 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
     Smallest segments first (ties: lowest ID); the neighbour with the closest mean
     feature vector wins (squared Euclidean distance in the units of
     :func:`segment_tasks`' ``offset``/``scale``), ties going to the longest shared
-    border (4-adjacent pixel pairs), then to the lowest ID. The statistics of the
+    border (4-adjacent pixel pairs; 6-adjacent voxel pairs in a volume), then to the
+    lowest ID. The statistics of the
     merged segment are updated after each merge, and it keeps the class of the
     segment it merged into; a merged segment still too small goes on merging. A
     segment without neighbours (surrounded by nodata) stays as it is.
 
     The merged segments are renumbered canonically again (by first pixel), so the
-    result is what a single-chunk run gives, exactly.
+    result is what a single-chunk run gives, exactly. Volumes ``(z, y, x)`` follow the
+    same rule on their (3-D) index.
 
     Parameters
     ----------
@@ -235,7 +264,7 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
                         connectivity=index.connectivity)
 
 
-def load_kernels() -> None:
+def load_kernels(ndim: int = 2) -> None:
     """Resolve and merge the segments of a tiny class map, to load their kernels.
 
     numba loads a cached kernel on its first call in a process: the resolve and merge
@@ -243,8 +272,11 @@ def load_kernels() -> None:
     only work left for that core. The orchestrator calls this in a thread while the
     pass over the input runs instead. Plain NumPy calls of the chunk tasks (no Dask,
     no xarray, no warning filters: safe beside the pass); changes nothing but numba's
-    loaded kernels.
+    loaded kernels. ``ndim=3``: the kernels of volumes ``(z, y, x)``.
     """
+    if ndim == 3:
+        _load_kernels3()
+        return
     from ._segments import SegmentTasks, _chunk_task, _join_task, _sum_units, resolve_segments
 
     classes = np.zeros((6, 6), dtype=np.uint8)
@@ -265,3 +297,28 @@ def load_kernels() -> None:
                              *_sum_units(1, integer_sums, one - 1, one))
         pieces = [blocks[i, j][0] for i in range(2) for j in range(2)]
         merge_small_segments(resolve_segments(tasks, pieces, joins), 5)
+
+
+def _load_kernels3() -> None:
+    """:func:`load_kernels` for volumes: a 4^3 class map in 8 chunks of 2^3."""
+    from ._segments import SegmentTasks, _sum_units, resolve_segments
+    from ._segments3d import _chunk_task3, _join_task3
+
+    classes = np.zeros((4, 4, 4), dtype=np.uint8)
+    classes[1:3, 1:3, 1:3] = 1
+    classes[0, 0, 3] = 255
+    raw = np.arange(64, dtype=np.uint16).reshape(1, 4, 4, 4)
+    one = np.ones(1)
+    corners = list(np.ndindex(2, 2, 2))
+    for feats, integer_sums in ((raw, True), (raw.astype(np.float32), False)):
+        blocks = [_chunk_task3(classes[2 * i:2 * i + 2, 2 * j:2 * j + 2, 2 * k:2 * k + 2],
+                               feats[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2, 2 * k:2 * k + 2],
+                               np.zeros(1, np.int64), n, (2 * i, 2 * j, 2 * k), 4, 4, 255, 3,
+                               one - 1, one, 9, integer_sums)
+                  for n, (i, j, k) in enumerate(corners)]
+        faces = {c: b[1] for c, b in zip(corners, blocks, strict=True)}
+        joins = [_join_task3([faces.get(tuple(a + b for a, b in zip(c, o, strict=True)))
+                              for o in corners], 3, True) for c in corners]
+        tasks = SegmentTasks([None] * 8, [None] * 8, ((2, 2),) * 3, 26, 9,
+                             *_sum_units(1, integer_sums, one - 1, one))
+        merge_small_segments(resolve_segments(tasks, [b[0] for b in blocks], joins), 9)

@@ -17,6 +17,10 @@ permutation of them. Three steps, in the order the orchestrator runs them:
 
 No task ever holds more than one chunk and its neighbours' edge strips; only the
 per-piece summaries (the size of the segment table) come back to the caller.
+
+Volumes ``(z, y, x)`` (6-, 18- or 26-connectivity) take the same three steps, with the
+3-D chunk and join tasks of :mod:`._segments3d`; the functions here dispatch on
+``labels.ndim``.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ from ._kernels import (
     label_runs,
     paint_runs,
 )
+from ._kernels3d import _reduce_extra
 
 __all__ = [
+    "CONNECTIVITIES",
     "FIXED_POINT_BITS",
     "SegmentIndex",
     "SegmentStats",
@@ -258,11 +264,13 @@ class SegmentTasks:
     Attributes
     ----------
     pieces : list of Delayed
-        One :class:`ChunkPieces` per chunk, chunks in row-major order.
+        One :class:`ChunkPieces` per chunk, chunks in row-major (C) order
+        (:class:`._segments3d.ChunkPieces3` for a volume).
     joins : list of Delayed
-        One :class:`Joins` per chunk (its right face, bottom face and corner).
+        One :class:`Joins` per chunk (its right face, bottom face and corner; for a
+        volume its far faces, edges and corner).
     chunks : tuple of tuple of int
-        The chunking of the class map.
+        The chunking of the class map (one tuple per spatial dim).
     connectivity : int
     min_pixels : int or None
     sum_offset, sum_scale : ndarray, shape (feature,)
@@ -277,16 +285,68 @@ class SegmentTasks:
     sum_offset: np.ndarray
     sum_scale: np.ndarray
 
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dims of the class map (2 or 3)."""
+        return len(self.chunks)
+
 
 def _nodata(labels: xr.DataArray) -> int | None:
     nodata = labels.rio.nodata
     return None if nodata is None or not np.isfinite(nodata) else int(nodata)
 
 
-def _check_connectivity(connectivity: int) -> int:
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+#: allowed connectivities by number of spatial dims
+CONNECTIVITIES = {2: (4, 8), 3: (6, 18, 26)}
+
+
+def _check_connectivity(connectivity: int, labels: Any = None) -> int:
+    ndim = 2 if labels is None else labels.ndim
+    allowed = CONNECTIVITIES.get(ndim, ())
+    if connectivity not in allowed:
+        dims = "" if labels is None else f" for labels with dims {tuple(labels.dims)}"
+        names = " or ".join(", ".join(map(str, allowed)).rsplit(", ", 1)) if allowed else \
+            "4 or 8 (y, x), 6, 18 or 26 (z, y, x)"
+        raise ValueError(f"connectivity must be {names}, got {connectivity!r}{dims}")
     return int(connectivity)
+
+
+class _Prepared(NamedTuple):
+    data: da.Array
+    nodata: int | None
+    band_index: np.ndarray
+    offset: np.ndarray
+    scale: np.ndarray
+    integer_sums: bool
+
+
+def _prepare(labels: xr.DataArray, features: xr.DataArray | None, connectivity: int,
+             min_pixels: int | None, offset: Any, scale: Any, bands: Sequence[int] | None
+             ) -> _Prepared:
+    """Check the arguments of :func:`segment_tasks` (2-D and 3-D alike)."""
+    if labels.ndim not in CONNECTIVITIES or labels.dtype.kind not in "iub":
+        raise TypeError(f"labels must be a 2-D (y, x) or 3-D (z, y, x) integer DataArray, "
+                        f"got {labels.ndim}-D {labels.dtype}")
+    _check_connectivity(connectivity, labels)
+    if min_pixels is not None and min_pixels < 1:
+        raise ValueError(f"min_pixels must be >= 1, got {min_pixels!r}")
+    data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data)
+    nodata = _nodata(labels)
+    nf = 0 if features is None else int(features.shape[0])
+    if bands is not None:
+        if features is None or not all(0 <= b < nf for b in bands):
+            raise ValueError(f"bands {list(bands)} must index the {nf} bands of features")
+        nf = len(bands)
+    band_index = np.asarray(range(nf) if bands is None else bands, dtype=np.int64)
+    if features is not None and features.shape[1:] != labels.shape:
+        raise ValueError(f"features have shape {features.shape[1:]}, labels {labels.shape}; "
+                         f"expected the same {tuple(labels.dims)} shape")
+    off = np.zeros(nf) if offset is None else np.asarray(offset, dtype=np.float64)
+    scl = np.ones(nf) if scale is None else np.asarray(scale, dtype=np.float64)
+    if off.shape != (nf,) or scl.shape != (nf,):
+        raise ValueError(f"offset and scale must have one value per feature ({nf})")
+    integer_sums = bands is not None and np.dtype(features.dtype) in _INTEGER_SUM_DTYPES
+    return _Prepared(data, nodata, band_index, off, scl, bool(integer_sums))
 
 
 def segment_tasks(
@@ -306,15 +366,17 @@ def segment_tasks(
 
     Parameters
     ----------
-    labels : DataArray, shape (y, x), integer
+    labels : DataArray, shape (y, x) or (z, y, x), integer
         Class map, Dask-backed (chunks as they come); ``rio.nodata`` marks invalid
-        pixels, which belong to no segment.
-    features : DataArray, shape (feature, y, x), optional
+        pixels, which belong to no segment. A volume ``(z, y, x)`` is summarised by
+        :mod:`._segments3d` (its pixels are voxels, its raster order C order).
+    features : DataArray, shape (feature, y, x) or (feature, z, y, x), optional
         Per-pixel features whose per-segment means go into the table; finite wherever
         ``labels`` is valid. Rechunked to the class map's chunks.
-    connectivity : {4, 8}
+    connectivity : {4, 8} for (y, x), {6, 18, 26} for (z, y, x)
         Pixels of one class touching by a side (4) or also by a corner (8) are one
-        segment.
+        segment; voxels touching by a face (6), also by an edge (18), also by a corner
+        (26): ``scipy.ndimage.generate_binary_structure(3, 1 | 2 | 3)``.
     min_pixels : int, optional
         Collect the adjacency of pieces smaller than this (needed to merge small
         segments, see :func:`pipeline.postprocess.merge_small_segments`).
@@ -322,7 +384,7 @@ def segment_tasks(
         Features are summed as ``(x - offset) / scale`` (defaults 0 and 1): the units
         of the similarity used by the merge. Use the model's standardisation.
     bands : sequence of int, optional
-        ``features`` is the raw image (any dtype, shape (band, y, x)) and feature ``f``
+        ``features`` is the raw image (any dtype, shape (band, [z,] y, x)) and feature ``f``
         its 0-based band ``bands[f]``, converted to float32 on the fly: the same sums
         as from :func:`pipeline.io.masked_float`'s copy (valid pixels are finite),
         without making that copy.
@@ -334,32 +396,18 @@ def segment_tasks(
     Raises
     ------
     ValueError
-        If ``connectivity`` is not 4 or 8, ``min_pixels < 1``, or the shapes differ.
+        If ``connectivity`` is not one of those of the labels' dims,
+        ``min_pixels < 1``, or the shapes differ.
     TypeError
-        If ``labels`` is not an integer 2-D array.
+        If ``labels`` is not an integer 2-D or 3-D array.
     """
-    connectivity = _check_connectivity(connectivity)
-    if labels.ndim != 2 or labels.dtype.kind not in "iub":
-        raise TypeError(f"labels must be a 2-D integer DataArray, got {labels.ndim}-D "
-                        f"{labels.dtype}")
-    if min_pixels is not None and min_pixels < 1:
-        raise ValueError(f"min_pixels must be >= 1, got {min_pixels!r}")
-    data = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.data)
-    nodata = _nodata(labels)
-    nf = 0 if features is None else int(features.shape[0])
-    if bands is not None:
-        if features is None or not all(0 <= b < nf for b in bands):
-            raise ValueError(f"bands {list(bands)} must index the {nf} bands of features")
-        nf = len(bands)
-    band_index = np.asarray(range(nf) if bands is None else bands, dtype=np.int64)
-    if features is not None and features.shape[1:] != labels.shape:
-        raise ValueError(f"features have shape {features.shape[1:]}, labels {labels.shape}; "
-                         "expected the same (y, x) shape")
-    off = np.zeros(nf) if offset is None else np.asarray(offset, dtype=np.float64)
-    scl = np.ones(nf) if scale is None else np.asarray(scale, dtype=np.float64)
-    if off.shape != (nf,) or scl.shape != (nf,):
-        raise ValueError(f"offset and scale must have one value per feature ({nf})")
-    integer_sums = bands is not None and np.dtype(features.dtype) in _INTEGER_SUM_DTYPES
+    prep = _prepare(labels, features, connectivity, min_pixels, offset, scale, bands)
+    if labels.ndim == 3:
+        from ._segments3d import volume_tasks
+
+        return volume_tasks(labels, features, prep, int(connectivity), min_pixels)
+    data, nodata, band_index, off, scl, integer_sums = prep
+    connectivity = int(connectivity)
     lab_blocks = data.to_delayed(optimize_graph=False)
     if features is not None:
         fdata = features.data if isinstance(features.data, da.Array) \
@@ -384,7 +432,7 @@ def segment_tasks(
                   strips.get((i + 1, j + 1)), connectivity, min_pixels is not None)
              for i in range(ny) for j in range(nx)]
     return SegmentTasks(pieces, joins, data.chunks, connectivity, min_pixels,
-                        *_sum_units(nf, integer_sums, off, scl))
+                        *_sum_units(len(band_index), integer_sums, off, scl))
 
 
 # ---------------------------------------------------------------------------------
@@ -399,9 +447,10 @@ class SegmentStats:
     Attributes
     ----------
     klass, first, count : ndarray, shape (n,), int64
-        Class, first pixel (global flat index in raster order), pixel count.
+        Class, first pixel (global flat index in raster order; for a volume in C
+        order over ``(z, y, x)``), pixel (voxel) count.
     rmin, rmax, cmin, cmax : ndarray, shape (n,), int64
-        Bounding box in global pixel indices (inclusive).
+        Bounding box in global pixel indices (inclusive): rows ``y``, columns ``x``.
     hi, lo : ndarray, shape (n, feature), int64
         Exact integer feature sums as two normalised words, ``hi * 2**32 + lo``.
     sum_offset, sum_scale : ndarray, shape (feature,), float64
@@ -409,6 +458,11 @@ class SegmentStats:
         ``(sum / count - sum_offset) / sum_scale``: fixed-point sums of the scaled
         values (0 and ``2**FIXED_POINT_BITS``), or sums of raw integer bands (the
         ``offset`` and ``scale`` themselves).
+    zmin, zmax : ndarray, shape (n,), int64, or None
+        Volumes only (``None`` for 2-D): the bounding box along ``z`` (inclusive).
+    coord_sum : ndarray, shape (n, 3), int64, or None
+        Volumes only: exact sums of the global ``z``, ``y`` and ``x`` indices of each
+        segment's voxels (its centroid is ``coord_sum / count``).
     """
 
     klass: np.ndarray
@@ -422,9 +476,30 @@ class SegmentStats:
     lo: np.ndarray
     sum_offset: np.ndarray
     sum_scale: np.ndarray
+    zmin: np.ndarray | None = None
+    zmax: np.ndarray | None = None
+    coord_sum: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.count.size)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dims of the segments (2, or 3 for a volume)."""
+        return 2 if self.zmin is None else 3
+
+    def bbox(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo, hi)``: inclusive bounding boxes, shape (n, ndim), axes in dims order."""
+        lo = [self.rmin, self.cmin] if self.zmin is None else [self.zmin, self.rmin, self.cmin]
+        hi = [self.rmax, self.cmax] if self.zmax is None else [self.zmax, self.rmax, self.cmax]
+        return (np.stack(lo, axis=1).astype(np.int64).reshape(-1, len(lo)),
+                np.stack(hi, axis=1).astype(np.int64).reshape(-1, len(hi)))
+
+    def centroids(self) -> np.ndarray:
+        """Mean voxel index per segment, shape (n, 3) in ``(z, y, x)`` (volumes only)."""
+        if self.coord_sum is None:
+            raise ValueError("centroids are summed for volumes (z, y, x) only")
+        return self.coord_sum / np.maximum(self.count, 1)[:, None].astype(np.float64)
 
     def means(self) -> np.ndarray:
         """Mean of each (offset and scaled) feature, shape (n, feature), float64."""
@@ -441,7 +516,13 @@ class SegmentStats:
             *(np.ascontiguousarray(getattr(self, f))
               for f in ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")),
         )
-        return SegmentStats(*fields, self.sum_offset, self.sum_scale)
+        out = SegmentStats(*fields, self.sum_offset, self.sum_scale)
+        if self.zmin is not None:
+            out.zmin, out.zmax, out.coord_sum = _reduce_extra(
+                np.ascontiguousarray(group, dtype=np.int64), int(n_groups),
+                *(np.ascontiguousarray(getattr(self, f), dtype=np.int64)
+                  for f in ("zmin", "zmax", "coord_sum")))
+        return out
 
 
 @dataclass
@@ -453,11 +534,12 @@ class SegmentIndex:
     stats : SegmentStats
         One row per segment, ID order.
     luts : list of ndarray
-        Per chunk (row-major), local label -> segment ID (index 0 -> 0, nodata).
+        Per chunk (row-major, C order), local label -> segment ID (index 0 -> 0, nodata).
     edges : tuple of ndarray or None
         ``(a, b, length)``: 1-based IDs ``a < b`` of touching segments, of which at
         least one is smaller than ``min_pixels``, and their border length (4-adjacent
-        pixel pairs; 0 for a corner contact). ``None`` without ``min_pixels``.
+        pixel pairs, 6-adjacent voxel pairs; 0 for a corner or edge contact). ``None``
+        without ``min_pixels``.
     chunks : tuple of tuple of int
     connectivity : int
     min_pixels : int or None
@@ -481,6 +563,11 @@ class SegmentIndex:
         """Integer type of the segment IDs."""
         return segment_dtype(self.n_segments)
 
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dims of the class map (2 or 3)."""
+        return len(self.chunks)
+
 
 def resolve_segments(
     tasks: SegmentTasks, pieces: Sequence[ChunkPieces], joins: Sequence[Joins]
@@ -489,7 +576,8 @@ def resolve_segments(
 
     Pure and in memory: union-find (connected components of the face-pair graph) over
     the pieces, then every segment is numbered by the rank of its first pixel in
-    raster order, and its statistics are reduced from the pieces' partial sums.
+    raster order (C order over ``(z, y, x)`` for a volume), and its statistics are
+    reduced from the pieces' partial sums.
 
     Parameters
     ----------
@@ -516,9 +604,12 @@ def resolve_segments(
     graph = coo_matrix((np.ones(ja.size, dtype=np.int32), (ja, jb)), shape=(total, total))
     n_comp, comp = connected_components(graph.tocsr(), directed=False)
     stat_fields = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
+    if tasks.ndim == 3:
+        stat_fields += ("zmin", "zmax", "coord_sum")
     nf = pieces[0].hi.shape[1] if pieces else 0
     cat = {name: np.concatenate([getattr(p, name) for p in pieces]) if pieces
-           else np.empty((0, nf) if name in ("hi", "lo") else 0, np.int64)
+           else np.empty((0, nf) if name in ("hi", "lo") else
+                         (0, 3) if name == "coord_sum" else 0, np.int64)
            for name in stat_fields}
     piece_stats = SegmentStats(**cat, sum_offset=tasks.sum_offset, sum_scale=tasks.sum_scale)
     del cat
@@ -569,14 +660,14 @@ def relabel_segments(labels: xr.DataArray, index: SegmentIndex) -> xr.DataArray:
 
     Parameters
     ----------
-    labels : DataArray, shape (y, x)
+    labels : DataArray, shape (y, x) or (z, y, x)
         The class map :func:`segment_tasks` summarised (same values, same chunks).
     index : SegmentIndex
         From :func:`resolve_segments` (or :func:`merge_small_segments`).
 
     Returns
     -------
-    DataArray, shape (y, x), uint32 (uint64 above 2**32 - 1 segments)
+    DataArray, shape (y, x) or (z, y, x), uint32 (uint64 above 2**32 - 1 segments)
         Segment IDs, 0 for nodata (also in ``rio.nodata``); coordinates and
         georeferencing of ``labels``. Each task carries only its chunk's lookup table.
     """
@@ -586,6 +677,11 @@ def relabel_segments(labels: xr.DataArray, index: SegmentIndex) -> xr.DataArray:
                          "relabel the class map that was summarised")
     nodata = _nodata(labels)
     dtype = index.dtype
+    if data.ndim == 3:
+        from ._segments3d import relabel_volume
+
+        out = relabel_volume(data, index, nodata)
+        return _segment_array(labels, out)
     blocks = data.to_delayed(optimize_graph=False)
     task = dask.delayed(_relabel_block, pure=True)
     ny, nx = blocks.shape
@@ -595,6 +691,11 @@ def relabel_segments(labels: xr.DataArray, index: SegmentIndex) -> xr.DataArray:
                              meta=np.empty((0, 0), dtype))
              for j in range(nx)] for i in range(ny)]
     out = da.block(rows) if rows else data.astype(dtype)
+    return _segment_array(labels, out)
+
+
+def _segment_array(labels: xr.DataArray, out: da.Array) -> xr.DataArray:
+    """Wrap the segment IDs ``out`` with the labels' dims and coordinates."""
     coords = {n: c for n, c in labels.coords.items()}
     seg = xr.DataArray(out, dims=labels.dims, coords=coords, name="segments")
     seg.attrs = {}

@@ -18,6 +18,7 @@ def segment_table(
     stats: SegmentStats,
     *,
     transform: Any = None,
+    geometry: Any = None,
     feature_names: Sequence[str] = (),
     offset: Sequence[float] | np.ndarray | None = None,
     scale: Sequence[float] | np.ndarray | None = None,
@@ -29,7 +30,13 @@ def segment_table(
     stats : SegmentStats
         From a :class:`SegmentIndex`.
     transform : Affine, optional
-        Pixel-to-map transform; default: the identity (pixel units).
+        Pixel-to-map transform (2-D only); default: ``geometry``'s, else the identity
+        (pixel units).
+    geometry : pipeline.io.Geometry, optional
+        The image's geometry. For a volume (``stats.ndim == 3``) the volumes and
+        world coordinates come from it (default: voxel units, spacing 1); for 2-D it
+        gives the transform when ``transform`` is not given: its GDAL ``transform``,
+        else its affine (which maps pixel centres) shifted by half a pixel.
     feature_names : sequence of str
         One name per feature summed by :func:`segment_tasks`.
     offset, scale : array-like, optional
@@ -43,12 +50,30 @@ def segment_table(
         units squared), ``row_min``, ``row_max``, ``col_min``, ``col_max`` (inclusive
         pixel indices), ``x_min``, ``y_min``, ``x_max``, ``y_max`` (map coordinates of
         the bounding box's outer corners), then ``mean_<feature>`` per feature.
+
+        For a volume: ``id``, ``class``, ``voxels``, ``volume`` (voxels x
+        ``geometry.voxel_size``, in the geometry's unit cubed), ``z_min``, ``z_max``,
+        ``y_min``, ``y_max``, ``x_min``, ``x_max`` (inclusive voxel indices),
+        ``world_z_min``, ``world_z_max``, ``world_y_min``, ``world_y_max``,
+        ``world_x_min``, ``world_x_max`` (the world box of the voxels' outer faces:
+        ``geometry.world`` of the 8 corners ``min - 0.5``, ``max + 0.5`` of the index
+        box, world axes in dims order as :meth:`Geometry.world` returns them),
+        ``centroid_z``, ``centroid_y``, ``centroid_x`` (mean voxel index, exact),
+        ``world_centroid_z``, ``world_centroid_y``, ``world_centroid_x``, then
+        ``mean_<feature>`` per feature.
     """
-    t = Affine.identity() if transform is None else transform
-    n = len(stats)
     nf = stats.hi.shape[1]
     if len(feature_names) != nf:
         raise ValueError(f"expected {nf} feature names, got {len(feature_names)}")
+    if stats.ndim == 3:
+        if transform is not None:
+            raise ValueError("a volume's table takes geometry=, not a 2-D transform=")
+        out = _volume_columns(stats, geometry)
+        return _with_means(out, stats, feature_names, offset, scale)
+    if transform is None and geometry is not None:
+        transform = _transform_of(geometry)
+    t = Affine.identity() if transform is None else transform
+    n = len(stats)
     off = np.zeros(nf) if offset is None else np.asarray(offset, dtype=np.float64)
     scl = np.ones(nf) if scale is None else np.asarray(scale, dtype=np.float64)
     pixel = abs(t.a * t.e - t.b * t.d)
@@ -68,6 +93,67 @@ def segment_table(
         "x_max": np.maximum.reduce(xs) if n else np.empty(0),
         "y_max": np.maximum.reduce(ys) if n else np.empty(0),
     }
+    means = stats.means()
+    for f, name in enumerate(feature_names):
+        out[f"mean_{name}"] = off[f] + scl[f] * means[:, f]
+    return pd.DataFrame(out)
+
+
+def _transform_of(geometry: Any) -> Affine:
+    """Return the pixel-corner transform of a 2-D geometry."""
+    if geometry.ndim != 2:
+        raise ValueError(f"the segments are 2-D, the geometry has dims {geometry.dims}")
+    if geometry.transform is not None:
+        return geometry.transform
+    m = geometry.world_affine()  # voxel centres: the corner is half a pixel before
+    return Affine(m[0, 0], m[0, 1], m[0, 3], m[1, 0], m[1, 1], m[1, 3]) @ \
+        Affine.translation(-0.5, -0.5)
+
+
+def _world(geometry: Any, index: np.ndarray) -> np.ndarray:
+    return index.astype(np.float64) if geometry is None else geometry.world(index)
+
+
+def _volume_columns(stats: SegmentStats, geometry: Any) -> dict[str, Any]:
+    """Build the columns of a volume's table, before the feature means."""
+    if geometry is not None and geometry.ndim != 3:
+        raise ValueError(f"the segments are 3-D (z, y, x), the geometry has dims "
+                         f"{geometry.dims}")
+    n = len(stats)
+    lo, hi = stats.bbox()
+    voxel = 1.0 if geometry is None else float(geometry.voxel_size)
+    out: dict[str, Any] = {
+        "id": np.arange(1, n + 1, dtype=segment_dtype(n)),
+        "class": stats.klass.astype(np.int64),
+        "voxels": stats.count.astype(np.int64),
+        "volume": stats.count.astype(np.float64) * voxel,
+    }
+    for a, name in enumerate("zyx"):
+        out[f"{name}_min"] = lo[:, a]
+        out[f"{name}_max"] = hi[:, a]
+    # the 8 corners of every box, (8 * n, 3), in world coordinates
+    box = (lo - 0.5, hi + 0.5)
+    corners = np.concatenate([np.stack([box[c][:, a] for a, c in enumerate(pick)], axis=1)
+                              for pick in np.ndindex(2, 2, 2)]) if n else np.empty((0, 3))
+    world = _world(geometry, corners).reshape(8, n, 3)
+    wmin, wmax = world.min(axis=0), world.max(axis=0)
+    for a, name in enumerate("zyx"):
+        out[f"world_{name}_min"] = wmin[:, a]
+        out[f"world_{name}_max"] = wmax[:, a]
+    centroid = stats.centroids()
+    world_centroid = _world(geometry, centroid).reshape(n, 3)
+    for a, name in enumerate("zyx"):
+        out[f"centroid_{name}"] = centroid[:, a]
+    for a, name in enumerate("zyx"):
+        out[f"world_centroid_{name}"] = world_centroid[:, a]
+    return out
+
+
+def _with_means(out: dict[str, Any], stats: SegmentStats, feature_names: Sequence[str],
+                offset: Any, scale: Any) -> Any:
+    nf = stats.hi.shape[1]
+    off = np.zeros(nf) if offset is None else np.asarray(offset, dtype=np.float64)
+    scl = np.ones(nf) if scale is None else np.asarray(scale, dtype=np.float64)
     means = stats.means()
     for f, name in enumerate(feature_names):
         out[f"mean_{name}"] = off[f] + scl[f] * means[:, f]

@@ -1,0 +1,161 @@
+"""The segments stage: global connected segments, merged to the minimum size, and their table."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import xarray as xr
+
+from ..cluster import raw_bands
+from ..config import RunConfig
+from ..io._geometry import Geometry
+from ._context import RunContext
+
+__all__ = ["Segments", "min_pixels", "segments_stage", "write_segments"]
+
+log = logging.getLogger("pipeline.runner")
+
+
+@dataclass
+class Segments:
+    """What the segments stage resolved: the index (for the lazy raster) and its table."""
+
+    index: Any = field(repr=False)  # postprocess.SegmentIndex
+    table: Any = field(repr=False)
+    summary: dict[str, Any]
+
+
+def min_pixels(min_size: Any, geometry: Geometry, transform: Any) -> int | None:
+    """``postprocess.min_size`` in pixels (voxels) for this image's geometry.
+
+    ``{area: A}`` on a georeferenced image: squared map units through its transform
+    (pixels without one); ``{area: A}`` on a slide and ``{volume: V}`` on a volume: the
+    geometry's unit squared or cubed (pixels or voxels where the file gives none).
+    """
+    from ..postprocess import pixels_for_area, voxels_for_volume
+
+    if min_size is None or isinstance(min_size, int):
+        return min_size
+    if hasattr(min_size, "volume"):
+        return voxels_for_volume(min_size.volume, geometry.voxel_size)
+    if geometry.kind == "gdal" or geometry.unit is None:
+        return pixels_for_area(min_size.area, transform)
+    return voxels_for_volume(min_size.area, geometry.voxel_size)
+
+
+def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
+                   along: Any = None, after_pass: Callable[[], None] | None = None,
+                   read_back: Callable[[], xr.DataArray] | None = None
+                   ) -> Segments | None:
+    """Global segments of ``rasters["labels"]``, merged to ``min_size`` (computes).
+
+    Computes the per-chunk summaries, resolves and merges them in memory, and adds
+    the lazy ``rasters["segments"]``. Without ``along``, the summaries take one more
+    pass of read, features, labels and local labelling, and the write pass computes
+    the segments with the other rasters. With ``along`` (the write of the class
+    rasters, uncomputed), both are computed in one pass over the input,
+    ``after_pass()`` is called, and the segments are relabelled from the class map
+    that pass wrote (``read_back()``).
+    Feature means and the merge's similarity use the model's standardisation
+    (``model.mean``, ``model.scale``), the units the classes were fitted in. With
+    ``features: [bands]`` they are summed from the raw ``image`` blocks, as the labels
+    are (:func:`pipeline.cluster.raw_bands`): no float32 copy of the image.
+    Images and volumes alike: the connectivity and the minimum size follow the
+    image's dims and geometry.
+    """
+    config, opened, timings = ctx.config, ctx.opened, ctx.timings
+    pp = config.postprocess
+    if pp.segments is None:
+        return None
+    # imported here: segments bring pandas, pyarrow and shapely (start-up cost)
+    from ..postprocess import (
+        load_kernels,
+        merge_small_segments,
+        relabel_segments,
+        resolve_segments,
+        segment_table,
+        segment_tasks,
+    )
+
+    t = time.perf_counter()
+    geometry = opened.geometry
+    labels = rasters["labels"]
+    transform = None if geometry.is_volume else labels.rio.transform()
+    min_px = min_pixels(pp.min_size, geometry, transform)
+    features, image = opened.features, opened.raw
+    bands = raw_bands(features, image)
+    tasks = segment_tasks(labels, features if bands is None else image, bands=bands,
+                          connectivity=pp.segments.for_ndim(geometry.ndim),
+                          min_pixels=min_px, offset=model.mean, scale=model.scale)
+    # the resolve and merge kernels load from numba's cache (~0.8 s of one core) in a
+    # thread while the pass runs, not after it, when resolving is the only work left
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(load_kernels, labels.ndim)
+        if along is None:
+            pieces, joins = dask.compute(tasks.pieces, tasks.joins)
+        else:
+            # unoptimised: fusing the stores' chains renames their tasks, and the
+            # summaries (built on the unfused keys) would compute the majority filter
+            # a second time
+            _, pieces, joins = dask.compute(along, tasks.pieces, tasks.joins,
+                                            optimize_graph=False)
+            if after_pass is not None:
+                after_pass()
+        loading.result()
+    t_resolve = time.perf_counter()
+    index = resolve_segments(tasks, pieces, joins)
+    del pieces, joins  # the per-piece summaries: as large as the table, not needed now
+    n_found = index.n_segments
+    if min_px is not None:
+        index = merge_small_segments(index, min_px)
+    rasters["segments"] = relabel_segments(labels if read_back is None else read_back(), index)
+    if geometry.is_volume:
+        table = segment_table(index.stats, geometry=geometry,
+                              feature_names=model.feature_names, offset=model.mean,
+                              scale=model.scale)
+    else:
+        table = segment_table(index.stats, transform=transform,
+                              feature_names=model.feature_names, offset=model.mean,
+                              scale=model.scale)
+    summary = {"connectivity": index.connectivity, "found": n_found,
+               "min_pixels": min_px, "segments": index.n_segments}
+    log.info("segments: %d found, %d after merging below %s pixels", n_found,
+             index.n_segments, min_px)
+    # with `along`, the pass itself counts as writing: only resolving is "segments"
+    timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
+    return Segments(index=index, table=table, summary=summary)
+
+
+def write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Path,
+                   config: RunConfig, timings: dict[str, float]) -> list[Path]:
+    """Write segments.parquet and, if asked, the polygons (computes, on local threads).
+
+    The polygons are vectorised from the segment raster just written (``writer``'s
+    Zarr, else its COG), read back chunk by chunk: no further pass over the input.
+    Where neither was written the segment raster is computed again.
+    """
+    from ..postprocess import chunk_polygons, dissolve_polygons, polygons_frame
+
+    t = time.perf_counter()
+    out = [staging / "segments.parquet"]
+    seg.table.to_parquet(out[0], index=False)
+    if config.postprocess.polygons:
+        data = writer.read_back() if writer.readable else raster.data
+        written = xr.DataArray(data, dims=("y", "x"))
+        # the staging directory is local: read it here, not on remote workers
+        (parts,) = dask.compute(chunk_polygons(written), scheduler="threads")
+        ids, geoms = dissolve_polygons(parts)
+        frame = polygons_frame(ids, geoms, seg.table, transform=raster.rio.transform(),
+                               crs=raster.rio.crs)
+        out += [staging / "polygons.gpkg", staging / "polygons.parquet"]
+        frame.to_file(out[1], driver="GPKG", layer="polygons", engine="pyogrio")
+        frame.to_parquet(out[2], index=False)
+    timings["segments_write"] = time.perf_counter() - t
+    return out

@@ -1,0 +1,256 @@
+"""The write stage: every block of every output raster computed once and handed to its writer."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ..io import LabelWriter
+from ..io._write import store_part
+from ._context import RunContext
+
+__all__ = ["Progress", "Written", "make_writer", "stage_progress", "store_rasters",
+           "write_stage"]
+
+
+@contextlib.contextmanager
+def stage_progress(enabled: bool) -> Iterator[None]:
+    """Dask's text progress bar for a stage computed on the local scheduler."""
+    if not (enabled and sys.stderr.isatty()):
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr, minimum=1.0):
+        yield
+
+
+class Progress:
+    """A tqdm bar on a terminal, nothing otherwise."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="chunk", file=sys.stderr)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Targets:
+    """``da.store`` target for one raster: forwards blocks to its writer."""
+
+    def __init__(self, writer: LabelWriter, progress: Progress | None) -> None:
+        self.writer = writer
+        self.progress = progress
+
+    def __setitem__(self, region: tuple[slice, slice], block: np.ndarray) -> None:
+        self.writer[region] = block
+        if self.progress is not None:
+            with self.lock:
+                self.progress.update()
+
+    lock = threading.Lock()
+
+
+def _regions(arr: da.Array) -> list[tuple[slice, slice]]:
+    ys = np.concatenate([[0], np.cumsum(arr.chunks[0])])
+    xs = np.concatenate([[0], np.cumsum(arr.chunks[1])])
+    return [(slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
+            for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
+
+
+def _store_parts(blocks: list[np.ndarray], region: tuple[slice, slice],
+                 remotes: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """On a worker: each raster's share of writing its block (``store_part``)."""
+    return [store_part(b, region, r) for b, r in zip(blocks, remotes, strict=True)]
+
+
+def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
+                  client: Any, progress: Progress, *, compute: bool = True) -> Any:
+    """Compute every block of every raster once and hand it to its writer (computes).
+
+    The rasters share one graph, so common stages (reading, features, labels) run once
+    per chunk. With threads, ``da.store`` writes under one lock as blocks finish. With a
+    ``distributed`` client, blocks are computed on the workers a bounded number at a
+    time; each worker writes its blocks' Zarr chunks and class counts itself, and only
+    the blocks of the GeoTIFF come back here, to the process that owns its handle.
+
+    A writer is a :class:`LabelWriter` or any array accepting ``w[region] = block``.
+    With threads, ``compute=False`` returns the store as a Delayed instead, to be
+    computed with other results of the same blocks (one pass).
+    """
+    names = list(rasters)
+    arrays = [rasters[n].data for n in names]
+    if len({a.chunks for a in arrays}) != 1:
+        raise ValueError("rasters to write must share one chunking")
+    if client is None:
+        targets = [_Targets(writers[n], progress if i == 0 else None)
+                   for i, n in enumerate(names)]
+        # the writers lock what they share: Zarr chunks are encoded in parallel
+        return da.store(arrays, targets, lock=False, compute=compute)
+    if not compute:
+        raise ValueError("compute=False needs the threaded scheduler")
+    from distributed import as_completed
+
+    regions = _regions(arrays[0])
+    per_array = [a.to_delayed(optimize_graph=True).ravel().tolist() for a in arrays]
+    # workers of a cluster we started share this machine's files: they write the Zarr
+    # chunks; a cluster reached by its address may not, so blocks come back here
+    shared = getattr(client, "cluster", None) is not None
+    remotes = [writers[n].remote(shared) for n in names]
+    share = dask.delayed(_store_parts, pure=True)
+    blocks = [share(list(t), region, remotes)
+              for t, region in zip(zip(*per_array, strict=True), regions, strict=True)]
+    # Blocks go to the scheduler in batches, each optimised once (one submission per
+    # block re-culls the whole graph every time: quadratic), and the next batch is
+    # sent while half of the previous one is still running, so workers never idle and
+    # at most about two batches of label blocks wait in worker memory.
+    batch = 8 * max(1, len(client.scheduler_info().get("workers", {})))
+    pending = list(zip(regions, blocks, strict=True))[::-1]
+    futures = as_completed()
+    where: dict[str, tuple[slice, slice]] = {}
+
+    def submit_batch() -> None:
+        take = [pending.pop() for _ in range(min(batch, len(pending)))]
+        for (region, _), fut in zip(take, client.compute([b for _, b in take]),
+                                    strict=True):
+            where[fut.key] = region
+            futures.add(fut)
+
+    submit_batch()
+    for fut in futures:
+        region = where.pop(fut.key)
+        for name, remote, (block, hist) in zip(names, remotes, fut.result(), strict=True):
+            writers[name].add(region, block, hist, zarr_written=remote["zarr"] is not None)
+        progress.update()
+        fut.release()
+        if pending and len(where) <= batch // 2:
+            submit_batch()
+
+
+def make_writer(ctx: RunContext, model: Any, staging: Path, name: str,
+                arr: xr.DataArray) -> LabelWriter:
+    """Return the writer of raster ``name``: the run's formats, the input's geometry."""
+    return LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
+                       n_classes=model.k if name.startswith("labels") else None,
+                       formats=ctx.opened.formats, geometry=ctx.opened.geometry,
+                       class_names=list(model.class_names),
+                       predictor=name == "confidence")  # a measured value
+
+
+@dataclass
+class Written:
+    """What the write stage wrote: the finished files, the writers, the segments."""
+
+    files: list[Path]
+    writers: dict[str, LabelWriter]
+    segments: Any  # stages.Segments or None
+
+
+def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
+                staging: Path, segments: Any, one_pass: bool) -> Written:
+    """Compute and write every raster, the segments and their table (computes).
+
+    With ``one_pass`` (segments on the threaded scheduler, a readable class map), one
+    pass reads the input, writes the class rasters and summarises the segments; a
+    second reads the class map back to write them. Otherwise ``segments`` were
+    resolved before, and one pass writes every raster.
+    """
+    from ._segments import segments_stage, write_segments
+
+    config, timings = ctx.config, ctx.timings
+    labels = rasters["labels"]
+    t = time.perf_counter()
+    writers = {name: make_writer(ctx, model, staging, name, arr)
+               for name, arr in rasters.items()}
+    cog_wait = 0.0  # waiting for COGs encoded in the background, after the passes
+    bar = Progress(labels.data.npartitions, "label+write", ctx.progress)
+    try:
+        if one_pass:
+            along = store_rasters(rasters, writers, None, bar, compute=False)
+            # once the pass is over the class rasters are complete: their COGs
+            # are encoded (GDAL, no GIL) while this thread resolves the segments
+            # and the segment pass reads the class map from the stream they are
+            # encoded from (uncompressed: no decoding, and no wait for the COG)
+            classes = list(writers.values())
+            encoder = concurrent.futures.ThreadPoolExecutor(1)
+            encoding: list[concurrent.futures.Future] = []
+
+            def encode() -> None:
+                for w in classes:
+                    w.finish_streams()
+                # one encoding thread: the resolve has the other core to itself
+                encoding.append(encoder.submit(lambda: [
+                    w.encode_cog(keep_streams=True, threads=1) for w in classes]))
+
+            def read_back() -> xr.DataArray:  # the class map, finished
+                return rasters["labels"].copy(data=writers["labels"].read_back())
+
+            try:
+                segments = segments_stage(ctx, model, rasters, along=along,
+                                          after_pass=encode, read_back=read_back)
+                writers["segments"] = make_writer(ctx, model, staging, "segments",
+                                                  rasters["segments"])
+                bar.close()
+                bar = Progress(labels.data.npartitions, "segments", ctx.progress)
+                with timings.stage("segments_raster"):
+                    store_rasters({"segments": rasters["segments"]},
+                                  {"segments": writers["segments"]}, None, bar)
+                if encoding:  # the class COGs, encoded meanwhile
+                    t_wait = time.perf_counter()
+                    encoding[0].result()
+                    cog_wait = time.perf_counter() - t_wait
+            finally:
+                encoder.shutdown()
+            for w in classes:
+                w.remove_streams()
+        else:
+            store_rasters(rasters, writers, ctx.client, bar)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bar.close()
+    # label_write: the pass over the input (with segments, their second pass
+    # over the class map is segments_raster, and resolving them is segments)
+    timings["label_write"] = time.perf_counter() - t - cog_wait - (
+        timings.get("segments", 0.0) + timings.get("segments_raster", 0.0)
+        if one_pass else 0.0)
+    t = time.perf_counter()
+    seg_files: list[Path] | None = None
+    if segments is not None and not config.postprocess.polygons:
+        # the segment COG is encoded in a thread (GDAL only, no GIL) while this
+        # one writes the table (polygons read the finished raster: not then)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            encoding_seg = pool.submit(writers["segments"].encode_cog)
+            seg_files = write_segments(segments, rasters["segments"], writers["segments"],
+                                       staging, config, timings)
+            encoding_seg.result()
+    files = [p for w in writers.values() for p in w.close()]
+    # with segments, "cog" includes "segments_write" when they overlap
+    timings["cog"] = time.perf_counter() - t + cog_wait
+    if segments is not None:
+        files += seg_files if seg_files is not None else write_segments(
+            segments, rasters["segments"], writers["segments"], staging, config, timings)
+    return Written(files, writers, segments)
