@@ -64,15 +64,16 @@ class BisectingKMeansModel(FittedModel):
         used = (self.split >= 0) & (self.split < self.n_clusters - 1)
         self._cut_children = np.where(used[:, None], self.children, -1)
         # leaves reachable from the root under the cut
-        leaves, stack = [], [0]
+        leaves: list[int] = []
+        stack = [0]
         while stack:
             node = stack.pop()
             if self._cut_children[node, 0] < 0:
                 leaves.append(node)
             else:
                 stack.extend(self._cut_children[node])
-        leaves = np.array(sorted(leaves), dtype=np.int64)
-        order = leaves[_lexorder(self.to_raw(self.centres[leaves]))]
+        leaf_ids = np.array(sorted(leaves), dtype=np.int64)
+        order = leaf_ids[_lexorder(self.to_raw(self.centres[leaf_ids]))]
         self._leaf_class = np.full(len(self.centres), -1, dtype=np.int64)
         self._leaf_class[order] = np.arange(len(order))
 

@@ -14,7 +14,7 @@ from dask.base import tokenize
 from ._bisecting import fit_bisecting
 from ._density import fit_dbscan, fit_hdbscan
 from ._elbow import ELBOW_SAMPLE_SIZE, elbow_on
-from ._gmm import fit_gmm
+from ._gmm import GaussianMixtureModel, fit_gmm
 from ._hierarchical import fit_hierarchical
 from ._kmeans import fit_kmeans
 from ._meanshift import fit_meanshift
@@ -164,7 +164,7 @@ def _label_block(block: np.ndarray, model: ClusterModel) -> np.ndarray:
     return model.predict_block(block)
 
 
-def _confidence_block(block: np.ndarray, model: ClusterModel) -> np.ndarray:
+def _confidence_block(block: np.ndarray, model: GaussianMixtureModel) -> np.ndarray:
     return model.confidence_block(block)
 
 

@@ -84,6 +84,7 @@ def fit_sample(
         centres, inertia, _ = lloyd(coarse, init, max_iter=max_iter, tol=tol)
         if best is None or inertia < best_inertia:
             best, best_inertia = centres, inertia
+    assert best is not None  # max(1, n_init) >= 1 tries ran
     return lloyd(x, best, max_iter=max_iter, tol=tol)
 
 

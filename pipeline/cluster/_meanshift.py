@@ -106,7 +106,7 @@ def fit_meanshift(
     min_bin_freq = max(1, n // 1000)
     with threadpool_limits(limits=1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if estimated:
+        if bandwidth is None:
             head = xs[:BANDWIDTH_SAMPLE]
             bandwidth = float(estimate_bandwidth(head, quantile=quantile, n_jobs=1))
             if not bandwidth > 0:

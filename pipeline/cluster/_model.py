@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -94,6 +94,27 @@ class ClusterModel:
     """
 
     _methods: tuple[str, ...] = ()
+
+    # -- the attributes every model has (dataclass fields of the subclasses) ----------
+    # Annotations only: no runtime effect, and the base is no dataclass, so these are
+    # not fields here; each subclass declares them (``FittedModel``, ``KMeansModel``).
+    mean: np.ndarray
+    scale: np.ndarray
+    features: list[dict[str, Any]]
+    feature_names: list[str]
+    n_bands: int
+    seed: int
+    sample_size: int
+    n_valid: int
+    versions: dict[str, str]
+
+    if TYPE_CHECKING:
+        # Read-only for the type checker, so that a subclass may make it a class
+        # constant (``ClassVar``) or a field (one class serving several methods).
+        # Not defined at runtime: a property here would shadow the subclass fields.
+        @property
+        def method(self) -> str:
+            """Name of the method (the key :func:`load_model` dispatches on)."""
 
     # -- what subclasses provide -------------------------------------------------
     @property
@@ -265,7 +286,7 @@ class ClusterModel:
         arrays = self._arrays()
         if arrays:
             buf = io.BytesIO()
-            np.savez(buf, **arrays)
+            np.savez(buf, allow_pickle=False, **arrays)  # plain arrays, as load reads them
             data = buf.getvalue()
             npz = path.with_suffix(".npz")
             npz.write_bytes(data)
@@ -331,7 +352,7 @@ class FittedModel(ClusterModel):
     def standardise_block(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return the valid-pixel mask (y, x) and the standardised valid rows."""
         flat = np.asarray(block, dtype=np.float32).reshape(block.shape[0], -1)
-        valid = np.isfinite(flat).all(axis=0)
+        valid = np.asarray(np.isfinite(flat).all(axis=0))  # asarray: typed as an array
         x = (flat[:, valid].T.astype(np.float64) - self.mean) / self.scale
         return valid.reshape(block.shape[1:]), x
 

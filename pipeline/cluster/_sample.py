@@ -20,6 +20,7 @@ import dask
 import numba
 import numpy as np
 import xarray as xr
+from numpy.typing import ArrayLike
 
 from ._predict import finite_pixel
 
@@ -98,19 +99,19 @@ def _select(block, y0, x0, width, seed_key, threshold, cells, cy0, cx0, cell):
         cap = n
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def _mix(x: ArrayLike) -> np.ndarray:
     """SplitMix64 of every element, in numpy (the same bits as the numba kernel's).
 
     Used for the few keys drawn in the main thread (cells, seeds, tests), so that the
     first numba call, which loads numba's lowering libraries (~0.3 s), happens in the
     pass's worker threads while others read, not before the pass starts.
     """
-    x = np.array(x, dtype=np.uint64, ndmin=1)
+    z = np.array(x, dtype=np.uint64, ndmin=1)
     with np.errstate(over="ignore"):
-        x = x + _U(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> _U(30))) * _U(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> _U(27))) * _U(0x94D049BB133111EB)
-    return x ^ (x >> _U(31))
+        z = z + _U(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U(30))) * _U(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U(27))) * _U(0x94D049BB133111EB)
+    return z ^ (z >> _U(31))
 
 
 def pixel_keys(y: np.ndarray, x: np.ndarray, width: int, seed: int) -> np.ndarray:
@@ -179,7 +180,8 @@ def _chosen_cells(height: int, width: int, fraction: float, seed: int,
     if fraction >= 1.0:
         return np.ones((ny, nx), dtype=bool)
     cell_seed = _mix(_U(seed) ^ _U(0x5EED5A3D1E5C0DE5))[0]
-    keys = pixel_keys(*np.indices((ny, nx)).reshape(2, -1), nx, int(cell_seed))
+    cy, cx = np.indices((ny, nx)).reshape(2, -1)
+    keys = pixel_keys(cy, cx, nx, int(cell_seed))
     return (keys <= _U(int(fraction * 2.0**64))).reshape(ny, nx)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import itertools
 import sys
 import threading
 import time
@@ -63,7 +64,7 @@ class _Targets:
         self.writer = writer
         self.progress = progress
 
-    def __setitem__(self, region: tuple[slice, slice], block: np.ndarray) -> None:
+    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
         self.writer[region] = block
         if self.progress is not None:
             with self.lock:
@@ -72,14 +73,14 @@ class _Targets:
     lock = threading.Lock()
 
 
-def _regions(arr: da.Array) -> list[tuple[slice, slice]]:
-    ys = np.concatenate([[0], np.cumsum(arr.chunks[0])])
-    xs = np.concatenate([[0], np.cumsum(arr.chunks[1])])
-    return [(slice(int(ys[i]), int(ys[i + 1])), slice(int(xs[j]), int(xs[j + 1])))
-            for i in range(len(ys) - 1) for j in range(len(xs) - 1)]
+def _regions(arr: da.Array) -> list[tuple[slice, ...]]:
+    """Every block's region, blocks in C order (as ``to_delayed().ravel()`` lists them)."""
+    edges = [np.concatenate([[0], np.cumsum(c)]) for c in arr.chunks]
+    return [tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, idx, strict=True))
+            for idx in itertools.product(*(range(len(c)) for c in arr.chunks))]
 
 
-def _store_parts(blocks: list[np.ndarray], region: tuple[slice, slice],
+def _store_parts(blocks: list[np.ndarray], region: tuple[slice, ...],
                  remotes: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
     """On a worker: each raster's share of writing its block (``store_part``)."""
     return [store_part(b, region, r) for b, r in zip(blocks, remotes, strict=True)]
@@ -128,7 +129,7 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     batch = 8 * max(1, len(client.scheduler_info().get("workers", {})))
     pending = list(zip(regions, blocks, strict=True))[::-1]
     futures = as_completed()
-    where: dict[str, tuple[slice, slice]] = {}
+    where: dict[str, tuple[slice, ...]] = {}
 
     def submit_batch() -> None:
         take = [pending.pop() for _ in range(min(batch, len(pending)))]
