@@ -170,7 +170,21 @@ class ComputeConfig(_Strict):
 class MajorityConfig(_Strict):
     """``postprocess.majority:``: the majority (mode) filter of the class map."""
 
-    radius: int = Field(0, ge=0, le=32)  # window (2r+1)^2; 0: no filter
+    # window (2r+1)^2 pixels, (2r+1)^3 voxels; 0: no filter. Or one radius per spatial
+    # axis in dims order, e.g. [1, 2, 2] for voxels twice as thick as they are wide
+    radius: Annotated[int, Field(ge=0, le=32)] | list[Annotated[int, Field(ge=0, le=32)]] = 0
+
+    @field_validator("radius")
+    @classmethod
+    def _radius(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, list) and (not 2 <= len(v) <= 3 or max(v) < 1):
+            raise ValueError("expected one radius per spatial axis (2 or 3 of them), the "
+                             f"largest >= 1; got {v}")
+        return v
+
+    def active(self) -> bool:
+        """Whether the filter runs."""
+        return bool(max(self.radius) if isinstance(self.radius, list) else self.radius)
 
 
 class SegmentsConfig(_Strict):

@@ -116,7 +116,7 @@ def _rasters(ctx: RunContext, model: ClusterModel) -> dict[str, xr.DataArray]:
     pp = config.postprocess
     if pp.keep_raw:
         rasters["labels_raw"] = labels
-    if pp.majority.radius:
+    if pp.majority.active():
         rasters["labels"] = majority_filter(labels, pp.majority.radius)
     return rasters
 
@@ -185,6 +185,7 @@ def run(
         # summarises the segments; a second reads the class map back (COG or Zarr) to
         # write them. On a cluster the summaries take a pass of their own (the workers
         # hold no file handle of this process).
+        assert rasters["labels"].chunks is not None  # lazy: Dask-backed
         one_pass = (config.postprocess.segments is not None and client is None
                     and regular_chunks(rasters["labels"].chunks)
                     and bool({"cog", "zarr"} & set(opened.formats)))
@@ -300,6 +301,7 @@ def _ari(pred_path: Path, truth_path: Path, k: int, n_true: int) -> float:
     from .evaluate import adjusted_rand_index, contingency_table
 
     pred = open_image(pred_path).isel(band=0)
+    assert pred.chunks is not None  # open_image returns Dask-backed arrays
     truth = open_image(truth_path, chunks=int(pred.chunks[0][0])).isel(band=0)
     pv = np.array(list(range(k)) + [int(pred.rio.nodata)])
     tv = np.array(list(range(n_true)) + [int(truth.rio.nodata)])

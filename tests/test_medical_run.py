@@ -93,7 +93,8 @@ def test_nifti_volume_round_trip_of_geometry_and_default_formats(tmp_path, volum
 def test_volume_outputs_identical_for_any_chunking(tmp_path, volume_file):
     cfg = {"input": str(volume_file), "formats": ["zarr"],
            "features": ["bands", {"texture": {"stat": "gaussian", "sigma_units": 1.0}}],
-           "postprocess": {"majority": {"radius": 1}, "segments": {"connectivity": 6},
+           "postprocess": {"majority": {"radius": [1, 1, 2]},
+                           "segments": {"connectivity": 6},
                            "min_size": 5}}
     a = _run(tmp_path, "a", chunks=16, **cfg)
     b = _run(tmp_path, "b", chunks=64, **cfg)
@@ -225,6 +226,36 @@ def test_ome_zarr_04_input_keeps_its_version(tmp_path):
         "connectivity"] == 26
 
 
+def test_dicom_series_to_nifti_in_ras(tmp_path):
+    import copy
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series = tmp_path / "series"
+    series.mkdir()
+    rng = np.random.default_rng(0)
+    for k, z in enumerate([10.0, 12.5, 15.0, 17.5, 20.0, 22.5]):
+        ds = copy.deepcopy(base)
+        ds.ImagePositionPatient = [-158.0, -179.0, z]
+        ds.InstanceNumber = 6 - k  # the wrong order: slices sort by position
+        ds.SOPInstanceUID = generate_uid()
+        px = (rng.integers(0, 3, (ds.Rows, ds.Columns)) * 500).astype(np.int16)
+        ds.PixelData = px.tobytes()
+        ds.save_as(series / f"s{k}.dcm", enforce_file_format=True)
+    res = _run(tmp_path, "ct", input=str(series), chunks=32,
+               cluster={"method": "kmeans", "k": 3, "seed": 0})
+    labels, img = _read_nifti(res.output / "labels.nii.gz")
+    assert labels.shape == (6, base.Rows, base.Columns)
+    # RAS+: the LPS x and y axes flipped; z steps 2.5 mm along the slice normal
+    assert img.affine[0, 0] < 0 and img.affine[1, 1] < 0
+    assert img.affine[2, 2] == pytest.approx(2.5)
+    assert img.affine[2, 3] == pytest.approx(10.0)
+    assert set(np.unique(labels)) == {1, 2, 3}
+
+
 def _cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -257,6 +288,9 @@ def test_bad_volume_inputs_exit_2_with_one_line(tmp_path, volume_file):
     _bad(tmp_path, {"input": str(volume_file), "mask": str(other)}, "mask:")
     _bad(tmp_path, {"input": str(volume_file), "postprocess": {"min_size": {"area": 3}}},
          "postprocess.min_size")
+    _bad(tmp_path, {"input": str(volume_file), "postprocess": {"majority":
+                                                               {"radius": [1, 1]}}},
+         "postprocess.majority.radius: 2 radii")
 
 
 def test_bad_image_inputs_exit_2_with_one_line(tmp_path, scene):

@@ -367,6 +367,7 @@ def contingency(
         raise ValueError(f"split_every: expected at least 2, got {split_every}")
     p, pname = _as_labels(pred, "prediction", chunks)
     if chunks is None and isinstance(truth, str | os.PathLike):
+        assert p.chunks is not None  # _as_labels returns Dask-backed maps
         chunks = max(16, int(p.chunks[1][0]))
     t, tname = _as_labels(truth, "truth", chunks)
     check_same_grid(p, t, (pname, tname))

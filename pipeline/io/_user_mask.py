@@ -184,6 +184,7 @@ def _otsu_mask(source: Any, image: xr.DataArray, level: int) -> UserMask:
                          f"dims, the image {image.ndim - 1}")
     darker = small.shape[0] >= 3 and image.ndim == 3
     fg, threshold = otsu_foreground(small, darker=darker)
+    assert image.chunks is not None  # the image is opened with Dask chunks
     chunks = image.chunks[1:]
     edges = [_edges(c) for c in chunks]
     flags = np.zeros(tuple(len(c) for c in chunks), dtype=bool)
@@ -236,6 +237,7 @@ def _same_grid(path: str, mask_geometry: Any, geometry: Any) -> None:
 def _file_mask(path: str, image: xr.DataArray) -> UserMask:
     from ._read import open_with_geometry
 
+    assert image.chunks is not None  # the image is opened with Dask chunks
     chunks = image.chunks[1:]
     side = max(max(c) for c in chunks)
     m, mgeom = open_with_geometry(path, chunks=max(16, side))
@@ -294,6 +296,7 @@ def _vector_mask(path: str, image: xr.DataArray) -> UserMask:
     geoms = [g for g in frame.geometry if g is not None and not g.is_empty]
     transform = image.rio.transform() if geometry is None or geometry.transform is None \
         else geometry.transform
+    assert image.chunks is not None  # the image is opened with Dask chunks
     chunks = image.chunks[1:]
     edges = [_edges(c) for c in chunks]
     tree = STRtree(geoms) if geoms else None

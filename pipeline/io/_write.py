@@ -278,6 +278,7 @@ class LabelWriter:
 
     def _create_zarr(self, template: xr.DataArray) -> Any:
         path = self.directory / f"{self.stem}.zarr"
+        assert template.chunks is not None  # the labels are Dask-backed
         chunks = tuple(c[0] for c in template.chunks)
         if not regular_chunks(template.chunks):  # store chunks must match Dask's exactly
             raise ValueError(f"labels have irregular chunks {template.chunks}")

@@ -98,6 +98,10 @@ def output_formats(config: RunConfig, geometry: Geometry) -> tuple[str, ...]:
 
 def _check_postprocess(config: RunConfig, geometry: Geometry) -> None:
     pp = config.postprocess
+    radius = pp.majority.radius
+    if isinstance(radius, list) and len(radius) != geometry.ndim:
+        raise ConfigError(f"postprocess.majority.radius: {len(radius)} radii for the "
+                          f"dims {geometry.dims}; expected {geometry.ndim}")
     if pp.segments is not None:
         pp.segments.for_ndim(geometry.ndim)  # raises ConfigError naming the key
     size = pp.min_size
@@ -147,6 +151,7 @@ def open_input(config: RunConfig, *, summarise: bool = True) -> Opened:
     image, geometry = _read(config, config.chunks)
     features = compute_features(image, config.features)
     if config.chunks is None and not geometry.is_volume:
+        assert image.chunks is not None  # read with Dask chunks
         side = max(image.chunks[1][0], image.chunks[2][0])
         fitted = fit_chunk(side, _bytes_per_pixel(image, features),
                            chunk_budget(config.compute))
