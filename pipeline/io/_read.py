@@ -640,8 +640,8 @@ def open_image(
 
 def read_overview(
     source: SomeSource, max_side: int = 1024, *, level: int = 0,
-) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Read a small in-memory copy of an image, from its pyramid when it has one.
+) -> tuple[Any, tuple[float, ...]]:
+    """Define a small copy of an image, from its pyramid when it has one (lazily).
 
     Parameters
     ----------
@@ -655,10 +655,11 @@ def read_overview(
 
     Returns
     -------
-    ndarray, shape (band, y, x) or (band, z, y, x)
-        From the coarsest pyramid level (or GDAL overview) whose long side is still
-        >= ``max_side``, decimated further by an integer stride; images without a
-        pyramid are read strided (only the chunks they need are read, but each whole).
+    dask.array.Array, shape (band, y, x) or (band, z, y, x)
+        Lazy (the caller computes it: it is small): from the coarsest pyramid level
+        (or GDAL overview) whose long side is still >= ``max_side``, decimated further
+        by an integer stride; images without a pyramid are read strided (only the
+        chunks they need are read, but each whole).
     tuple of float
         The decimation factor of each spatial axis relative to level ``level``: pixel
         ``i`` of the overview is pixel ``i * factor`` there.
@@ -683,21 +684,34 @@ def read_overview(
     if chosen != level:
         da, geometry = reader.open(paths, None, chosen)
     stride = max(1, max(geometry.shape) // max_side)
-    small = np.asarray(da.data[(slice(None),) + (slice(None, None, stride),) * geometry.ndim])
+    small = da.data[(slice(None),) + (slice(None, None, stride),) * geometry.ndim]
     factors = tuple(float(b) / s * stride for b, s in zip(base, geometry.shape, strict=True))
     return small, factors
 
 
-def _gdal_overview(paths: list[str], max_side: int,
-                   level: int) -> tuple[np.ndarray, tuple[float, ...]]:
+def _gdal_read_small(target: str, options: dict[str, Any],
+                     out: tuple[int, int, int]) -> np.ndarray:
     from rasterio.enums import Resampling
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(target, **options) as ds:
+            return ds.read(out_shape=out, resampling=Resampling.nearest)
+
+
+def _gdal_overview(paths: list[str], max_side: int,
+                   level: int) -> tuple[Any, tuple[float, ...]]:
+    import dask
+    import dask.array as dsa
 
     target, options, _, _ = _gdal_target(paths, level)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(target, **options) as ds:
-            h, w = ds.height, ds.width
-            stride = max(1, max(h, w) // max_side)
-            out = (ds.count, -(-h // stride), -(-w // stride))
-            small = ds.read(out_shape=out, resampling=Resampling.nearest)
+            h, w, count, dtype = ds.height, ds.width, ds.count, ds.dtypes[0]
+    stride = max(1, max(h, w) // max_side)
+    out = (count, -(-h // stride), -(-w // stride))
+    # one task: GDAL reads the decimated raster from its overviews when it has them
+    small = dsa.from_delayed(dask.delayed(_gdal_read_small, pure=True)(target, options, out),
+                             shape=out, dtype=dtype)
     return small, (h / out[1], w / out[2])

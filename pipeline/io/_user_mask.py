@@ -30,7 +30,7 @@ import xarray as xr
 
 from ..errors import InputError
 
-__all__ = ["UserMask", "open_mask", "apply_mask", "otsu_foreground"]
+__all__ = ["UserMask", "open_mask", "apply_mask", "otsu_foreground", "otsu_overview"]
 
 #: the Otsu mask is computed on the coarsest pyramid level (or a decimated read) whose
 #: long side is at least this many pixels
@@ -169,19 +169,22 @@ def _upsample_block(small: np.ndarray, starts: tuple[int, ...], shape: tuple[int
     return small[index]
 
 
-def _otsu_mask(source: Any, image: xr.DataArray, level: int) -> UserMask:
+def otsu_overview(source: Any, level: int = 0) -> Any:
+    """Define the lazy overview Otsu's mask is computed on (the orchestrator computes it)."""
     from ._read import read_overview
 
-    small, _ = read_overview(source, OTSU_SIDE, level=level)
-    small = np.asarray(small)
+    return read_overview(source, OTSU_SIDE, level=level)[0]
+
+
+def _otsu_mask(small: np.ndarray, image: xr.DataArray) -> UserMask:
     nodata = image.rio.nodata
     small = small.astype(np.float32)
     if nodata is not None and not np.isnan(nodata):
         small[:, np.any(small == np.float32(nodata), axis=0)] = np.nan
     spatial = image.shape[1:]
     if small.ndim != image.ndim:
-        raise InputError(f"mask: the overview of {source} has {small.ndim - 1} spatial "
-                         f"dims, the image {image.ndim - 1}")
+        raise InputError(f"mask: the overview of {image.attrs.get('source')} has "
+                         f"{small.ndim - 1} spatial dims, the image {image.ndim - 1}")
     darker = small.shape[0] >= 3 and image.ndim == 3
     fg, threshold = otsu_foreground(small, darker=darker)
     assert image.chunks is not None  # the image is opened with Dask chunks
@@ -322,7 +325,7 @@ def _vector_mask(path: str, image: xr.DataArray) -> UserMask:
     return UserMask(data, "vector", flags, {"path": str(path), "shapes": len(geoms)})
 
 
-def open_mask(spec: str, image: xr.DataArray, *, source: Any = None, level: int = 0
+def open_mask(spec: str, image: xr.DataArray, *, overview: np.ndarray | None = None
               ) -> UserMask:
     """Open the run's ``mask:`` on the grid and chunks of ``image`` (lazily).
 
@@ -333,8 +336,8 @@ def open_mask(spec: str, image: xr.DataArray, *, source: Any = None, level: int 
         volume path on the same grid.
     image : DataArray, shape (band, y, x) or (band, z, y, x)
         The opened input (its chunks are the mask's).
-    source, level
-        The input and its pyramid level (Otsu reads the coarsest level from it).
+    overview : ndarray, optional
+        For ``otsu``: the computed :func:`otsu_overview` of the input.
 
     Raises
     ------
@@ -343,8 +346,9 @@ def open_mask(spec: str, image: xr.DataArray, *, source: Any = None, level: int 
         without CRS.
     """
     if spec == "otsu":
-        return _otsu_mask(image.attrs.get("source") if source is None else source, image,
-                          level)
+        if overview is None:
+            raise ValueError("otsu: compute otsu_overview(input) and pass it as overview")
+        return _otsu_mask(np.asarray(overview), image)
     path = os.fspath(spec)
     if not os.path.exists(path) and "://" not in path:
         raise InputError(f"mask: {path}: no such file; expected otsu, a raster or volume "

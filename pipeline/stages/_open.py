@@ -21,7 +21,7 @@ from ..io import fit_chunk
 from ..io._geometry import Geometry
 from ..io._read import open_with_geometry
 from ..io._sinks import SINKS
-from ..io._user_mask import UserMask, apply_mask, open_mask
+from ..io._user_mask import UserMask, apply_mask, open_mask, otsu_overview
 
 __all__ = ["Opened", "open_input", "output_formats", "DEFAULT_FORMATS"]
 
@@ -167,7 +167,10 @@ def open_input(config: RunConfig, *, summarise: bool = True) -> Opened:
     _check_postprocess(config, geometry)
     mask = None
     if config.mask is not None:
-        mask = open_mask(config.mask, image, source=config.input, level=config.input_level)
+        overview = None
+        if config.mask == "otsu":  # a small overview: the coarsest pyramid level
+            (overview,) = dask.compute(otsu_overview(config.input, config.input_level))
+        mask = open_mask(config.mask, image, overview=overview)
         if mask.chunk_any is None and summarise:
             (flags,) = dask.compute(mask.summaries())
             mask.chunk_any = flags.astype(bool)
