@@ -35,7 +35,7 @@ from .compute import dask_context, local_while_workers_warm, n_workers
 from .config import RunConfig
 from .errors import OutputExistsError, reading
 from .io import open_image
-from .io._write import regular_chunks
+from .io._write import can_read_back, regular_chunks
 from .postprocess import majority_filter
 from .report import build_report, describe_image, write_report
 from .stages import (
@@ -188,7 +188,7 @@ def run(
         assert rasters["labels"].chunks is not None  # lazy: Dask-backed
         one_pass = (config.postprocess.segments is not None and client is None
                     and regular_chunks(rasters["labels"].chunks)
-                    and bool({"cog", "zarr"} & set(opened.formats)))
+                    and can_read_back(opened.formats))
         segments = None if one_pass else segments_stage(ctx, model, rasters)
         with staged_output(output, overwrite or keep is not None, keep or ()) as staging:
             written = write_stage(ctx, model, rasters, staging, segments, one_pass)

@@ -30,7 +30,8 @@ from rasterio.transform import Affine
 
 from ._read import GDAL_TYPES
 
-__all__ = ["LabelWriter", "palette", "label_dtype", "store_part", "LABEL_FORMATS"]
+__all__ = ["LabelWriter", "palette", "label_dtype", "store_part", "can_read_back",
+           "LABEL_FORMATS"]
 
 LABEL_FORMATS = ("cog", "zarr")
 #: zarr-python checks every written chunk against the fill value to skip empty ones,
@@ -91,6 +92,11 @@ def palette(n: int) -> dict[int, tuple[int, int, int, int]]:
         r, g, b = colorsys.hsv_to_rgb(h, s, v)
         colours[i] = (round(r * 255), round(g * 255), round(b * 255), 255)
     return colours
+
+
+def can_read_back(formats: tuple[str, ...] | list[str]) -> bool:
+    """Whether a writer of ``formats`` can read its finished raster back (COG or Zarr)."""
+    return "cog" in formats or "zarr" in formats
 
 
 def _blocksize(height: int, width: int) -> int:
@@ -434,7 +440,7 @@ class LabelWriter:
     @property
     def readable(self) -> bool:
         """Whether :meth:`read_back` can read the raster (it has a COG or a Zarr store)."""
-        return "cog" in self.formats or "zarr" in self.formats
+        return can_read_back(self.formats)
 
     def read_back(self) -> Any:
         """Return the finished raster, read back lazily: a Dask array chunked as given.
