@@ -316,3 +316,20 @@ def test_volume_on_a_local_cluster_equals_threads(tmp_path, volume_file):
     for name in ("labels", "segments"):
         np.testing.assert_array_equal(_read_nifti(a.output / f"{name}.nii.gz")[0],
                                       _read_nifti(b.output / f"{name}.nii.gz")[0])
+
+
+def test_a_model_fitted_on_one_volume_labels_another(tmp_path, volume_file):
+    from pipeline.runner import predict_model
+
+    other = _nifti(tmp_path / "other.nii.gz", _volume(seed=11))
+    fitted = _run(tmp_path, "fit", input=str(volume_file), formats=["nifti"])
+    cfg = parse_config({"input": str(other), "output": str(tmp_path / "pred"),
+                        "features": ["bands"], "formats": ["nifti"]}, "pred")
+    res = predict_model(cfg, fitted.output / "model.json")
+    assert res.report["model_source"] == "loaded"
+    labels, img = _read_nifti(res.output / "labels.nii.gz")
+    # the same intensities get the same classes: the saved centroids, not a refit
+    vol = _volume(seed=11).astype(np.float64)
+    centres = np.asarray(fitted.model.class_centres())[:, 0]
+    expected = np.abs(vol[..., None] - centres).argmin(-1) + 1
+    assert (labels == expected).mean() > 0.999
