@@ -4,6 +4,7 @@ The public API takes and returns lazy xarray objects::
 
     import pipeline
     image = pipeline.open_image("scene.tif")            # DataArray(band, y, x), lazy
+    vol, geometry = pipeline.open_with_geometry("t1.nii.gz")  # (band, z, y, x) + Geometry
     feats = pipeline.compute_features(image, ["bands"])  # DataArray(feature, y, x), lazy
     model = pipeline.fit(feats, k=8, seed=0)             # computes the sample only
     labels = pipeline.predict(feats, model)              # DataArray(y, x), lazy
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "open_image",
+    "open_with_geometry",
+    "Geometry",
     "compute_features",
     "fit",
     "predict",
@@ -29,6 +32,8 @@ __all__ = [
 
 _WHERE = {
     "open_image": "pipeline.io",
+    "open_with_geometry": "pipeline.io",
+    "Geometry": "pipeline.io",
     "compute_features": "pipeline.features",
     "fit": "pipeline.cluster",
     "predict": "pipeline.cluster",
@@ -45,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .cluster import KMeansModel, fit, load_model, predict
     from .config import RunConfig, load_config
     from .features import compute_features
-    from .io import open_image
+    from .io import Geometry, open_image, open_with_geometry
     from .runner import run
 
 
