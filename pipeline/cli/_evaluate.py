@@ -22,7 +22,7 @@ _MAX_SHOWN = 16  # widest confusion matrix printed in the text table
 @verbosity
 def evaluate(pred: str, truth: str, ignore: tuple[int, ...], as_json: bool, verbose: int,
              quiet: bool) -> None:
-    """Score the label raster PRED against the reference TRUTH (same grid).
+    """Score the label raster or volume PRED against the reference TRUTH (same grid).
 
     Prints class-map measures (confusion matrix after Hungarian matching, overall
     accuracy, Cohen's kappa, NMI, adjusted Rand index), region-map measures (BSDS500:
@@ -30,6 +30,11 @@ def evaluate(pred: str, truth: str, ignore: tuple[int, ...], as_json: bool, verb
     instance measures (F1 at IoU 0.5, mean IoU of matches). Fractions have 4 decimals.
     Pixels that are nodata in either raster are left out. Memory stays bounded by the
     chunk size, whatever the rasters' size.
+
+    Any format tileseg reads: GeoTIFF, NIfTI, OME-Zarr, Zarr, ... (2-D or z, y, x).
+    In the NIfTI and OME-Zarr label images tileseg writes, 0 means "no label" (class c
+    is stored as c + 1): those 0 voxels are nodata. Pass --ignore 0 when the truth's 0
+    is an unlabelled background.
     """
     start(verbose, quiet)
     import json

@@ -11,8 +11,16 @@ function here that computes.
 
 Pixels and labels
 -----------------
+Label maps are 2-D ``(y, x)`` or volumes ``(z, y, x)`` in any format
+:func:`pipeline.open_image` reads (GeoTIFF, NIfTI, OME-Zarr, Zarr, ...); "pixels"
+below are voxels of volumes.
+
 - A pixel equal to a raster's nodata value (or NaN) in either map is left out of
-  everything (``pixels.nodata``).
+  everything (``pixels.nodata``). The NIfTI and OME-Zarr class maps and segment-ID
+  images tileseg writes have no nodata value but store "no label" as 0 (class ``c``
+  as ``c + 1``): read from their path (the NIfTI ``descrip`` starts with "tileseg
+  classes" or "tileseg segment"; the OME-Zarr has ``image-label`` and tileseg's
+  ``multiscales`` metadata), their 0 is nodata. Other files' 0 is a label.
 - ``ignore`` lists label values that mean "no label" (unlabelled, background). As in
   scikit-image's ``ignore_labels`` and the BSDS500 benchmark's unlabelled pixels, the
   pixels whose *truth* label is ignored are left out of the class and region measures.

@@ -147,7 +147,7 @@ def evaluate_rasters(
     iou_threshold: float = 0.5,
     chunks: int | None = None,
 ) -> dict[str, Any]:
-    """Compare a label raster with a reference: reads both and **computes** every measure.
+    """Compare a label raster or volume with a reference: reads both, **computes** every measure.
 
     The streamed table is computed with the current Dask scheduler (threads by default,
     or a ``distributed`` client when one is active); memory stays bounded by the chunk

@@ -57,7 +57,8 @@ def colour_table(source: int | str | os.PathLike[str]) -> dict[int, tuple[int, i
 
     with rasterio.open(source) as ds:
         try:
-            return {int(k): tuple(int(c) for c in v) for k, v in ds.colormap(1).items()}
+            return {int(k): (int(r), int(g), int(b), int(a))
+                    for k, (r, g, b, a) in ds.colormap(1).items()}
         except ValueError:  # no colour table: the default palette
             from ..io import palette
 
@@ -137,7 +138,9 @@ def show_labels(labels: Any, *, colours: Colours | None = None, nodata: int | No
         ax.set_title(title)
     present = [int(v) for v in np.unique(lab) if v != nodata and int(v) in colours]
     if legend and 0 < len(present) <= max_legend:
-        handles = [Patch(color=np.asarray(colours[v]) / 255, label=str(v)) for v in present]
+        # ignore: matplotlib's ColorType omits the RGBA arrays it accepts
+        handles = [Patch(color=np.asarray(colours[v]) / 255, label=str(v))  # type: ignore[arg-type]
+                   for v in present]
         ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
                   fontsize="small", frameon=False, title="class")
     return ax

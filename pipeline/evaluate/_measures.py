@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -223,6 +223,20 @@ def _voi(t: ContingencyTable) -> tuple[float, float]:
     h_t = _entropy(t.truth_sizes(), n, np.log2)
     h_p = _entropy(t.pred_sizes(), n, np.log2)
     return max(joint - h_t, 0.0), max(joint - h_p, 0.0)
+
+
+@overload
+def variation_of_information(
+    tables: ContingencyTable | Sequence[ContingencyTable], *, split: Literal[False] = ...
+) -> float: ...
+@overload
+def variation_of_information(
+    tables: ContingencyTable | Sequence[ContingencyTable], *, split: Literal[True]
+) -> tuple[float, float]: ...
+@overload
+def variation_of_information(
+    tables: ContingencyTable | Sequence[ContingencyTable], *, split: bool = ...
+) -> float | tuple[float, float]: ...
 
 
 def variation_of_information(

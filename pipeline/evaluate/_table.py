@@ -34,6 +34,7 @@ SomeLabels = str | os.PathLike[str] | xr.DataArray | np.ndarray
 _SHIFT = np.uint64(32)
 _LOW = np.uint64(0xFFFFFFFF)
 _DEFAULT_CHUNK = 1024
+_DEFAULT_VOLUME_CHUNK = 128
 
 
 @dataclass(frozen=True, eq=False)
@@ -271,7 +272,7 @@ def _finish(part, truth_offset: int, pred_offset: int, ignore: tuple[int, ...]):
 
 
 def _as_labels(x: SomeLabels, name: str, chunks: int | None) -> tuple[xr.DataArray, str]:
-    """Normalise a path, DataArray or ndarray into a lazy 2-D label DataArray."""
+    """Normalise a path, DataArray or ndarray into a lazy label map, (y, x) or (z, y, x)."""
     if isinstance(x, str | os.PathLike):
         from ..io import open_image
 
@@ -279,42 +280,105 @@ def _as_labels(x: SomeLabels, name: str, chunks: int | None) -> tuple[xr.DataArr
         if img.sizes["band"] != 1:
             raise InputError(f"{os.fspath(x)}: {img.sizes['band']} bands; expected a "
                              "single-band label raster")
-        return img.isel(band=0), os.fspath(x)
+        img = img.isel(band=0)
+        if img.rio.nodata is None and _is_tileseg_labels(os.fspath(x), img):
+            img = img.rio.write_nodata(0, encoded=False)  # 0 = no label
+        return img, os.fspath(x)
     if isinstance(x, np.ndarray):
-        x = xr.DataArray(x, dims=("y", "x") if x.ndim == 2 else None)
+        x = xr.DataArray(x, dims=_ARRAY_DIMS.get(x.ndim))
     if not isinstance(x, xr.DataArray):
         raise TypeError(f"{name}: expected a path, a DataArray or an ndarray, got "
                         f"{type(x).__name__}")
     label = str(x.attrs.get("source", name))
-    if x.ndim == 3 and x.sizes.get(x.dims[0]) == 1:
-        x = x.isel({x.dims[0]: 0})
-    if x.ndim != 2:
-        raise InputError(f"{label}: dims {x.dims}; expected a 2-D label map (y, x)")
+    if x.ndim >= 3 and x.sizes[x.dims[0]] == 1 and (x.ndim == 4 or x.dims[0] != "z"):
+        x = x.isel({x.dims[0]: 0})  # a single band
+    if x.ndim not in (2, 3):
+        raise InputError(f"{label}: dims {x.dims}; expected a 2-D label map (y, x) or a "
+                         "label volume (z, y, x)")
     if x.chunks is None:
-        x = x.chunk(chunks or _DEFAULT_CHUNK)
+        x = x.chunk(chunks or (_DEFAULT_CHUNK if x.ndim == 2 else _DEFAULT_VOLUME_CHUNK))
     return x, label
+
+
+#: dims given to in-memory arrays, by their number of dims
+_ARRAY_DIMS = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("band", "z", "y", "x")}
+
+
+def _is_tileseg_labels(path: str, img: xr.DataArray) -> bool:
+    """Whether a NIfTI or OME-Zarr file is a tileseg class map or segment-ID image.
+
+    Such files have no nodata value: 0 means "no label" (classes are stored as c + 1).
+    NIfTI: the header's ``descrip`` starts with "tileseg classes" or "tileseg segment";
+    OME-Zarr: an ``image-label`` written by tileseg (``multiscales[0].metadata.tileseg``).
+    """
+    geometry = img.attrs.get("geometry")
+    kind = getattr(geometry, "kind", None)
+    try:
+        if kind == "nifti":
+            import nibabel as nib
+
+            header = nib.load(path).header
+            if not isinstance(header, nib.AnalyzeHeader):  # NIfTI-1/2 (no descrip elsewhere)
+                return False
+            descrip = bytes(np.asarray(header["descrip"]).tobytes())
+            return descrip.startswith((b"tileseg classes", b"tileseg segment"))
+        if kind == "ome-zarr":
+            from ..io._ome import _multiscales
+
+            found = _multiscales(path)
+            if found is None:
+                return False
+            _, multiscales, _, attrs = found
+            meta = (multiscales[0].get("metadata") or {}).get("tileseg")
+            return ("image-label" in attrs and isinstance(meta, dict)
+                    and meta.get("role") in ("classes", "ids") and meta.get("nodata", 0) == 0)
+    except Exception:  # unreadable metadata: not one of ours, the reader said the rest
+        return False
+    return False
 
 
 def check_same_grid(pred: xr.DataArray, truth: xr.DataArray, names: tuple[str, str] = (
         "prediction", "truth")) -> None:
-    """Raise unless two label maps lie on the same pixel grid.
+    """Raise unless two label maps lie on the same pixel (or voxel) grid.
 
-    Shapes must be equal; when both are georeferenced, so must be their CRS and
-    transform. A map without georeferencing is compared pixel by pixel.
+    Shapes must be equal. When both are georeferenced, so must be their CRS and
+    transform; when both are in physical space (NIfTI, DICOM, OME-TIFF, OME-Zarr: the
+    ``Geometry`` in ``attrs["geometry"]``), their voxel size, and their affine when both
+    formats can state it (NIfTI and DICOM share RAS+ with orientation; OME-TIFF and
+    OME-Zarr a scale and translation). Maps without such a geometry (arrays, plain
+    images, plain Zarr), or one of each kind, are compared pixel by pixel.
 
     Raises
     ------
     InputError
         Naming both maps and what differs.
     """
-    (h1, w1), (h2, w2) = pred.shape, truth.shape
-    if (h1, w1) != (h2, w2):
-        raise InputError(f"{names[1]}: {w2} x {h2} pixels but {names[0]} is {w1} x {h1} "
-                         "(width x height); expected two rasters on the same grid "
-                         "(resample one onto the other's grid first)")
+    if pred.ndim == 2 and truth.ndim == 2:
+        (h1, w1), (h2, w2) = pred.shape, truth.shape
+        if (h1, w1) != (h2, w2):
+            raise InputError(f"{names[1]}: {w2} x {h2} pixels but {names[0]} is {w1} x {h1} "
+                             "(width x height); expected two rasters on the same grid "
+                             "(resample one onto the other's grid first)")
+    elif pred.shape != truth.shape:
+        def size(x: xr.DataArray) -> str:
+            return " x ".join(str(n) for n in x.shape[::-1])
+
+        axes = "x, y, z" if truth.ndim == 3 else "x, y"
+        raise InputError(f"{names[1]}: {size(truth)} voxels ({axes}) but {names[0]} is "
+                         f"{size(pred)} ({'x, y, z' if pred.ndim == 3 else 'x, y'}); "
+                         "expected two label maps on the same grid (resample one onto "
+                         "the other's grid first)")
     c1, c2 = pred.rio.crs, truth.rio.crs
-    if c1 is None or c2 is None:
+    if c1 is not None and c2 is not None:
+        _check_georeferencing(pred, truth, c1, c2, names)
         return
+    g1, g2 = pred.attrs.get("geometry"), truth.attrs.get("geometry")
+    if _physical(g1) and _physical(g2):
+        _check_physical(g1, g2, names)
+
+
+def _check_georeferencing(pred: xr.DataArray, truth: xr.DataArray, c1: Any, c2: Any,
+                          names: tuple[str, str]) -> None:
     if c1 != c2:
         raise InputError(f"{names[1]}: CRS {c2.to_string()} differs from {names[0]}'s "
                          f"{c1.to_string()}; expected two rasters on the same grid")
@@ -323,6 +387,51 @@ def check_same_grid(pred: xr.DataArray, truth: xr.DataArray, names: tuple[str, s
     if not np.allclose(tuple(t1)[:6], tuple(t2)[:6], rtol=0, atol=1e-6 * size):
         raise InputError(f"{names[1]}: transform {tuple(t2)[:6]} differs from {names[0]}'s "
                          f"{tuple(t1)[:6]} (origin or pixel size); expected two rasters "
+                         "on the same grid")
+
+
+#: formats whose geometry is in physical space, by the convention of their affine:
+#: NIfTI and DICOM in RAS+ with orientation, OME-TIFF and OME-Zarr scale and translation
+_AFFINE_FAMILY = {"nifti": "ras", "dicom": "ras", "tiff": "ngff", "ome-zarr": "ngff"}
+#: length units in millimetres (NGFF names, as :class:`pipeline.io.Geometry` has them)
+_UNIT_MM = {"meter": 1e3, "centimeter": 10.0, "millimeter": 1.0, "micrometer": 1e-3,
+            "nanometer": 1e-6}
+
+
+def _physical(geometry: Any) -> bool:
+    return getattr(geometry, "kind", None) in _AFFINE_FAMILY
+
+
+def _check_physical(g1: Any, g2: Any, names: tuple[str, str]) -> None:
+    """Voxel size (and affine, within one convention) of two physical geometries."""
+    u1, u2 = g1.unit, g2.unit
+    # an unknown unit is taken to be the other's
+    f1 = f2 = 1.0
+    if u1 in _UNIT_MM and u2 in _UNIT_MM:
+        f1, f2 = _UNIT_MM[u1], _UNIT_MM[u2]
+    s1 = np.asarray(g1.spacing, dtype=np.float64) * f1
+    s2 = np.asarray(g2.spacing, dtype=np.float64) * f2
+    axes = "x, y, z" if g1.ndim == 3 else "x, y"
+
+    def spacing(g: Any) -> str:
+        unit = f" {g.unit}" if g.unit else ""
+        return " x ".join(f"{v:g}" for v in g.spacing[::-1]) + unit
+
+    if s1.shape != s2.shape or not np.allclose(s1, s2, rtol=1e-4, atol=0):
+        raise InputError(f"{names[1]}: voxel size {spacing(g2)} ({axes}) differs from "
+                         f"{names[0]}'s {spacing(g1)}; expected two label maps on the same "
+                         "grid")
+    if _AFFINE_FAMILY[g1.kind] != _AFFINE_FAMILY[g2.kind]:
+        return  # e.g. NIfTI and OME-Zarr: no common orientation to compare
+    a1, a2 = g1.world_affine() * f1, g2.world_affine() * f2
+    # a hundredth of a voxel, and float32 rounding (NIfTI's sform) of large origins
+    tol = 1e-2 * float(s1.min()) + 1e-6 * float(np.abs(a1[:3, 3]).max())
+    if not np.allclose(a1[:3], a2[:3], rtol=0, atol=tol):
+        def rows(a: np.ndarray, f: float) -> str:
+            return str(np.round(a[:3] / f, 4).tolist())
+
+        raise InputError(f"{names[1]}: affine {rows(a2, f2)} differs from {names[0]}'s "
+                         f"{rows(a1, f1)} (origin or orientation); expected two label maps "
                          "on the same grid")
 
 
@@ -338,16 +447,20 @@ def contingency(
 
     Parameters
     ----------
-    pred, truth : path, DataArray (y, x) or (1, y, x), or ndarray
-        Label maps on the same grid: raster paths are opened with
-        :func:`pipeline.open_image` (the truth with the prediction's chunks), DataArrays
-        keep their chunks (the truth is rechunked like the prediction), ndarrays are
-        chunked. Integer labels (up to 32-bit values; whole-number floats too). The
-        nodata value (``rio.nodata``) and NaN leave a pixel out.
+    pred, truth : path, DataArray or ndarray
+        Label maps on the same grid, 2-D ``(y, x)`` (or ``(1, y, x)``) or volumes
+        ``(z, y, x)`` (or ``(1, z, y, x)``): paths (GDAL rasters, NIfTI, OME-Zarr, Zarr,
+        DICOM, OME-TIFF) are opened with :func:`pipeline.open_image` (the truth with the
+        prediction's chunks), DataArrays keep their chunks (the truth is rechunked like
+        the prediction), ndarrays are chunked. Integer labels (up to 32-bit values;
+        whole-number floats too). The nodata value (``rio.nodata``) and NaN leave a
+        pixel out; so does 0 in a tileseg class map or segment-ID image read from a
+        NIfTI or OME-Zarr path (it has no nodata value: 0 means "no label").
     ignore : iterable of int
         Label values that mean "no label" (see the module notes).
     chunks : int, optional
-        Chunk side for paths and in-memory arrays (default: the file's, or 1024).
+        Chunk side for paths and in-memory arrays (default: the file's, or 1024 for
+        images and 128 for volumes).
     split_every : int
         Fan-in of the tree that merges the per-chunk tables.
 
@@ -359,8 +472,9 @@ def contingency(
     Raises
     ------
     InputError
-        Unreadable or multi-band input, maps on different grids. Labels that are not
-        whole numbers or do not fit in 32 bits raise it when computed.
+        Unreadable or multi-band input, maps on different grids (shape; CRS and
+        transform, or voxel size and affine: :func:`check_same_grid`). Labels that are
+        not whole numbers or do not fit in 32 bits raise it when computed.
     """
     ignore = _ignore(ignore)
     if split_every < 2:
@@ -368,8 +482,10 @@ def contingency(
     p, pname = _as_labels(pred, "prediction", chunks)
     if chunks is None and isinstance(truth, str | os.PathLike):
         assert p.chunks is not None  # _as_labels returns Dask-backed maps
-        chunks = max(16, int(p.chunks[1][0]))
+        chunks = max(16, int(p.chunks[-1][0]))
     t, tname = _as_labels(truth, "truth", chunks)
+    if p.ndim != t.ndim:  # a 2-D image stored as a volume of one slice (NIfTI)
+        p, t = _flat(p), _flat(t)
     check_same_grid(p, t, (pname, tname))
     pdata, tdata = p.data, t.data
     if tdata.chunks != pdata.chunks:
@@ -386,6 +502,15 @@ def contingency(
     while len(parts) > 1:
         parts = [merge(parts[i:i + split_every]) for i in range(0, len(parts), split_every)]
     return dask.delayed(_finish, pure=True)(parts[0], t_off, p_off, ignore)
+
+
+def _flat(x: xr.DataArray) -> xr.DataArray:
+    """Drop the z axis of a volume of one slice, keeping what the reader said."""
+    if x.ndim != 3 or x.shape[0] != 1:
+        return x
+    out = x.isel({x.dims[0]: 0})
+    out.attrs.pop("geometry", None)  # a 3-D geometry: such a pair compares by pixel
+    return out
 
 
 def _nodata(x: xr.DataArray) -> float | None:
@@ -507,7 +632,8 @@ def class_instances(segments: xr.DataArray, labels: xr.DataArray,
     if segments.shape != labels.shape:
         raise InputError(f"labels: shape {labels.shape} differs from the segments' "
                          f"{segments.shape}; expected the class map of these segments")
-    dtype = np.dtype(np.uint64 if np.dtype(segments.dtype).itemsize > 4 else np.uint32)
+    dtype = (np.dtype(np.uint64) if np.dtype(segments.dtype).itemsize > 4
+             else np.dtype(np.uint32))
     nodata = int(np.iinfo(dtype).max)
     out = xr.where(labels.isin(wanted), segments, 0).astype(dtype)
     label_nodata = labels.rio.nodata
