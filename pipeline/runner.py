@@ -192,7 +192,7 @@ def run(
         segments = None if one_pass else segments_stage(ctx, model, rasters)
         with staged_output(output, overwrite or keep is not None, keep or ()) as staging:
             written = write_stage(ctx, model, rasters, staging, segments, one_pass)
-            figures = write_figures(config, opened.image, fitted, staging)
+            figures = write_figures(config, opened.image, fitted, staging, opened.mask)
             figures += [p.name for p in keep or () if p.name not in figures]
             timings.total()
             names = ([p.name for p in written.files] + save_model(model, staging) + figures
@@ -229,7 +229,7 @@ def fit_model(config: RunConfig, *, overwrite: bool = False
         fitted = fit_stage(config, features)
         output.mkdir(parents=True, exist_ok=True)
         names = save_model(fitted.model, output) + write_figures(config, image, fitted,
-                                                                   output)
+                                                                   output, opened.mask)
     log.info("wrote %s", ", ".join(names))
     return fitted.model, [output / n for n in names]
 
@@ -290,7 +290,8 @@ def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
         output.mkdir(parents=True, exist_ok=True)
         names = write_elbow(result, output)
         if panels:
-            write_comparison(config, image, panels, output / "comparison.png")
+            write_comparison(config, image, panels, output / "comparison.png",
+                             opened.mask)
             names.append("comparison.png")
     log.info("k = %d (%s); wrote %s", result.k, result.chosen_by, ", ".join(names))
     return result, [output / n for n in names]

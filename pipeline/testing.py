@@ -69,7 +69,7 @@ def _serve(directory: str, queue: Any) -> None:  # runs in a child process
         def log_message(self, *args: Any) -> None:  # keep test output clean
             pass
 
-        def send_head(self):  # type: ignore[override]
+        def send_head(self):
             self._remaining = None
             rng = self.headers.get("Range")
             path = self.translate_path(self.path)
@@ -90,7 +90,7 @@ def _serve(directory: str, queue: Any) -> None:  # runs in a child process
             self._remaining = end - start + 1
             return f
 
-        def copyfile(self, source, outputfile):  # type: ignore[override]
+        def copyfile(self, source, outputfile):
             remaining = self._remaining
             if remaining is None:
                 return super().copyfile(source, outputfile)

@@ -49,7 +49,7 @@ class _Slice:
     frame: int | None
     position: tuple[float, ...] | None
     orientation: tuple[float, ...] | None
-    spacing: tuple[float, float] | None
+    spacing: tuple[float, ...] | None  # (row, column) spacing
     slope: float
     inter: float
 
@@ -204,9 +204,10 @@ def _sort(label: str, slices: list[_Slice]) -> tuple[list[_Slice], float]:
     if np.abs(ori - ori[0]).max() > 1e-4:
         raise InputError(f"{label}: the slices differ in ImageOrientationPatient; "
                          "expected one orientation for the whole series")
+    assert first.orientation is not None  # checked above, as every position
     row, col = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
     normal = np.cross(row, col)
-    where = np.array([np.dot(s.position, normal) for s in slices])
+    where = np.array([np.dot(s.position, normal) for s in slices if s.position is not None])
     order = np.argsort(where, kind="stable")
     slices = [slices[i] for i in order]
     where = where[order]

@@ -55,7 +55,8 @@ def nifti_codes(geometry: Geometry) -> tuple[int, int]:
             value = value.decode() if isinstance(value, bytes) else value
         else:
             value = int(value)
-        out.append(int(codes[value]))
+        # ignore: nibabel types Recoder values as Hashable; xform codes are ints
+        out.append(int(codes[value]))  # type: ignore[call-overload]
     return out[0], out[1]
 
 

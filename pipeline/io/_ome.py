@@ -147,10 +147,10 @@ def _tiff_pixel_size(tf: Any) -> dict[str, tuple[float, str | None]]:
             return {"X": (mpp, "micrometer"), "Y": (mpp, "micrometer")}
     try:
         rx, ry = page.resolution
-        unit = int(page.resolutionunit)
+        res_unit = int(page.resolutionunit)
     except Exception:  # no resolution tags
         return out
-    per = {2: 25400.0, 3: 10000.0}.get(unit)  # micrometres per inch / per centimetre
+    per = {2: 25400.0, 3: 10000.0}.get(res_unit)  # micrometres per inch / per centimetre
     if per and rx > 0 and ry > 0:
         out = {"X": (per / rx, "micrometer"), "Y": (per / ry, "micrometer")}
     return out
@@ -311,14 +311,14 @@ def _axes(ms: dict[str, Any], ndim: int) -> list[dict[str, Any]]:
     return out
 
 
-def _transform(transforms: list[dict[str, Any]], n: int, scale: np.ndarray,
+def _transform(transforms: list[dict[str, Any]] | None, n: int, scale: np.ndarray,
                shift: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Apply NGFF scale/translation transforms after ``index * scale + shift``."""
     for t in transforms or ():
         kind = t.get("type")
         if kind == "identity":
             continue
-        values = t.get(kind)
+        values = t.get(str(kind))  # str: JSON keys (kind None is refused below)
         if kind not in ("scale", "translation") or values is None or len(values) != n:
             raise InputError(f"{where}: coordinate transformation {t}; expected 'scale' or "
                              f"'translation' with {n} values")
@@ -425,7 +425,8 @@ def open_ome_zarr(path: str | os.PathLike[str], *, chunks: int | None = None,
     for col, i in enumerate(space[::-1]):  # x, y, z columns
         affine[col, col] = scale[i]
         affine[col, 3] = shift[i]
-    omero = attrs.get("omero") if isinstance(attrs.get("omero"), dict) else {}
+    omero = attrs.get("omero")
+    omero = omero if isinstance(omero, dict) else {}
     extra = {
         "ngff_version": version,
         "levels": len(datasets),
@@ -487,7 +488,8 @@ def open_zarr_array(path: str | os.PathLike[str], *, chunks: int | None = None,
         node = arrays[0]
     names = getattr(node.metadata, "dimension_names", None) or \
         node.attrs.get("_ARRAY_DIMENSIONS")
-    dims = tuple(str(n).lower() if n is not None else "" for n in names) if names else None
+    dims = (tuple(str(n).lower() if n is not None else "" for n in names)
+            if names and isinstance(names, list | tuple) else None)
     if dims is not None:
         dims = tuple("band" if d in _BAND_NAMES else d for d in dims)
     if dims is None or set(dims) - {"band", "z", "y", "x"} or len(set(dims)) != len(dims):
@@ -512,7 +514,8 @@ def open_zarr_array(path: str | os.PathLike[str], *, chunks: int | None = None,
         arr = arr.rechunk((-1,) + (side,) * len(spatial))
     else:
         arr = arr.rechunk({0: -1})
-    nodata = node.attrs.get("_FillValue")  # zarr's own fill value is no nodata
+    fill = node.attrs.get("_FillValue")  # zarr's own fill value is no nodata
+    nodata = fill if isinstance(fill, int | float) else None
     geometry = Geometry(dims=spatial_dims, shape=spatial, kind="zarr",
                         spacing=(1.0,) * len(spatial), affine=np.eye(4))
     return make_image(arr, geometry, source, nodata), geometry

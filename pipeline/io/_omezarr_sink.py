@@ -46,19 +46,20 @@ def pyramid_steps(shape: tuple[int, ...], spacing: tuple[float, ...],
     ``y``/``x`` side exceeds ``max_side``, and at least one when it is ``min_side`` or
     more; ``len(result) + 1`` levels in all.
     """
-    shape, spacing = list(shape), [float(s) for s in spacing]
+    sizes, spacings = list(shape), [float(s) for s in spacing]
     steps: list[tuple[int, ...]] = []
     while True:
-        side = max(shape[-2:])
+        side = max(sizes[-2:])
         if not (side > max_side or (not steps and side >= min_side)):
             return steps
-        step = [1] * len(shape)
+        step = [1] * len(sizes)
         step[-2:] = [2, 2]
-        if len(shape) == 3 and shape[0] > 1 and 2 * spacing[0] <= 2 * spacing[1] * (1 + 1e-9):
+        if (len(sizes) == 3 and sizes[0] > 1
+                and 2 * spacings[0] <= 2 * spacings[1] * (1 + 1e-9)):
             step[0] = 2
         steps.append(tuple(step))
-        shape = [-(-n // s) for n, s in zip(shape, step, strict=True)]
-        spacing = [p * s for p, s in zip(spacing, step, strict=True)]
+        sizes = [-(-n // s) for n, s in zip(sizes, step, strict=True)]
+        spacings = [p * s for p, s in zip(spacings, step, strict=True)]
 
 
 def _translation(geometry: Geometry) -> list[float] | None:
@@ -192,8 +193,9 @@ class OmeZarrSink:
         axes = []
         for dim, unit in zip(self.dims, self.geometry.units, strict=True):
             axis = {"name": dim, "type": "space"}
-            if unit_name(unit) is not None:
-                axis["unit"] = unit_name(unit)
+            name = unit_name(unit)
+            if name is not None:
+                axis["unit"] = name
             axes.append(axis)
         translation = _translation(self.geometry)
         datasets = []

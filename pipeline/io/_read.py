@@ -419,6 +419,8 @@ def _read_gdal(paths: list[str], chunks: int | None,
             parse_coordinates=True,
             **options,
         )
+    # a list or Dataset only for subdatasets: _describe refused a raster without bands
+    assert isinstance(da, xr.DataArray)
     da = da.drop_vars([c for c in ("band",) if c in da.coords])
     geometry = Geometry(dims=("y", "x"), shape=tuple(da.shape[1:]), kind="gdal",
                         crs=da.rio.crs, transform=da.rio.transform(),

@@ -63,8 +63,9 @@ class UserMask:
 
     def summaries(self) -> Any:
         """Return the lazy per-chunk "any valid" flags (for the orchestrator to compute)."""
-        return self.data.map_blocks(_any_block, dtype=bool,
-                                    chunks=tuple((1,) * len(c) for c in self.data.chunks))
+        # da.map_blocks: what the method calls (the method is typed as the function)
+        return da.map_blocks(_any_block, self.data, dtype=bool,
+                             chunks=tuple((1,) * len(c) for c in self.data.chunks))
 
     def rechunk(self, chunks: tuple[tuple[int, ...], ...]) -> UserMask:
         """Return the same mask on another chunking (``chunk_any`` follows when known)."""

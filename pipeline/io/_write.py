@@ -17,7 +17,7 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 import numba
@@ -30,6 +30,9 @@ from rasterio.transform import Affine
 
 from ._read import GDAL_TYPES
 
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
+
 __all__ = ["LabelWriter", "palette", "label_dtype", "store_part", "can_read_back",
            "LABEL_FORMATS"]
 
@@ -37,7 +40,7 @@ LABEL_FORMATS = ("cog", "zarr")
 #: zarr-python checks every written chunk against the fill value to skip empty ones,
 #: which costs more than compressing it (8.3 ms against 3.5 ms a 1024^2 uint8 chunk);
 #: an all-nodata chunk compresses to a few bytes, so write them all.
-ZARR_WRITE_CONFIG = {"write_empty_chunks": True}
+ZARR_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 _TILE = 512
 
 
@@ -111,7 +114,7 @@ def regular_chunks(chunks: tuple[tuple[int, ...], ...]) -> bool:
     return all(len(set(c[:-1])) <= 1 and c[-1] <= c[0] for c in chunks)
 
 
-def _window(region: tuple[slice, slice]) -> tuple[tuple[int, int], tuple[int, int]]:
+def _window(region: tuple[slice, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
     ys, xs = region
     return (ys.start, ys.stop), (xs.start, xs.stop)
 
@@ -126,7 +129,7 @@ def overview_factors(height: int, width: int) -> list[int]:
     return factors
 
 
-def decimate(block: np.ndarray, region: tuple[slice, slice], factor: int
+def decimate(block: np.ndarray, region: tuple[slice, ...], factor: int
              ) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Return the part of a nearest-neighbour overview that one block holds.
 
@@ -257,21 +260,21 @@ class LabelWriter:
                     class_names: list[str] | None) -> list[Any]:
         from ._sinks import SINKS
 
-        wanted = [f for f in self.formats if SINKS[f].factory is not None]
+        wanted = [factory for f in self.formats if (factory := SINKS[f].factory) is not None]
         if not wanted:
             return []
         if geometry is None:
             from ._geometry import Geometry
 
             geometry = template.attrs.get("geometry") or Geometry(
-                dims=tuple(template.dims), shape=tuple(template.shape))
+                dims=tuple(str(d) for d in template.dims), shape=tuple(template.shape))
         role = ("classes" if self.n_classes is not None
                 else "ids" if self.nodata == 0 else "values")
-        return [SINKS[f].factory(self.directory, self.stem, geometry,
-                                 shape=tuple(template.shape), chunks=self._chunks,
-                                 dtype=self.dtype, nodata=self.nodata, role=role,
-                                 n_classes=self.n_classes, class_names=class_names)
-                for f in wanted]
+        return [factory(self.directory, self.stem, geometry,
+                        shape=tuple(template.shape), chunks=self._chunks,
+                        dtype=self.dtype, nodata=self.nodata, role=role,
+                        n_classes=self.n_classes, class_names=class_names)
+                for factory in wanted]
 
     def _overview_path(self, factor: int) -> Path:
         return self.directory / f".{self.stem}.ovr{factor}.tif"
@@ -295,7 +298,7 @@ class LabelWriter:
         ds = template.rename(self.stem).to_dataset()
         ds.drop_vars(self.stem).to_zarr(path, mode="w-", zarr_format=3, consolidated=False)
         attrs = {k: v for k, v in template.attrs.items() if k != "_FillValue"}
-        extra = [c for c in ds[self.stem].coords if c not in ds[self.stem].dims]
+        extra = [str(c) for c in ds[self.stem].coords if c not in ds[self.stem].dims]
         if extra:
             attrs["coordinates"] = " ".join(sorted(extra))
         # the nodata label as an attribute, not `_FillValue`: xarray would decode the
@@ -306,10 +309,11 @@ class LabelWriter:
 
         return zarr.open_group(str(path), mode="r+").create_array(
             self.stem, shape=template.shape, chunks=chunks, dtype=self.dtype,
-            fill_value=self.nodata, dimension_names=template.dims, attributes=attrs,
+            fill_value=self.nodata, dimension_names=tuple(str(d) for d in template.dims),
+            attributes=attrs,
             config=ZARR_WRITE_CONFIG)
 
-    def __setitem__(self, region: tuple[slice, slice], block: np.ndarray) -> None:
+    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
         """Write one block; safe to call from several threads at once.
 
         Only the GeoTIFF handle and the running totals are shared, and they are
@@ -361,6 +365,7 @@ class LabelWriter:
                 sink[region] = block
         with self._lock:
             if self._tif is not None:
+                assert block is not None  # remote() asks the GeoTIFF's blocks back
                 self._tif.write(block, 1, window=_window(region))
                 for factor, ds in self._overviews:
                     part = decimate(block, region, factor)
@@ -565,7 +570,7 @@ def _class_counts(block: np.ndarray, n_classes: int, nodata: int) -> np.ndarray:
 _open_stores: dict[tuple[str, str, str], Any] = {}
 
 
-def store_part(block: np.ndarray, region: tuple[slice, slice], remote: dict[str, Any]
+def store_part(block: np.ndarray, region: tuple[slice, ...], remote: dict[str, Any]
                ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Do a worker's share of writing one block (see :meth:`LabelWriter.remote`).
 

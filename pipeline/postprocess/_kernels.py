@@ -24,6 +24,11 @@ _UNIT = float(2**FIXED_POINT_BITS)
 #: piece's low words cannot overflow below 2**31 pixels per chunk
 _CLIP = float(2**29)
 
+#: What :func:`_piece_kernel` and :func:`_reduce_kernel` return, one row per piece
+#: (segment): klass, first, count, rmin, rmax, cmin, cmax, hi, lo
+PieceArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                    np.ndarray, np.ndarray, np.ndarray]
+
 
 @numba.njit(cache=True, nogil=True)
 def _find(parent, a):  # pragma: no cover - compiled
@@ -143,7 +148,7 @@ def paint_runs(starts, ends, labels, row_ptr, lut, out):  # pragma: no cover - c
 
 @numba.njit(cache=True, nogil=True)
 def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, scale,
-                  y0, x0, width, integer_sums):  # pragma: no cover - compiled
+                  y0, x0, width, integer_sums) -> PieceArrays:  # pragma: no cover - compiled
     """Per local piece: class, first pixel, count, bounding box, exact feature sums.
 
     Feature ``f`` is ``float32(feats[bands[f]])``: float32 features as they are, or
@@ -313,7 +318,7 @@ def label_chunk(
 
 @numba.njit(cache=True, nogil=True)
 def _reduce_kernel(group, n, klass, first, count, rmin, rmax, cmin, cmax, hi,  # pragma: no cover
-                   lo):
+                   lo) -> PieceArrays:
     """Statistics of groups of rows in one pass (no sort); ``group[i]`` in ``0..n-1``.
 
     A group's class is the class of its member with the smallest first pixel.

@@ -290,9 +290,11 @@ def load_kernels(ndim: int = 2) -> None:
                                       np.zeros(1, np.int64), 2 * i + j, 3 * i, 3 * j, 6, 255,
                                       8, one - 1, one, 5, integer_sums)
                   for i in range(2) for j in range(2)}
-        joins = [_join_task(blocks[i, j][1], *(blocks.get(k, (None, None))[1]
-                                               for k in ((i, j + 1), (i + 1, j), (i + 1, j + 1))),
-                            8, True) for i in range(2) for j in range(2)]
+        none = (None, None)
+        joins = [_join_task(blocks[i, j][1], blocks.get((i, j + 1), none)[1],
+                            blocks.get((i + 1, j), none)[1],
+                            blocks.get((i + 1, j + 1), none)[1], 8, True)
+                 for i in range(2) for j in range(2)]
         tasks = SegmentTasks([None] * 4, [None] * 4, ((3, 3), (3, 3)), 8, 5,
                              *_sum_units(1, integer_sums, one - 1, one))
         pieces = [blocks[i, j][0] for i in range(2) for j in range(2)]

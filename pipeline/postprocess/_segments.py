@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import dask
 import dask.array as da
@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ._kernels import (
     FIXED_POINT_BITS,
+    PieceArrays,
     Runs,
     _combine_kernel,
     _contact_kernel,
@@ -50,6 +51,9 @@ from ._kernels import (
     paint_runs,
 )
 from ._kernels3d import _reduce_extra
+
+if TYPE_CHECKING:
+    from ._segments3d import ChunkPieces3  # imports this module
 
 __all__ = [
     "CONNECTIVITIES",
@@ -114,7 +118,8 @@ class ChunkPieces(NamedTuple):
 
     klass: np.ndarray
     first: np.ndarray
-    count: np.ndarray
+    # a field shadowing tuple.count (mypy rejects that), named as SegmentStats.count
+    count: np.ndarray  # type: ignore[assignment]
     rmin: np.ndarray
     rmax: np.ndarray
     cmin: np.ndarray
@@ -129,7 +134,7 @@ class ChunkPieces(NamedTuple):
 class ChunkStrips(NamedTuple):
     """Local labels and classes of a chunk's outer rows and columns."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field shadowing tuple.index (the chunk)
     top: np.ndarray
     top_cls: np.ndarray
     bottom: np.ndarray
@@ -189,9 +194,9 @@ def _chunk_task(classes: np.ndarray, feats: np.ndarray | None, bands: np.ndarray
     runs = label_runs(cls, nodata, connectivity)
     if feats is None:
         feats = np.empty((0, h, w), dtype=np.float32)
-    stats = _piece_kernel(runs.starts, runs.ends, runs.labels, runs.row_ptr, runs.n, cls,
-                          np.ascontiguousarray(feats), bands, offset, scale, y0, x0, width,
-                          integer_sums)
+    stats: PieceArrays = _piece_kernel(
+        runs.starts, runs.ends, runs.labels, runs.row_ptr, runs.n, cls,
+        np.ascontiguousarray(feats), bands, offset, scale, y0, x0, width, integer_sums)
     if min_pixels is None:
         empty = np.empty(0, dtype=np.int32)
         edges = (empty, empty, empty)
@@ -210,7 +215,7 @@ def _chunk_task(classes: np.ndarray, feats: np.ndarray | None, bands: np.ndarray
 
 
 def _pairs(la: np.ndarray, ca: np.ndarray, ia: int, lb: np.ndarray, cb: np.ndarray, ib: int,
-           length: int, joins: list, edges: list) -> None:
+           length: int, joins: list, edges: list | None) -> None:
     """Sort aligned pixel pairs into same-class joins and different-class edges."""
     valid = (la > 0) & (lb > 0)
     same = valid & (ca == cb)
@@ -279,7 +284,7 @@ class SegmentTasks:
 
     pieces: list[Any] = field(repr=False)
     joins: list[Any] = field(repr=False)
-    chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    chunks: tuple[tuple[int, ...], ...]
     connectivity: int
     min_pixels: int | None
     sum_offset: np.ndarray
@@ -345,7 +350,8 @@ def _prepare(labels: xr.DataArray, features: xr.DataArray | None, connectivity: 
     scl = np.ones(nf) if scale is None else np.asarray(scale, dtype=np.float64)
     if off.shape != (nf,) or scl.shape != (nf,):
         raise ValueError(f"offset and scale must have one value per feature ({nf})")
-    integer_sums = bands is not None and np.dtype(features.dtype) in _INTEGER_SUM_DTYPES
+    integer_sums = (bands is not None and features is not None
+                    and np.dtype(features.dtype) in _INTEGER_SUM_DTYPES)
     return _Prepared(data, nodata, band_index, off, scl, bool(integer_sums))
 
 
@@ -511,7 +517,7 @@ class SegmentStats:
 
         A group's class is that of its member with the smallest first pixel.
         """
-        fields = _reduce_kernel(
+        fields: PieceArrays = _reduce_kernel(
             np.ascontiguousarray(group, dtype=np.int64), int(n_groups),
             *(np.ascontiguousarray(getattr(self, f))
               for f in ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")),
@@ -549,7 +555,7 @@ class SegmentIndex:
     stats: SegmentStats
     luts: list[np.ndarray] = field(repr=False)
     edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(repr=False)
-    chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    chunks: tuple[tuple[int, ...], ...]
     connectivity: int
     min_pixels: int | None = None
 
@@ -570,7 +576,8 @@ class SegmentIndex:
 
 
 def resolve_segments(
-    tasks: SegmentTasks, pieces: Sequence[ChunkPieces], joins: Sequence[Joins]
+    tasks: SegmentTasks, pieces: Sequence[ChunkPieces | ChunkPieces3],
+    joins: Sequence[Joins]
 ) -> SegmentIndex:
     """Join the chunk pieces into global, canonically numbered segments.
 
@@ -603,7 +610,8 @@ def resolve_segments(
     jb = np.concatenate([dense(j.join_b) for j in joins]) if joins else np.empty(0, np.int64)
     graph = coo_matrix((np.ones(ja.size, dtype=np.int32), (ja, jb)), shape=(total, total))
     n_comp, comp = connected_components(graph.tocsr(), directed=False)
-    stat_fields = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
+    stat_fields: tuple[str, ...] = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax",
+                                    "hi", "lo")
     if tasks.ndim == 3:
         stat_fields += ("zmin", "zmax", "coord_sum")
     nf = pieces[0].hi.shape[1] if pieces else 0

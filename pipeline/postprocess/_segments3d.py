@@ -62,7 +62,7 @@ class ChunkPieces3(NamedTuple):
 
     klass: np.ndarray
     first: np.ndarray
-    count: np.ndarray
+    count: np.ndarray  # type: ignore[assignment]  # shadows tuple.count, as ChunkPieces
     zmin: np.ndarray
     zmax: np.ndarray
     rmin: np.ndarray
@@ -84,7 +84,7 @@ class ChunkFaces(NamedTuple):
     ``axis``, kept as 3-D arrays of size 1 along it (copies, not views of the chunk).
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field shadowing tuple.index (the chunk)
     labels: tuple[tuple[np.ndarray, np.ndarray], ...]
     classes: tuple[tuple[np.ndarray, np.ndarray], ...]
 

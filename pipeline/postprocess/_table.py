@@ -68,8 +68,8 @@ def segment_table(
     if stats.ndim == 3:
         if transform is not None:
             raise ValueError("a volume's table takes geometry=, not a 2-D transform=")
-        out = _volume_columns(stats, geometry)
-        return _with_means(out, stats, feature_names, offset, scale)
+        return _with_means(_volume_columns(stats, geometry), stats, feature_names, offset,
+                           scale)
     if transform is None and geometry is not None:
         transform = _transform_of(geometry)
     t = Affine.identity() if transform is None else transform

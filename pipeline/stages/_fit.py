@@ -12,6 +12,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+import dask
+import numpy as np
 import xarray as xr
 from rasterio.errors import RasterioError
 
@@ -29,8 +31,11 @@ from ..cluster import (
 from ..config import RunConfig
 from ..errors import ModelError
 from ..features import compute_features
+from ..features._common import spacing
+from ..features._texture import TextureParams
 from ..io import masked_float, open_image
-from ..report import plot_comparison, plot_elbow
+from ..io._user_mask import UserMask
+from ..report import plot_comparison, plot_comparison_planes, plot_elbow
 
 __all__ = ["Fitted", "draw", "fit_stage", "given_model", "save_model", "write_elbow",
            "write_comparison", "write_figures"]
@@ -152,15 +157,16 @@ def _overview(config: RunConfig, image: xr.DataArray, size: int) -> xr.DataArray
     return small.chunk({"band": -1})
 
 
-def _comparison_models(config: RunConfig, fitted: Fitted) -> list[tuple[str, ClusterModel]]:
+def _comparison_models(config: RunConfig, fitted: Fitted, labels: str = "labels.tif"
+                       ) -> list[tuple[str, ClusterModel]]:
     """Return the models of comparison.png: the run's, then one per comparison k.
 
     Each is a cut of the model's hierarchy, else the method refitted on the first
     ``ELBOW_SAMPLE_SIZE`` sampled pixels (K-means for methods that find their own k);
-    loaded models are only cut.
+    loaded models are only cut. ``labels`` names the run's labels in its title.
     """
     model, c = fitted.model, config.cluster
-    panels = [(f"{model.method}, k={model.k} (labels.tif)", model)]
+    panels = [(f"{model.method}, k={model.k} ({labels})", model)]
     for k in config.report.comparison:
         if k == model.k:
             continue
@@ -180,9 +186,124 @@ def _comparison_models(config: RunConfig, fitted: Fitted) -> list[tuple[str, Clu
     return panels
 
 
+#: The planes of a volume's comparison.png: name, and the dim (of z, y, x) it cuts.
+_PLANES = (("axial", "z"), ("coronal", "y"), ("sagittal", "x"))
+
+
+@dataclass
+class Plane:
+    """One mid-plane of a volume, decimated, with the features of its voxels."""
+
+    name: str
+    dim: str                     # the dim it cuts: "z", "y" or "x"
+    index: int                   # where: depth // 2, height // 2 or width // 2
+    step: int                    # decimation along both in-plane dims
+    image: np.ndarray            # (band, a, b) float32, NaN where invalid
+    features: np.ndarray         # (feature, a, b) float32, as the run computes them
+    spacing: tuple[float, float]  # physical height and width of one shown pixel
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} ({self.dim} = {self.index})"
+
+
+def _reach(config: RunConfig, image: xr.DataArray, axis: int) -> int:
+    """Return the features' halo along spatial ``axis`` of ``(z, y, x)``, in voxels."""
+    voxel = spacing(image)
+    reach = 0
+    for spec in config.features:
+        if isinstance(spec.params, TextureParams):  # per axis: sigma_units, [z, y, x]
+            reach = max(reach, int(spec.params.kernel(voxel)[0][axis]))
+        else:
+            reach = max(reach, spec.halo)
+    return reach
+
+
+def _thin_chunks(n: int, at: int, reach: int) -> tuple[int, ...]:
+    """Chunks along an axis of ``n`` voxels: one holding ``at``, its neighbours, the rest.
+
+    Every chunk is at least ``reach`` long (where ``n`` allows it), so the halo of
+    ``map_overlap`` with depth ``reach`` around the chunk holding ``at`` comes from its
+    two neighbours of ``reach`` voxels only: its features read about ``3 * reach + 1``
+    voxels along the axis, never the rest.
+    """
+    width = max(reach, 1)
+    hi = min(n, at + width)
+    lo = max(0, min(at, hi - width))
+    below, above = max(0, lo - reach), min(n, hi + reach)
+    if below < reach:  # what would be left is thinner than the halo: join the neighbour
+        below = 0
+    if n - above < reach:
+        above = n
+    if lo - below < reach:  # a neighbour at the edge thinner than the halo: join the plane
+        lo = below
+    if above - hi < reach:
+        hi = above
+    edges = sorted({0, below, lo, hi, above, n})
+    return tuple(b - a for a, b in zip(edges, edges[1:], strict=False))
+
+
+def _mid_planes(config: RunConfig, image: xr.DataArray, size: int,
+                mask: UserMask | None = None) -> list[Plane]:
+    """Read the three orthogonal mid-planes of a volume and their features (computes).
+
+    Each plane is decimated (every ``step``-th voxel along both its dims) to ``size``
+    voxels on its long side. Its features are those the run computes at its voxels,
+    to the last bit: the lazy volume is rechunked along the plane's normal into a chunk
+    holding the plane between two neighbours as thick as the features' halo
+    (:func:`_thin_chunks`), the features are built on it as the run builds them (so
+    texture gets its full 3-D neighbourhood, ``sigma_units`` its physical kernel and
+    ``xy`` its global coordinates), and only the plane is taken, strided. Dask reads
+    only the input chunks within the halo of the three planes, never the volume.
+    With the run's ``mask``, voxels outside it are NaN in the features (so they get
+    no class, as in the run); the image is shown whole.
+    """
+    shape = [image.sizes[d] for d in ("z", "y", "x")]
+    voxel = spacing(image)
+    shown = masked_float(image).data
+    lazy = []
+    for axis, (name, dim) in enumerate(_PLANES):
+        at = shape[axis] // 2
+        inplane = [a for a in range(3) if a != axis]
+        step = max(1, -(-max(shape[a] for a in inplane) // size))
+        index: list[Any] = [slice(None, None, step)] * 3
+        index[axis] = at
+        chunks = _thin_chunks(shape[axis], at, _reach(config, image, axis))
+        feats = compute_features(image.chunk({dim: chunks}), config.features).data
+        valid = True if mask is None else mask.data[tuple(index)]
+        lazy.append((name, dim, at, step, (shown[(slice(None), *index)],
+                                           feats[(slice(None), *index)], valid),
+                     (voxel[inplane[0]] * step, voxel[inplane[1]] * step)))
+    # one pass: the input chunks the images and the features share are read once
+    values = dask.compute(*[p[4] for p in lazy])
+    planes = []
+    for (name, dim, at, step, _, sp), (img, feats, valid) in zip(lazy, values, strict=True):
+        feats = np.array(feats, dtype=np.float32)
+        feats[:, ~np.asarray(valid, dtype=bool)] = np.nan
+        planes.append(Plane(name, dim, at, step, np.asarray(img), feats, sp))
+    return planes
+
+
 def write_comparison(config: RunConfig, image: xr.DataArray,
-                      panels: list[tuple[str, ClusterModel]], path: Path) -> Path:
-    """``comparison.png``: the decimated original next to each model's labels."""
+                      panels: list[tuple[str, ClusterModel]], path: Path,
+                      mask: UserMask | None = None) -> Path:
+    """``comparison.png``: the decimated original next to each model's labels.
+
+    A volume ``(band, z, y, x)`` shows its three orthogonal mid-planes (axial,
+    coronal, sagittal: the columns) for the original and each model (the rows), at
+    their physical aspect ratio; only those planes are read (:func:`_mid_planes`),
+    and the run's ``mask`` (when given) leaves voxels outside it unlabelled (2-D
+    images do not use it).
+    """
+    if "z" in image.dims:
+        planes = _mid_planes(config, image, config.report.comparison_size, mask)
+        maps = [(title, [m.predict_block(p.features) for p in planes], m.class_names,
+                 m.nodata) for title, m in panels]
+        plot_comparison_planes([p.image for p in planes], maps, path,
+                               [p.spacing for p in planes],
+                               plane_titles=[p.title for p in planes],
+                               source=str(image.attrs.get("source", "")))
+        return path
     small = _overview(config, image, config.report.comparison_size)
     feats = compute_features(small, config.features).values
     shown = [(title, m.predict_block(feats), m.class_names, m.nodata) for title, m in panels]
@@ -192,11 +313,15 @@ def write_comparison(config: RunConfig, image: xr.DataArray,
 
 
 def write_figures(config: RunConfig, image: xr.DataArray, fitted: Fitted,
-                   directory: Path) -> list[str]:
-    """elbow.json/png when k was chosen here, comparison.png when asked (computes)."""
+                   directory: Path, mask: UserMask | None = None) -> list[str]:
+    """elbow.json/png when k was chosen here, comparison.png when asked (computes).
+
+    ``mask``: the run's (``Opened.mask``), for the planes of a volume.
+    """
     names = write_elbow(fitted.elbow, directory) if fitted.elbow is not None else []
     if config.report.comparison:
-        write_comparison(config, image, _comparison_models(config, fitted),
-                          directory / "comparison.png")
+        labels = "labels" if "z" in image.dims else "labels.tif"
+        write_comparison(config, image, _comparison_models(config, fitted, labels),
+                          directory / "comparison.png", mask)
         names.append("comparison.png")
     return names

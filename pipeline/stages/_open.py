@@ -76,6 +76,7 @@ def output_formats(config: RunConfig, geometry: Geometry) -> tuple[str, ...]:
         A format that cannot hold the image (``cog`` for a volume), or polygons of a
         volume.
     """
+    formats: tuple[str, ...]
     if config.formats is not None:
         formats = tuple(config.formats)
     else:

@@ -107,8 +107,11 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     if client is None:
         targets = [_Targets(writers[n], progress if i == 0 else None)
                    for i, n in enumerate(names)]
-        # the writers lock what they share: Zarr chunks are encoded in parallel
-        return da.store(arrays, targets, lock=False, compute=compute)
+        # the writers lock what they share: Zarr chunks are encoded in parallel.
+        # ignore: dask annotates targets as ArrayLike, but documents (and only uses)
+        # `target[region] = block`, which _Targets supports
+        return da.store(arrays, targets, lock=False,  # type: ignore[arg-type]
+                        compute=compute)
     if not compute:
         raise ValueError("compute=False needs the threaded scheduler")
     from distributed import as_completed
@@ -201,8 +204,11 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
                 for w in classes:
                     w.finish_streams()
                 # one encoding thread: the resolve has the other core to itself
-                encoding.append(encoder.submit(lambda: [
-                    w.encode_cog(keep_streams=True, threads=1) for w in classes]))
+                encoding.append(encoder.submit(encode_cogs))
+
+            def encode_cogs() -> None:
+                for w in classes:
+                    w.encode_cog(keep_streams=True, threads=1)
 
             def read_back() -> xr.DataArray:  # the class map, finished
                 return rasters["labels"].copy(data=writers["labels"].read_back())
