@@ -503,3 +503,20 @@ def test_nodata_override_and_glob_of_dicom_files(tmp_path):
     _series(d, [0.0, 1.5, 3.0])
     da = open_image(str(d / "*.dcm"))
     assert da.shape == (1, 3, 128, 128) and da.attrs["source"].endswith("(+2 files)")
+
+
+@pytest.mark.parametrize("name", ["example4d.nii.gz", "example_nifti2.nii.gz",
+                                  "anatomical.nii", "functional.nii"])
+def test_nibabels_own_test_files(name):
+    """Real files nibabel ships: values, bands and affine as nibabel reads them."""
+    import os
+
+    path = os.path.join(os.path.dirname(nib.__file__), "tests", "data", name)
+    ref = nib.load(path)
+    arr, geometry = open_with_geometry(path, chunks=16)
+    _lazy(arr)
+    data = np.asarray(ref.dataobj)
+    expected = data[..., None] if data.ndim == 3 else data  # (x, y, z, band)
+    np.testing.assert_allclose(arr.values, expected.transpose(3, 2, 1, 0), rtol=1e-6)
+    np.testing.assert_allclose(geometry.affine, ref.affine)
+    assert geometry.spacing == pytest.approx(tuple(ref.header.get_zooms()[:3][::-1]))
