@@ -15,6 +15,7 @@ __all__ = [
     "InputError",
     "ModelError",
     "OutputExistsError",
+    "first_line",
     "reading",
 ]
 
@@ -41,6 +42,12 @@ class OutputExistsError(PipelineError, FileExistsError):
     """The output exists and ``--overwrite`` was not given."""
 
 
+def first_line(exc: BaseException) -> str:
+    """Return the first line of an exception's message (its type's name if it has none)."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @contextlib.contextmanager
 def reading(*sources: str) -> Iterator[None]:
     """Turn GDAL read failures while computing into one InputError naming the inputs."""
@@ -49,7 +56,7 @@ def reading(*sources: str) -> Iterator[None]:
     try:
         yield
     except RasterioError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         what = ("a complete, readable raster" if len(sources) == 1
                 else "complete, readable rasters")
         raise InputError(f"{' or '.join(sources)}: cannot read the pixels ({first}); "

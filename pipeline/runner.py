@@ -177,7 +177,7 @@ def run(
         ctx = RunContext(config, opened, timings, client, progress)
         with (timings.stage("sample_fit"), stage_progress(progress and client is None),
               local_while_workers_warm(client, config.compute)):
-            fitted = (fit_stage(config, opened.features) if model is None
+            fitted = (fit_stage(config, opened.features, opened.mask) if model is None
                       else given_model(config, model))
         model = fitted.model
         rasters = _rasters(ctx, model)
@@ -226,7 +226,7 @@ def fit_model(config: RunConfig, *, overwrite: bool = False
     opened = open_input(config, summarise=True)
     image, features = opened.image, opened.features
     with dask_context(config.compute), reading(image.attrs["source"]):
-        fitted = fit_stage(config, features)
+        fitted = fit_stage(config, features, opened.mask)
         output.mkdir(parents=True, exist_ok=True)
         names = save_model(fitted.model, output) + write_figures(config, image, fitted,
                                                                    output, opened.mask)
@@ -283,7 +283,7 @@ def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
     c = config.cluster
     wanted = list(config.report.comparison if comparison is None else comparison)
     with dask_context(config.compute), reading(image.attrs["source"]):
-        sample = draw(config, features, sample_size or ELBOW_SAMPLE_SIZE)
+        sample = draw(config, features, sample_size or ELBOW_SAMPLE_SIZE, opened.mask)
         result = elbow_on(sample, ks, n_init=c.n_init, max_iter=c.max_iter, tol=c.tol)
         panels = [(f"kmeans, k={k}", result.models.get(k) or fit_on(sample, k))
                   for k in wanted]

@@ -13,11 +13,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.postprocess import majority_filter
-from pipeline.postprocess._majority import (
+from pipeline.postprocess._majority import majority_block
+from pipeline.postprocess._majority3d import (
     _majority_boxcount3,
     _majority_direct3,
     _majority_sliding3,
-    majority_block,
 )
 
 _RNG = np.random.default_rng(17)

@@ -71,3 +71,23 @@ def test_raster_mask_same_grid_and_wrong_grid(tmp_path, scene):
     with pytest.raises(InputError, match="another grid"):
         _run(tmp_path, "s", scene, mask=str(shifted))
     assert not (tmp_path / "s").exists()
+
+
+def test_masked_runs_identical_for_any_chunking(tmp_path, scene):
+    """The mask's valid fraction sizes the sample: from the shapes, not the chunks."""
+    with rasterio.open(scene.path) as src:
+        t, crs = src.transform, src.crs
+    x0, y0 = t * (20, 40)
+    x1, y1 = t * (150, 260)
+    aoi = gpd.GeoDataFrame(geometry=[box(min(x0, x1), min(y0, y1), max(x0, x1),
+                                         max(y0, y1))], crs=crs)
+    path = tmp_path / "aoi.gpkg"
+    aoi.to_file(path, driver="GPKG")
+    a = _run(tmp_path, "a", scene, mask=str(path), chunks=64,
+             cluster={"k": 5, "seed": 0, "sample_size": 3000})
+    b = _run(tmp_path, "b", scene, mask=str(path), chunks=96,
+             cluster={"k": 5, "seed": 0, "sample_size": 3000})
+    la = rasterio.open(a.output / "labels.tif").read(1)
+    lb = rasterio.open(b.output / "labels.tif").read(1)
+    np.testing.assert_array_equal(la, lb)
+    assert a.report["sample"] == b.report["sample"]

@@ -9,10 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from pipeline.postprocess._chunk_tasks import _combine_pairs
+from pipeline.postprocess._contacts import _contact_kernel
 from pipeline.postprocess._kernels import (
     _CLIP,
     _UNIT,
-    _contact_kernel,
     _piece_kernel,
     _run_edges,
     label_chunk,
@@ -25,7 +26,6 @@ from pipeline.postprocess._majority import (
     _majority_sliding,
     majority_block,
 )
-from pipeline.postprocess._segments import _combine_pairs
 
 # ---------------------------------------------------------------------------------
 # References: the per-pixel kernels before the run-based / vectorised rewrite

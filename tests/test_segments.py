@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from pipeline.postprocess import relabel_segments, resolve_segments, segment_table, segment_tasks
 from pipeline.postprocess._kernels import label_chunk
-from pipeline.postprocess._segments import fixed_to_float, segment_dtype
+from pipeline.postprocess._resolve import fixed_to_float, segment_dtype
 
 
 def _stats_equal(a, b) -> None:

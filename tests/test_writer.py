@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 
-from pipeline.io._write import LabelWriter, decimate, overview_factors
+from pipeline.io._cog import decimate, overview_factors
+from pipeline.io._write import LabelWriter
 
 
 def _template(labels: np.ndarray, chunk: tuple[int, int], georef: bool = True) -> xr.DataArray:

@@ -166,9 +166,13 @@ def _with_fraction(merged, fraction):
 
 
 def cell_fraction(height: int, width: int, size: int, cell: int = SAMPLE_CELL,
-                  min_cells: int = MIN_CELLS) -> float:
-    """Fraction of sample cells the pass reads for a ``size``-pixel sample (1: all)."""
-    n_pixels = max(height * width, 1)
+                  min_cells: int = MIN_CELLS, valid: float = 1.0) -> float:
+    """Fraction of sample cells the pass reads for a ``size``-pixel sample (1: all).
+
+    ``valid`` is the expected fraction of valid pixels (a mask's): sparser images read
+    more cells.
+    """
+    n_pixels = max(height * width * min(max(valid, 0.0), 1.0), 1)
     n_cells = -(-height // cell) * -(-width // cell)
     return min(1.0, max(COVER * size / n_pixels, min_cells / n_cells))
 
@@ -209,7 +213,7 @@ def _merge(parts, size, n_features):
 
 def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool = True,
                   cell: int = SAMPLE_CELL, min_cells: int = MIN_CELLS,
-                  valid_hint: float | None = None):
+                  valid_hint: float | None = None, valid: float = 1.0):
     """Build the lazy sample of valid pixels.
 
     Parameters
@@ -229,6 +233,10 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
     valid_hint : float, optional
         Expected number of valid pixels among those read (from an earlier pass): sets
         the key threshold so that sparse images still yield ``size`` pixels.
+    valid : float
+        Expected fraction of valid pixels (known before any pass, e.g. from a mask;
+        it must not depend on the chunking): sizes the cells read and the threshold
+        so that one pass yields the sample.
 
     Returns
     -------
@@ -240,7 +248,7 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
     """
     if features.ndim == 4:  # a volume: every voxel is read (see _select_volume_block)
         nf, depth, height, width = features.shape
-        n_voxels = valid_hint if valid_hint else depth * height * width
+        n_voxels = valid_hint if valid_hint else depth * height * width * valid
         fraction = min(1.0, OVERSAMPLE * size / max(n_voxels, 1))
         threshold = (_U(np.iinfo(np.uint64).max) if fraction >= 1.0
                      else _U(int(fraction * 2.0**64)))
@@ -248,9 +256,9 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
         merged = dask.delayed(_merge, pure=True)(parts, size, nf)
         return dask.delayed(_with_fraction, pure=True)(merged, 1.0)
     nf, height, width = features.shape
-    cfrac = cell_fraction(height, width, size, cell, min_cells) if cells else 1.0
+    cfrac = cell_fraction(height, width, size, cell, min_cells, valid) if cells else 1.0
     chosen = _chosen_cells(height, width, cfrac, seed, cell)
-    n_pixels = valid_hint if valid_hint else height * width * cfrac
+    n_pixels = valid_hint if valid_hint else height * width * cfrac * valid
     fraction = min(1.0, OVERSAMPLE * size / max(n_pixels, 1))
     threshold = _U(np.iinfo(np.uint64).max) if fraction >= 1.0 else _U(int(fraction * 2.0**64))
     seed_key = _mix(seed)[0]

@@ -118,8 +118,8 @@ class Sample:
             )
 
 
-def draw_sample(features: xr.DataArray, size: int, seed: int, *, cells: bool = True
-                ) -> Sample:
+def draw_sample(features: xr.DataArray, size: int, seed: int, *, cells: bool = True,
+                valid: float = 1.0) -> Sample:
     """Draw the seeded sample of a feature cube (computes: at most one pass).
 
     Parameters
@@ -136,13 +136,18 @@ def draw_sample(features: xr.DataArray, size: int, seed: int, *, cells: bool = T
         pixels while more valid pixels exist (a sparse image, or sparse cells), the
         sample is drawn again from every pixel with a key threshold set from the
         valid-pixel count just measured: at most two passes.
+    valid : float
+        The expected fraction of valid pixels when known beforehand (a mask's, the
+        same for any chunking): a masked slide reads enough cells, and its sample
+        takes one pass.
 
     Returns
     -------
     Sample
         The same for any chunking and any number of workers.
     """
-    x, n_valid, fraction = sample_pixels(features, size, seed, cells=cells).compute()
+    x, n_valid, fraction = sample_pixels(features, size, seed, cells=cells,
+                                         valid=valid).compute()
     if len(x) < size and (fraction < 1.0 or n_valid > len(x)):
         hint = n_valid / fraction if n_valid else None
         x, n_valid, fraction = sample_pixels(features, size, seed, cells=False,

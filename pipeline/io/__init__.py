@@ -6,14 +6,8 @@ OME-Zarr.
 
 from ._geometry import Geometry
 from ._mask import masked_float, valid_mask
-from ._read import (
-    SUPPORTED_DTYPES,
-    default_chunk,
-    fit_chunk,
-    open_image,
-    open_with_geometry,
-    read_overview,
-)
+from ._read import open_image, open_with_geometry, read_overview
+from ._reader_common import SUPPORTED_DTYPES, default_chunk, fit_chunk
 from ._write import LABEL_FORMATS, LabelWriter, label_dtype, palette
 
 __all__ = [

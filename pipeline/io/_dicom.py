@@ -24,7 +24,7 @@ import xarray as xr
 
 from ..errors import InputError
 from ._geometry import Geometry
-from ._read import (
+from ._reader_common import (
     make_image,
     rescale,
     scaled_dtype,

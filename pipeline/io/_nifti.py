@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ._geometry import Geometry, unit_name
-from ._read import (
+from ._reader_common import (
     make_image,
     rescale,
     scaled_dtype,
@@ -62,9 +62,8 @@ def _load(path: str) -> Any:
     try:
         img = nib.load(path, mmap=False)
     except Exception as exc:  # nibabel raises many types for a broken file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: NIfTI header is unreadable ({first}); expected a "
-                         "NIfTI-1/2 file") from None
+        raise InputError(f"{path}: NIfTI header is unreadable ({first_line(exc)}); "
+                         "expected a NIfTI-1/2 file") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(f"{path}: nibabel reads it as {type(img).__name__}; expected a "
                          "single-file NIfTI-1/2 image")

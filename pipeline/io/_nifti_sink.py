@@ -24,7 +24,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from ._geometry import Geometry
-from ._sinks import ROLES, Role, encode_block, stored_dtype
+from ._sinks import Role, encode_block, sink_shape, stored_dtype
 
 __all__ = ["NiftiSink", "nifti_codes", "nifti_units"]
 
@@ -136,12 +136,7 @@ class NiftiSink:
                  shape: tuple[int, ...], chunks: tuple[tuple[int, ...], ...],
                  dtype: np.dtype, nodata: int, role: Role,
                  n_classes: int | None = None, class_names: list[str] | None = None) -> None:
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) not in (2, 3) or len(shape) != geometry.ndim:
-            raise ValueError(f"shape {shape} does not match the geometry's dims "
-                             f"{geometry.dims}")
+        shape = sink_shape(role, shape, geometry)
         self.directory = Path(directory)
         self.path = self.directory / f"{stem}.nii.gz"
         self.geometry = geometry

@@ -6,8 +6,8 @@
   TIFF resolution tags.
 - OME-Zarr (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3): one dataset of ``multiscales[0]``
   with the axes, units and scale/translation of that level.
-- Plain Zarr arrays (a bare array, or a group of one array) as ``(band, z, y, x)``
-  volumes with unit voxels (:func:`open_zarr_array`).
+
+Plain Zarr stores and bare Zarr arrays are :mod:`._zarr`'s.
 """
 
 from __future__ import annotations
@@ -20,21 +20,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ._geometry import Geometry, unit_name
-from ._read import beyond_levels, make_image, spatial_chunk, supported_dtype
+from ._reader_common import beyond_levels, make_image, spatial_chunk, supported_dtype
 
-__all__ = ["open_tiff", "open_ome_zarr", "open_zarr_array", "is_slide_tiff", "is_ome_zarr"]
+__all__ = ["open_tiff", "open_ome_zarr", "is_slide_tiff", "is_ome_zarr"]
 
 #: TIFF tags that make a file GDAL's (GeoTIFF keys, GDAL's nodata and metadata)
 _GDAL_TAGS = (33550, 33922, 34264, 34735, 42112, 42113)
 _SLIDE_SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.tf2", ".ome.tf8", ".ome.btf", ".svs",
                    ".ndpi")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- TIFF through tifffile ---------------------------------------------------------------
@@ -199,7 +194,7 @@ def open_tiff(path: str | os.PathLike[str], *, chunks: int | None = None,
     try:
         tf = tifffile.TiffFile(source)
     except Exception as exc:
-        raise InputError(f"{source}: not a readable TIFF ({_first_line(exc)}); expected an "
+        raise InputError(f"{source}: not a readable TIFF ({first_line(exc)}); expected an "
                          "OME-TIFF or whole-slide TIFF") from None
     with tf:
         if not tf.series:
@@ -374,7 +369,7 @@ def open_ome_zarr(path: str | os.PathLike[str], *, chunks: int | None = None,
         arrays = [group[d["path"]] for d in datasets]
     except Exception as exc:
         raise InputError(f"{source}: a multiscales dataset is unreadable "
-                         f"({_first_line(exc)}); expected the arrays it lists") from None
+                         f"({first_line(exc)}); expected the arrays it lists") from None
     z = arrays[level]
     axes = _axes(ms, z.ndim)
     if len(axes) != z.ndim:
@@ -440,82 +435,3 @@ def open_ome_zarr(path: str | os.PathLike[str], *, chunks: int | None = None,
                         units=units, affine=affine, extra=extra)
     return make_image(arr, geometry, source), geometry
 
-
-# --- plain Zarr arrays -------------------------------------------------------------------
-
-_BAND_NAMES = ("band", "bands", "c", "channel", "channels")
-_ASSUMED = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("band", "z", "y", "x")}
-
-
-def open_zarr_array(path: str | os.PathLike[str], *, chunks: int | None = None,
-                    error: str | None = None) -> tuple[xr.DataArray, Geometry]:
-    """Open a bare Zarr array (or a group of one array) lazily, as an image or volume.
-
-    Dims come from the array's ``dimension_names`` (Zarr v3) or xarray's
-    ``_ARRAY_DIMENSIONS`` (v2), else are assumed ``(y, x)``, ``(z, y, x)`` or
-    ``(band, z, y, x)`` by the number of dims. Voxels are of unit size.
-
-    Parameters
-    ----------
-    path : path
-        The store.
-    chunks : int, optional
-        Chunk side along every spatial axis; by default near 128 (volumes), a
-        multiple of the store's chunks, or the store's chunks (2-D).
-    error : str, optional
-        Why xarray could not open the store (for the message when zarr cannot either).
-
-    Raises
-    ------
-    InputError
-        Not a Zarr store, a group of several arrays, unexpected dims.
-    """
-    import dask.array as da
-    import zarr
-
-    source = os.fspath(path)
-    try:
-        node = zarr.open(source, mode="r")
-    except Exception as exc:
-        raise InputError(f"{source}: not a readable Zarr store ({error or _first_line(exc)})"
-                         ) from None
-    if isinstance(node, zarr.Group):
-        arrays = [a for _, a in node.arrays() if a.ndim >= 2]
-        if len(arrays) != 1:
-            raise InputError(f"{source}: a Zarr group of {len(arrays)} arrays and no "
-                             "variables xarray reads; expected one array (or one 'image' "
-                             "variable)")
-        node = arrays[0]
-    names = getattr(node.metadata, "dimension_names", None) or \
-        node.attrs.get("_ARRAY_DIMENSIONS")
-    dims = (tuple(str(n).lower() if n is not None else "" for n in names)
-            if names and isinstance(names, list | tuple) else None)
-    if dims is not None:
-        dims = tuple("band" if d in _BAND_NAMES else d for d in dims)
-    if dims is None or set(dims) - {"band", "z", "y", "x"} or len(set(dims)) != len(dims):
-        if node.ndim not in _ASSUMED:
-            raise InputError(f"{source}: a Zarr array of shape {node.shape}; expected "
-                             "(y, x), (z, y, x) or (band, z, y, x)")
-        dims = _ASSUMED[node.ndim]
-    if not {"y", "x"} <= set(dims):
-        raise InputError(f"{source}: array dims {dims}; expected y and x among them")
-    spatial_dims = tuple(d for d in ("z", "y", "x") if d in dims)
-    arr = da.from_zarr(node)
-    arr = arr.transpose([dims.index(d) for d in ("band", *spatial_dims) if d in dims])
-    if "band" not in dims:
-        arr = arr[None]
-    dtype = supported_dtype(node.dtype, source)
-    if dtype != node.dtype:
-        arr = arr.astype(dtype)
-    spatial = tuple(int(n) for n in arr.shape[1:])
-    store = tuple(int(node.chunks[dims.index(d)]) for d in spatial_dims)
-    if len(spatial) == 3 or chunks:
-        side = spatial_chunk(chunks, spatial, store)
-        arr = arr.rechunk((-1,) + (side,) * len(spatial))
-    else:
-        arr = arr.rechunk({0: -1})
-    fill = node.attrs.get("_FillValue")  # zarr's own fill value is no nodata
-    nodata = fill if isinstance(fill, int | float) else None
-    geometry = Geometry(dims=spatial_dims, shape=spatial, kind="zarr",
-                        spacing=(1.0,) * len(spatial), affine=np.eye(4))
-    return make_image(arr, geometry, source, nodata), geometry

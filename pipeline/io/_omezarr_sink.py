@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._geometry import Geometry, unit_name
-from ._sinks import ROLES, Role, encode_block, stored_dtype
+from ._sinks import Role, encode_block, sink_shape, stored_dtype
 
 __all__ = ["OmeZarrSink", "pyramid_steps"]
 
@@ -119,12 +119,7 @@ class OmeZarrSink:
 
         from ._write import regular_chunks
 
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) not in (2, 3) or len(shape) != geometry.ndim:
-            raise ValueError(f"shape {shape} does not match the geometry's dims "
-                             f"{geometry.dims}")
+        shape = sink_shape(role, shape, geometry)
         if tuple(sum(c) for c in chunks) != shape or not regular_chunks(chunks):
             raise ValueError(f"chunks {chunks} are not a regular grid over {shape}")
         self.directory = Path(directory)

@@ -1,99 +1,34 @@
 """Open images lazily, choosing the reader by the input's kind.
 
-GeoTIFF/COG, plain images and mosaics of tiles go through GDAL; NIfTI, DICOM series,
-OME-TIFF and whole-slide TIFFs, OME-Zarr and plain Zarr stores through their own
-readers (:mod:`._nifti`, :mod:`._dicom`, :mod:`._ome`). Every reader returns the lazy
-array and its :class:`~._geometry.Geometry`.
+GeoTIFF/COG, plain images and mosaics of tiles go through GDAL (:mod:`._gdal`); NIfTI,
+DICOM series, OME-TIFF and whole-slide TIFFs, OME-Zarr and plain Zarr stores through
+their own readers (:mod:`._nifti`, :mod:`._dicom`, :mod:`._ome`, :mod:`._zarr`). Every
+reader returns the lazy array and its :class:`~._geometry.Geometry`. This module holds
+the registry (:data:`READERS`) that picks one, and the public entry points.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
-import numpy as np
-import rasterio
-import rioxarray
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from ..errors import InputError
+from ._gdal import GDAL_TYPES, gdal_overview, read_gdal
 from ._geometry import Geometry
+from ._reader_common import SUPPORTED_DTYPES, default_chunk, fit_chunk, single_level
+from ._zarr import open_zarr
 
 __all__ = ["open_image", "open_with_geometry", "read_overview", "default_chunk", "fit_chunk",
-           "SUPPORTED_DTYPES", "SomeSource"]
+           "SUPPORTED_DTYPES", "SomeSource", "READERS", "GDAL_TYPES"]
 
 SomeSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-_TARGET_CHUNK = 1024
-#: GDAL's names of the supported data types (for hand-written VRTs).
-GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
-              "int32": "Int32", "float32": "Float32", "float64": "Float64"}
-
-
-def default_chunk(block_shape: tuple[int, int], shape: tuple[int, int]) -> int:
-    """Return a square chunk side that is a multiple of the file's internal tiles.
-
-    Parameters
-    ----------
-    block_shape : (int, int)
-        The file's internal block (tile or strip) shape, (rows, columns).
-    shape : (int, int)
-        The raster's (height, width).
-
-    Returns
-    -------
-    int
-        About 1024 pixels, a multiple of the tile side when the file is tiled
-        (for striped files, where blocks span the whole width, simply 1024).
-    """
-    by, bx = block_shape
-    height, width = shape
-    if by == bx and 16 <= by <= _TARGET_CHUNK:  # square tiles
-        side = max(1, _TARGET_CHUNK // by) * by
-    else:
-        side = _TARGET_CHUNK
-    return max(16, min(side, max(height, width)))
-
-
-#: the smallest side :func:`fit_chunk` shrinks a chunk to (smaller ones cost more in
-#: task overhead and tile re-reads than they save in memory)
-MIN_FIT_CHUNK = 256
-
-
-def fit_chunk(side: int, bytes_per_pixel: float, budget: float) -> int:
-    """Return ``side``, halved until a chunk's working set fits ``budget`` bytes.
-
-    Parameters
-    ----------
-    side : int
-        The chunk side chosen from the file's tiles (:func:`default_chunk`).
-    bytes_per_pixel : float
-        The working set of one pixel while a chunk is processed (its bands as read
-        and as float32, its features, its labels).
-    budget : float
-        The bytes one chunk may take: a worker thread's share of the memory over the
-        number of chunks a thread may hold at once.
-
-    Returns
-    -------
-    int
-        ``side`` itself when it fits; else ``side`` halved (a multiple of the file's
-        tiles as long as it stays one of ``side``'s halvings), down to
-        :data:`MIN_FIT_CHUNK` at least: a hyperspectral image of 200 bands takes
-        ~2.8 KB a pixel, 3 GB a 1024^2 chunk.
-    """
-    floor = min(side, MIN_FIT_CHUNK)
-    while side > floor and side * side * bytes_per_pixel > budget:
-        side = max(floor, side // 2)
-    return side
 
 
 def _expand_sources(source: SomeSource) -> list[str]:
@@ -121,311 +56,6 @@ def _is_zarr(path: str) -> bool:
     return p.suffix == ".zarr" or (
         p.is_dir() and any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
     )
-
-
-def _describe(path: str, **open_options: Any) -> dict[str, Any]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path, **open_options) as ds:
-                info = {
-                    "overviews": len(ds.overviews(1)) if ds.count else 0,
-                    "count": ds.count,
-                    "dtypes": set(ds.dtypes),
-                    "block": tuple(ds.block_shapes[0]),
-                    "shape": (ds.height, ds.width),
-                    "nodata": ds.nodata,
-                    "crs": ds.crs,
-                    "transform": ds.transform,
-                    "res": ds.res,
-                }
-    except RasterioError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a readable raster ({first})") from None
-    if len(info["dtypes"]) != 1:
-        raise InputError(f"{path}: bands have different data types {sorted(info['dtypes'])}")
-    dtype = next(iter(info["dtypes"]))
-    if dtype not in SUPPORTED_DTYPES:
-        raise InputError(
-            f"{path}: data type {dtype} is not supported; expected one of "
-            + ", ".join(SUPPORTED_DTYPES)
-        )
-    info["dtype"] = dtype
-    return info
-
-
-def _mosaic_vrt(paths: list[str]) -> str:
-    """Return a GDAL VRT (XML text) placing tiles that share one grid into a mosaic.
-
-    Hand-written because rasterio has no ``gdalbuildvrt``; the VRT is read by GDAL
-    lazily, window by window, so the mosaic never exists in memory.
-    """
-    infos = [_describe(p) for p in paths]
-    first = infos[0]
-    for p, info in zip(paths, infos, strict=True):
-        for key in ("count", "dtype", "crs"):
-            if info[key] != first[key]:
-                raise InputError(
-                    f"{p}: {key} {info[key]} differs from {paths[0]} ({first[key]}); "
-                    "tiles of one input must share band count, data type and CRS"
-                )
-        t, t0 = info["transform"], first["transform"]
-        if not np.allclose((t.a, t.b, t.d, t.e), (t0.a, t0.b, t0.d, t0.e)):
-            raise InputError(f"{p}: pixel size differs from {paths[0]}; expected one grid")
-        col, row = ~t0 @ (t.c, t.f)
-        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
-            raise InputError(f"{p}: not aligned to the pixel grid of {paths[0]}")
-        info["offset"] = (int(round(row)), int(round(col)))
-    r0 = min(i["offset"][0] for i in infos)
-    c0 = min(i["offset"][1] for i in infos)
-    height = max(i["offset"][0] + i["shape"][0] for i in infos) - r0
-    width = max(i["offset"][1] + i["shape"][1] for i in infos) - c0
-    origin = first["transform"] @ (c0, r0)
-    t0 = first["transform"]
-    gdal_type = GDAL_TYPES[first["dtype"]]
-    by, bx = first["block"]
-    lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
-    if first["crs"] is not None:
-        lines.append(f"  <SRS>{escape(first['crs'].to_wkt())}</SRS>")
-    lines.append(
-        f"  <GeoTransform>{origin[0]!r}, {t0.a!r}, {t0.b!r}, {origin[1]!r}, {t0.d!r}, "
-        f"{t0.e!r}</GeoTransform>"
-    )
-    for b in range(1, first["count"] + 1):
-        lines.append(f'  <VRTRasterBand dataType="{gdal_type}" band="{b}" blockXSize="{bx}" '
-                     f'blockYSize="{by}">')
-        if first["nodata"] is not None:
-            lines.append(f"    <NoDataValue>{first['nodata']!r}</NoDataValue>")
-        for p, info in zip(paths, infos, strict=True):
-            h, w = info["shape"]
-            r, c = info["offset"][0] - r0, info["offset"][1] - c0
-            lines += [
-                "    <SimpleSource>",
-                f'      <SourceFilename relativeToVRT="0">{escape(os.path.abspath(p))}'
-                "</SourceFilename>",
-                f"      <SourceBand>{b}</SourceBand>",
-                f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
-                f'      <DstRect xOff="{c}" yOff="{r}" xSize="{w}" ySize="{h}"/>',
-                "    </SimpleSource>",
-            ]
-        lines.append("  </VRTRasterBand>")
-    lines.append("</VRTDataset>")
-    return "\n".join(lines)
-
-
-# --- helpers shared by the readers (_nifti, _dicom, _ome) ------------------------------
-
-#: default chunk side of a volume, per spatial axis
-VOLUME_CHUNK = 128
-
-#: data types a reader converts to a supported one (losslessly where one exists)
-_WIDER_DTYPES = {"bool": "uint8", "int8": "int16", "float16": "float32",
-                 "int64": "float64", "uint64": "float64"}
-
-
-def volume_chunk(store_side: int | None, shape: Sequence[int]) -> int:
-    """Default chunk side of a volume: 128, capped by the shape.
-
-    A multiple of the store's own chunk side when that is smaller (so no stored chunk is
-    read twice), the store's side when it is larger.
-    """
-    side = VOLUME_CHUNK
-    if store_side and store_side > 0:
-        side = max(1, VOLUME_CHUNK // store_side) * store_side
-    return max(1, min(side, max(shape)))
-
-
-def spatial_chunk(chunks: int | None, shape: Sequence[int],
-                  block: Sequence[int] | None = None) -> int:
-    """Return the chunk side of every spatial axis: ``chunks`` as given, else a default.
-
-    Volumes: :func:`volume_chunk`; 2-D images: :func:`default_chunk` (a multiple of
-    the file's tiles ``block`` near 1024).
-    """
-    if chunks:
-        return int(chunks)
-    if len(shape) == 3:
-        sides = {int(b) for b in block} if block else set()
-        return volume_chunk(sides.pop() if len(sides) == 1 else None, shape)
-    by, bx = block if block else (1, shape[-1])
-    return default_chunk((int(by), int(bx)), (int(shape[0]), int(shape[1])))
-
-
-def supported_dtype(dtype: Any, path: str) -> np.dtype:
-    """Return the supported data type that holds ``dtype`` (int8 -> int16, ...).
-
-    Raises
-    ------
-    InputError
-        Complex, string or other non-numeric types.
-    """
-    dt = np.dtype(dtype)
-    name = np.dtype(dt.str.replace(">", "<").replace("|", "<")).name if dt.kind in "biuf" \
-        else dt.name
-    name = _WIDER_DTYPES.get(name, name)
-    if name not in SUPPORTED_DTYPES:
-        raise InputError(f"{path}: data type {dt.name} is not supported; expected one of "
-                         + ", ".join(SUPPORTED_DTYPES))
-    return np.dtype(name)
-
-
-def scaled_dtype(dtype: Any, slope: float, inter: float,
-                 value_range: tuple[float, float] | None = None) -> np.dtype:
-    """Return the data type of ``stored * slope + inter``.
-
-    The stored type itself when there is no scaling; an integer type wide enough for
-    ``value_range`` (default: the stored type's range) shifted by ``inter`` when the
-    slope is 1 and the intercept integral; else float32 (float64 for float64 data).
-    """
-    dt = np.dtype(dtype)
-    if slope == 1 and inter == 0:
-        return dt
-    if slope == 1 and float(inter).is_integer():
-        if dt.kind == "f":
-            return dt
-        info = np.iinfo(dt)
-        lo, hi = value_range if value_range is not None else (info.min, info.max)
-        lo, hi = lo + inter, hi + inter
-        for name in ("uint8", "int16", "uint16", "int32", "uint32"):
-            ti = np.iinfo(name)
-            if ti.min <= lo and hi <= ti.max:
-                return np.dtype(name)
-        return np.dtype("float64")
-    return np.dtype("float64") if dt == np.float64 else np.dtype("float32")
-
-
-def rescale(block: np.ndarray, slope: float, inter: float, dtype: Any) -> np.ndarray:
-    """``block * slope + inter`` as ``dtype`` (one chunk; exact for integer results)."""
-    dtype = np.dtype(dtype)
-    if slope == 1 and inter == 0:
-        return np.asarray(block).astype(dtype, copy=False)
-    if dtype.kind in "iu":  # slope 1, integral intercept: exact in the wider type
-        return np.asarray(block).astype(dtype) + dtype.type(int(inter))
-    out = np.asarray(block).astype(dtype)
-    out *= dtype.type(slope)
-    out += dtype.type(inter)
-    return out
-
-
-def single_level(path: str, level: int) -> None:
-    """Refuse a pyramid level > 0 on a format without pyramids."""
-    if level:
-        raise InputError(f"{path}: input_level {level} asks for a pyramid level but the "
-                         "file has one level only; expected input_level 0")
-
-
-def beyond_levels(path: str, level: int, n_levels: int) -> InputError:
-    """Return the error for a pyramid level the file does not have."""
-    return InputError(f"{path}: input_level {level} is beyond the {n_levels} pyramid "
-                      f"level(s) of the file; expected input_level 0 to {n_levels - 1}")
-
-
-def make_image(data: Any, geometry: Geometry, source: str,
-               nodata: float | None = None) -> xr.DataArray:
-    """Wrap a Dask array ``(band, [z,] y, x)`` as the readers' DataArray."""
-    dims = ("band", *geometry.dims)
-    arr = xr.DataArray(data, dims=dims, name="image")
-    if nodata is not None:
-        arr = arr.rio.write_nodata(nodata, encoded=False)
-    arr.attrs["source"] = source
-    arr.attrs["geometry"] = geometry
-    return arr
-
-
-# --- GDAL and plain Zarr ---------------------------------------------------------------
-
-
-def _open_zarr(path: str, chunks: int | None) -> tuple[xr.DataArray, Geometry]:
-    try:
-        with warnings.catch_warnings():
-            # stores without consolidated metadata (ours among them) are fine to open
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ds = xr.open_zarr(path, mask_and_scale=False, consolidated=None)
-    except Exception as exc:  # zarr raises many types for a bad store
-        # a bare array, or arrays without xarray's dimension names
-        from ._ome import open_zarr_array
-
-        return open_zarr_array(path, chunks=chunks, error=str(exc))
-    refs = {ds[v].attrs.get("grid_mapping") for v in ds.data_vars} | {"spatial_ref"}
-    ds = ds.set_coords([v for v in ds.data_vars if v in refs])
-    names = [v for v in ds.data_vars if ds[v].ndim >= 2]
-    if len(names) == 1:
-        name = names[0]
-    elif "image" in names:
-        name = "image"
-    else:
-        raise InputError(
-            f"{path}: expected one data variable (or one named 'image'), found {names}"
-        )
-    da = ds[name]
-    volume = da.ndim == 4 or (da.ndim == 3 and da.dims[0] == "z")
-    if da.ndim == 2 or (da.ndim == 3 and volume):
-        da = da.expand_dims("band")
-    if da.ndim not in (3, 4):
-        raise InputError(f"{path}: variable {name!r} has dims {da.dims}; expected (band, y, x) "
-                         "or (band, z, y, x)")
-    new = ("band", "z", "y", "x") if volume else ("band", "y", "x")
-    da = da.rename({old: n for old, n in zip(da.dims, new, strict=True) if old != n})
-    if str(da.dtype) not in SUPPORTED_DTYPES:
-        da = da.astype(supported_dtype(da.dtype, path))
-    fill = da.encoding.get("_FillValue", da.attrs.get("_FillValue", da.attrs.get("nodata")))
-    da = da.rio.write_nodata(fill, encoded=False) if fill is not None else da
-    if volume:
-        store = tuple(da.encoding.get("chunks") or ())[-3:]  # the stored (z, y, x) chunks
-        side = spatial_chunk(chunks, da.shape[1:], store or None)
-        da = da.chunk({"band": -1, "z": side, "y": side, "x": side})
-        geometry = Geometry(dims=("z", "y", "x"), shape=tuple(da.shape[1:]), kind="zarr",
-                            spacing=(1.0, 1.0, 1.0), affine=np.eye(4))
-    else:
-        da = da.chunk({"band": -1, "y": chunks, "x": chunks} if chunks else {"band": -1})
-        crs = da.rio.crs
-        transform = None
-        if crs is not None or ("x" in da.coords and "y" in da.coords):
-            try:
-                transform = da.rio.transform()
-            except Exception:  # coordinates rioxarray cannot turn into a transform
-                transform = None
-        geometry = Geometry(dims=("y", "x"), shape=tuple(da.shape[1:]), kind="zarr",
-                            crs=crs, transform=transform)
-    return da, geometry
-
-
-def _gdal_target(paths: list[str],
-                 level: int) -> tuple[str, dict[str, Any], int, dict[str, Any]]:
-    """Return what GDAL opens (path or VRT), its options for ``level``, levels, info."""
-    label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} tiles)"
-    target = paths[0] if len(paths) == 1 else _mosaic_vrt(paths)
-    info = _describe(target)
-    levels = 1 + info["overviews"] if len(paths) == 1 else 1
-    if level >= levels:
-        raise beyond_levels(label, level, levels)
-    if not level:
-        return target, {}, levels, info
-    options = {"overview_level": level - 1}
-    return target, options, levels, _describe(target, **options)
-
-
-def _read_gdal(paths: list[str], chunks: int | None,
-               level: int) -> tuple[xr.DataArray, Geometry]:
-    target, options, levels, info = _gdal_target(paths, level)
-    side = chunks or default_chunk(info["block"], info["shape"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        da = rioxarray.open_rasterio(
-            target,
-            chunks={"band": -1, "y": side, "x": side},
-            lock=False,  # one dataset handle per read, no process-wide lock
-            cache=False,
-            parse_coordinates=True,
-            **options,
-        )
-    # a list or Dataset only for subdatasets: _describe refused a raster without bands
-    assert isinstance(da, xr.DataArray)
-    da = da.drop_vars([c for c in ("band",) if c in da.coords])
-    geometry = Geometry(dims=("y", "x"), shape=tuple(da.shape[1:]), kind="gdal",
-                        crs=da.rio.crs, transform=da.rio.transform(),
-                        extra={"levels": levels, "level": level})
-    return da, geometry
 
 
 # --- the registry: which reader opens which input --------------------------------------
@@ -504,7 +134,7 @@ def _read_ome_zarr(paths: list[str], chunks: int | None,
 def _read_zarr(paths: list[str], chunks: int | None,
                level: int) -> tuple[xr.DataArray, Geometry]:
     single_level(paths[0], level)
-    return _open_zarr(paths[0], chunks)
+    return open_zarr(paths[0], chunks)
 
 
 def _read_tifffile(paths: list[str], chunks: int | None,
@@ -528,7 +158,7 @@ READERS: tuple[_Reader, ...] = (
     _Reader("ome-zarr", _accepts_ome_zarr, _read_ome_zarr),
     _Reader("zarr", _accepts_zarr, _read_zarr),
     _Reader("tiff", _accepts_tifffile, _read_tifffile),
-    _Reader("gdal", lambda paths: True, _read_gdal),
+    _Reader("gdal", lambda paths: True, read_gdal),
 )
 
 
@@ -672,7 +302,7 @@ def read_overview(
     paths = _expand_sources(source)
     reader = _reader_for(paths)
     if reader.kind == "gdal":
-        return _gdal_overview(paths, max_side, level)
+        return gdal_overview(paths, max_side, level)
     da, geometry = reader.open(paths, None, level)
     base = geometry.shape
     levels = int(geometry.extra.get("levels", 1))
@@ -689,31 +319,3 @@ def read_overview(
     small = da.data[(slice(None),) + (slice(None, None, stride),) * geometry.ndim]
     factors = tuple(float(b) / s * stride for b, s in zip(base, geometry.shape, strict=True))
     return small, factors
-
-
-def _gdal_read_small(target: str, options: dict[str, Any],
-                     out: tuple[int, int, int]) -> np.ndarray:
-    from rasterio.enums import Resampling
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(target, **options) as ds:
-            return ds.read(out_shape=out, resampling=Resampling.nearest)
-
-
-def _gdal_overview(paths: list[str], max_side: int,
-                   level: int) -> tuple[Any, tuple[float, ...]]:
-    import dask
-    import dask.array as dsa
-
-    target, options, _, _ = _gdal_target(paths, level)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(target, **options) as ds:
-            h, w, count, dtype = ds.height, ds.width, ds.count, ds.dtypes[0]
-    stride = max(1, max(h, w) // max_side)
-    out = (count, -(-h // stride), -(-w // stride))
-    # one task: GDAL reads the decimated raster from its overviews when it has them
-    small = dsa.from_delayed(dask.delayed(_gdal_read_small, pure=True)(target, options, out),
-                             shape=out, dtype=dtype)
-    return small, (h / out[1], w / out[2])

@@ -26,6 +26,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._geometry import Geometry
+
 __all__ = [
     "ROLES",
     "SINKS",
@@ -35,6 +37,7 @@ __all__ = [
     "encode_block",
     "output_name",
     "register_sink",
+    "sink_shape",
     "sink_spec",
     "stored_dtype",
 ]
@@ -142,6 +145,23 @@ def stored_dtype(role: str, dtype: np.dtype | type, n_classes: int | None = None
         if n_classes <= np.iinfo(t).max:
             return np.dtype(t)
     raise ValueError(f"too many classes: {n_classes}")
+
+
+def sink_shape(role: str, shape: tuple[int, ...], geometry: Geometry) -> tuple[int, ...]:
+    """Check a sink's ``role`` and spatial ``shape`` against its geometry; return the shape.
+
+    Raises
+    ------
+    ValueError
+        An unknown role, or a shape that is not 2-D or 3-D like the geometry's dims.
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or len(shape) != geometry.ndim:
+        raise ValueError(f"shape {shape} does not match the geometry's dims "
+                         f"{geometry.dims}")
+    return shape
 
 
 def encode_block(block: np.ndarray, role: str, nodata: int, dtype: np.dtype) -> np.ndarray:

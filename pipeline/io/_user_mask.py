@@ -28,7 +28,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 __all__ = ["UserMask", "open_mask", "apply_mask", "otsu_foreground", "otsu_overview"]
 
@@ -60,19 +60,25 @@ class UserMask:
     kind: str
     chunk_any: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    valid_fraction: float | None = None
 
     def summaries(self) -> Any:
-        """Return the lazy per-chunk "any valid" flags (for the orchestrator to compute)."""
+        """Return the lazy per-chunk valid-pixel counts (for the orchestrator to compute)."""
         # da.map_blocks: what the method calls (the method is typed as the function)
-        return da.map_blocks(_any_block, self.data, dtype=bool,
+        return da.map_blocks(_count_block, self.data, dtype=np.int64,
                              chunks=tuple((1,) * len(c) for c in self.data.chunks))
+
+    def summarised(self, counts: np.ndarray) -> None:
+        """Take the computed :meth:`summaries`: ``chunk_any`` and ``valid_fraction``."""
+        self.chunk_any = np.asarray(counts) > 0
+        self.valid_fraction = float(np.sum(counts)) / max(int(np.prod(self.data.shape)), 1)
 
     def rechunk(self, chunks: tuple[tuple[int, ...], ...]) -> UserMask:
         """Return the same mask on another chunking (``chunk_any`` follows when known)."""
         if chunks == self.data.chunks:
             return self
         data = self.data.rechunk(chunks)
-        out = UserMask(data, self.kind, None, dict(self.info))
+        out = UserMask(data, self.kind, None, dict(self.info), self.valid_fraction)
         if self.chunk_any is not None:
             out.chunk_any = _rechunk_flags(self, chunks)
         return out
@@ -86,8 +92,8 @@ class UserMask:
         return out
 
 
-def _any_block(block: np.ndarray) -> np.ndarray:
-    return np.full((1,) * block.ndim, bool(block.any()))
+def _count_block(block: np.ndarray) -> np.ndarray:
+    return np.full((1,) * block.ndim, int(np.count_nonzero(block)), dtype=np.int64)
 
 
 def _edges(chunks: tuple[int, ...]) -> np.ndarray:
@@ -204,7 +210,7 @@ def _otsu_mask(small: np.ndarray, image: xr.DataArray) -> UserMask:
     info = {"threshold": threshold, "foreground": "darker" if darker else "brighter",
             "overview_shape": list(fg.shape),
             "valid_fraction": round(float(fg.mean()), 6)}
-    return UserMask(data, "otsu", flags, info)
+    return UserMask(data, "otsu", flags, info, float(fg.mean()))
 
 
 def _otsu_block(small: np.ndarray, full: tuple[int, ...],
@@ -292,8 +298,8 @@ def _vector_mask(path: str, image: xr.DataArray) -> UserMask:
     try:
         frame = gpd.read_file(path, engine="pyogrio")
     except Exception as exc:  # pyogrio raises its own errors for unreadable files
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"mask: {path} is not a readable vector file ({first})") from None
+        raise InputError(f"mask: {path} is not a readable vector file ({first_line(exc)})"
+                         ) from None
     if frame.crs is None:
         raise InputError(f"mask: {path} has no CRS; expected a vector file with a CRS")
     frame = frame.to_crs(crs)
@@ -323,7 +329,18 @@ def _vector_mask(path: str, image: xr.DataArray) -> UserMask:
         shape=(chunks[0][i], chunks[1][j]), dtype=bool)
         for j in range(len(chunks[1]))] for i in range(len(chunks[0]))]
     data = da.block(blocks)
-    return UserMask(data, "vector", flags, {"path": str(path), "shapes": len(geoms)})
+    # the share of the image the shapes cover: the sample's expected valid fraction
+    (y1, x1) = (int(edges[0][-1]), int(edges[1][-1]))
+    corners = [transform * c for c in ((0, 0), (x1, 0), (0, y1), (x1, y1))]
+    xs, ys = zip(*corners, strict=True)
+    extent = box(min(xs), min(ys), max(xs), max(ys))
+    covered = 0.0
+    if geoms and extent.area > 0:
+        from shapely import union_all
+
+        covered = float(union_all(geoms).intersection(extent).area / extent.area)
+    return UserMask(data, "vector", flags, {"path": str(path), "shapes": len(geoms)},
+                    covered)
 
 
 def open_mask(spec: str, image: xr.DataArray, *, overview: np.ndarray | None = None

@@ -1,7 +1,8 @@
 """Label writers, streaming computed blocks to a COG and a Zarr store.
 
 One object receives computed label blocks and streams them to a tiled GeoTIFF (made a
-Cloud-Optimized GeoTIFF when complete) and a Zarr v3 store.
+Cloud-Optimized GeoTIFF when complete: :mod:`._cog`), a Zarr v3 store and the other
+formats' sinks (:mod:`._sinks`).
 
 The writer never computes anything: the orchestrator computes blocks (threads or a
 ``dask.distributed`` cluster) and hands each finished block to ``writer[region] = block``.
@@ -11,24 +12,18 @@ All file handles stay in the process that owns the writer; workers only return a
 from __future__ import annotations
 
 import colorsys
-import functools
 import os
 import threading
 import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from xml.sax.saxutils import escape
 
 import numba
 import numpy as np
-import rasterio
-import rasterio.errors
-import rasterio.shutil
 import xarray as xr
-from rasterio.transform import Affine
 
-from ._read import GDAL_TYPES
+from ._cog import CogStream
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
@@ -41,36 +36,6 @@ LABEL_FORMATS = ("cog", "zarr")
 #: which costs more than compressing it (8.3 ms against 3.5 ms a 1024^2 uint8 chunk);
 #: an all-nodata chunk compresses to a few bytes, so write them all.
 ZARR_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
-_TILE = 512
-
-
-def _temp_compression(dtype: np.dtype) -> dict[str, Any]:
-    """Creation options of the streamed GeoTIFFs the COG is encoded from.
-
-    ZSTD level 1, compressed by GDAL's own threads, for IDs wider than a byte: against
-    an uncompressed file, a 16384^2 run's uint32 segment raster wrote 1 GB less to
-    disk (~30x smaller), its pass went from 7.5 to 3.7 s and the run's system time
-    from 11 to 4 s. One-byte class maps stay uncompressed: compressing them made the
-    label pass 0.5 s slower with threads and 4 s with worker processes (the process
-    that writes them also schedules). Uncompressed where this GDAL lacks ZSTD.
-    """
-    if np.dtype(dtype).itemsize == 1 or not _has_zstd():
-        return {"compress": "none"}
-    return {"compress": "zstd", "ZSTD_LEVEL": 1, "NUM_THREADS": "ALL_CPUS"}
-
-
-@functools.cache
-def _has_zstd() -> bool:
-    try:  # a GDAL built without libzstd refuses to create the file
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(f"/vsimem/{uuid.uuid4().hex}.tif", "w", driver="GTiff",
-                               width=1, height=1, count=1, dtype="uint8",
-                               compress="zstd") as ds:
-                ds.write(np.zeros((1, 1, 1), np.uint8))
-    except rasterio.errors.RasterioError:
-        return False
-    return True
 
 
 def label_dtype(n_classes: int) -> tuple[np.dtype, int]:
@@ -102,62 +67,10 @@ def can_read_back(formats: tuple[str, ...] | list[str]) -> bool:
     return "cog" in formats or "zarr" in formats
 
 
-def _blocksize(height: int, width: int) -> int:
-    side = _TILE
-    while side > 16 and side // 2 >= max(height, width):
-        side //= 2
-    return side
-
-
 def regular_chunks(chunks: tuple[tuple[int, ...], ...]) -> bool:
     """Whether Dask chunks map one to one onto a Zarr chunk grid (all equal, last smaller)."""
     return all(len(set(c[:-1])) <= 1 and c[-1] <= c[0] for c in chunks)
 
-
-def _window(region: tuple[slice, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
-    ys, xs = region
-    return (ys.start, ys.stop), (xs.start, xs.stop)
-
-
-def overview_factors(height: int, width: int) -> list[int]:
-    """Decimation factors of the COG's overviews: 2, 4, ... down to about 256 pixels."""
-    if max(height, width) < 2:
-        return []
-    factors = [2]
-    while max(height, width) / (factors[-1] * 2) >= 256:
-        factors.append(factors[-1] * 2)
-    return factors
-
-
-def decimate(block: np.ndarray, region: tuple[slice, ...], factor: int
-             ) -> tuple[tuple[slice, slice], np.ndarray] | None:
-    """Return the part of a nearest-neighbour overview that one block holds.
-
-    Overview pixel ``(i, j)`` at ``factor`` f is image pixel ``(f i, f j)``, so each
-    overview pixel comes from exactly one block, whatever the chunking: returns the
-    overview window and its pixels, or ``None`` when the block holds none. This is
-    GDAL's ``nearest`` when f divides the image size; otherwise GDAL steps by the
-    exact size ratio (a little under f) and may pick a neighbour of our pixel, which
-    lies inside the same overview pixel's footprint all the same.
-    """
-    ys, xs = region
-    i0, i1 = -(-ys.start // factor), -(-ys.stop // factor)
-    j0, j1 = -(-xs.start // factor), -(-xs.stop // factor)
-    if i1 <= i0 or j1 <= j0:
-        return None
-    part = block[factor * i0 - ys.start::factor, factor * j0 - xs.start::factor]
-    return (slice(i0, i1), slice(j0, j1)), np.ascontiguousarray(part)
-
-
-def _overview_tiles(side: int, chunk: int, factor: int) -> dict[str, int]:
-    """Tile size of a streamed overview, so that a chunk's decimated part fills tiles.
-
-    Overview tiles as large as the image's are each assembled from several chunks'
-    parts, and GDAL reads back and rewrites the ones it evicted half-written: with
-    these, streaming a 16384^2 uint32 raster's overviews went from 1.7 to 0.5 s.
-    """
-    t = min(side, max(128, chunk // factor // 16 * 16))
-    return {"blockxsize": t, "blockysize": t}
 
 
 class LabelWriter:
@@ -217,42 +130,22 @@ class LabelWriter:
         self.blocks_written = 0
         self._token = uuid.uuid4().hex  # names this store in the workers' handle cache
         self._lock = threading.Lock()
-        self._tif: Any = None
+        self._cog: CogStream | None = None
         self._zarr: Any = None
-        height, width = template.shape[-2:]
         self._chunks = template.chunks or tuple((n,) for n in template.shape)
         self._chunk_side = max(self._chunks[-2][0], self._chunks[-1][0])
         if "cog" in self.formats and template.ndim != 2:
             raise ValueError(f"{stem}: a COG holds a 2-D raster, not dims {template.dims}")
         # the other formats' sinks (NIfTI, OME-Zarr, ...: pipeline.io._sinks)
         self._sinks = self._open_sinks(template, geometry, class_names)
-        self._tif_tmp = self.directory / f".{stem}.tiled.tif"
         self._streams_kept = False  # the finished stream and overviews are still on disk
         self._finished = False  # every block written: read_back may read the raster
         self._encoded = False  # the COG is written
-        self._overviews: list[tuple[int, Any]] = []
-        self._factors: list[int] = []
-        self._side = _blocksize(height, width)
         if "cog" in self.formats:
-            side = self._side
-            self._factors = overview_factors(height, width)
-            # streamed with a cheap codec: the COG is encoded once, at the end, with
-            # every core (encoding DEFLATE twice cost a third of the write stage)
-            profile = dict(driver="GTiff", count=1, dtype=self.dtype.name, nodata=nodata,
-                           tiled=True, blockxsize=side, blockysize=side, BIGTIFF="IF_SAFER",
-                           **_temp_compression(self.dtype))
-            crs, transform = template.rio.crs, template.rio.transform()
-            self._tif = rasterio.open(self._tif_tmp, "w", width=width, height=height,
-                                      crs=crs, transform=transform, **profile)
-            # the overviews are decimated from the blocks as they stream past: GDAL's
-            # build_overviews would read the whole file back (1.1 s at 16384^2)
-            self._overviews = [
-                (f, rasterio.open(self._overview_path(f), "w", width=-(-width // f),
-                                  height=-(-height // f), crs=crs,
-                                  transform=transform * Affine.scale(f),
-                                  **{**profile, **_overview_tiles(side, self._chunk_side, f)}))
-                for f in self._factors
-            ]
+            self._cog = CogStream(
+                self.directory, stem, template, dtype=self.dtype, nodata=nodata,
+                chunk_side=self._chunk_side, predictor=predictor,
+                colormap=None if n_classes is None else self.colormap())
         if "zarr" in self.formats:
             self._zarr = self._create_zarr(template)
 
@@ -275,9 +168,6 @@ class LabelWriter:
                         dtype=self.dtype, nodata=self.nodata, role=role,
                         n_classes=self.n_classes, class_names=class_names)
                 for factory in wanted]
-
-    def _overview_path(self, factor: int) -> Path:
-        return self.directory / f".{self.stem}.ovr{factor}.tif"
 
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         """Return the colour table written into the GeoTIFF (nodata transparent)."""
@@ -345,7 +235,7 @@ class LabelWriter:
         remote_zarr = shared and self._zarr is not None
         return {"zarr": (str(self.directory / f"{self.stem}.zarr"), self.stem, self._token)
                 if remote_zarr else None,
-                "tif": (self._tif is not None or bool(self._sinks)
+                "tif": (self._streaming() or bool(self._sinks)
                         or (self._zarr is not None and not remote_zarr)),
                 "n_classes": self.n_classes,  # None: no counts (an ID raster)
                 "nodata": self.nodata}
@@ -364,13 +254,9 @@ class LabelWriter:
             for sink in self._sinks:
                 sink[region] = block
         with self._lock:
-            if self._tif is not None:
+            if self._cog is not None and self._cog.streaming:
                 assert block is not None  # remote() asks the GeoTIFF's blocks back
-                self._tif.write(block, 1, window=_window(region))
-                for factor, ds in self._overviews:
-                    part = decimate(block, region, factor)
-                    if part is not None:
-                        ds.write(part[1], 1, window=_window(part[0]))
+                self._cog.write(region, block)
             if hist is not None:
                 self.counts += hist
             self.blocks_written += 1
@@ -382,8 +268,8 @@ class LabelWriter:
         the segments' second pass reads the uncompressed stream while the COG is
         encoded from it, and :meth:`remove_streams` deletes it afterwards.
         """
-        if self._tif is not None:
-            self._close_tifs()
+        if self._cog is not None and self._cog.streaming:
+            self._cog.close_files()
             self._streams_kept = True
         self._finished = True
 
@@ -405,11 +291,8 @@ class LabelWriter:
         files only 18 % smaller (measured in bench/RESULTS.md).
         """
         self.finish_streams()
-        if self._streams_kept and not self._encoded:
-            vrt = self.directory / f".{self.stem}.vrt"
-            vrt.write_text(self._vrt())
-            self._to_cog(vrt, self.directory / f"{self.stem}.tif", threads)
-            vrt.unlink()
+        if self._cog is not None and self._streams_kept and not self._encoded:
+            self._cog.encode(threads)
             self._encoded = True
         if not keep_streams:
             self.remove_streams()
@@ -437,9 +320,8 @@ class LabelWriter:
 
     def remove_streams(self) -> None:
         """Delete the streamed GeoTIFF and overviews (``encode_cog(keep_streams=True)``)."""
-        if self._streams_kept:
-            for p in [self._tif_tmp, *(self._overview_path(f) for f in self._factors)]:
-                p.unlink(missing_ok=True)
+        if self._cog is not None and self._streams_kept:
+            self._cog.remove()
             self._streams_kept = False
 
     @property
@@ -460,10 +342,10 @@ class LabelWriter:
 
         if not self._finished:
             raise RuntimeError(f"{self.stem}: close the writer before reading it back")
-        if "cog" in self.formats:
+        if self._cog is not None:
             from ._read import open_image
 
-            path = self._tif_tmp if self._streams_kept else self.directory / f"{self.stem}.tif"
+            path = self._cog.stream_path if self._streams_kept else self._cog.path
             image = open_image(path, chunks=self._chunk_side)
             return image.data[0].rechunk(self._chunks)
         return da.from_zarr(str(self.directory / f"{self.stem}.zarr"), component=self.stem,
@@ -471,67 +353,16 @@ class LabelWriter:
 
     def abort(self) -> None:
         """Close open handles without finishing (the caller removes the directory)."""
-        if self._tif is not None:
-            self._close_tifs()
+        if self._streaming():
+            assert self._cog is not None
+            self._cog.close_files()
         self._zarr = None
         for sink in self._sinks:
             sink.abort()
         self._sinks = []
 
-    def _close_tifs(self) -> None:
-        self._tif.close()
-        self._tif = None
-        for _, ds in self._overviews:
-            ds.close()
-        self._overviews = []
-
-    def _vrt(self) -> str:
-        """Return a VRT of the streamed GeoTIFF with the streamed overviews as its own."""
-        with rasterio.open(self._tif_tmp) as ds:
-            crs, transform, (height, width) = ds.crs, ds.transform, ds.shape
-        side = self._side
-        lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
-        if crs is not None:
-            lines.append(f"  <SRS>{escape(crs.to_wkt())}</SRS>")
-        if crs is not None or not transform.is_identity:
-            lines.append(f"  <GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}"
-                         "</GeoTransform>")
-        lines += ['  <Metadata><MDI key="AREA_OR_POINT">Area</MDI></Metadata>',
-                  f'  <VRTRasterBand dataType="{GDAL_TYPES[self.dtype.name]}" band="1" '
-                  f'blockXSize="{side}" blockYSize="{side}">',
-                  f"    <NoDataValue>{self.nodata}</NoDataValue>"]
-        if self.n_classes is not None:
-            cmap = self.colormap()
-            lines.append("    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>")
-            lines += [f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>'
-                      for r, g, b, a in (cmap.get(i, (0, 0, 0, 0)) for i in range(max(cmap) + 1))]
-            lines.append("    </ColorTable>")
-
-        def source(tag: str, path: Path) -> list[str]:
-            return [f"    <{tag}>",
-                    f'      <SourceFilename relativeToVRT="1">{escape(path.name)}</SourceFilename>',
-                    "      <SourceBand>1</SourceBand>",
-                    f"    </{tag}>"]
-
-        lines += source("SimpleSource", self._tif_tmp)
-        for f in self._factors:
-            lines += source("Overview", self._overview_path(f))
-        lines += ["  </VRTRasterBand>", "</VRTDataset>"]
-        return "\n".join(lines)
-
-    def _to_cog(self, src: Path, dst: Path, threads: int | None = None) -> None:
-        rasterio.shutil.copy(
-            src,
-            dst,
-            driver="COG",
-            COMPRESS="DEFLATE",
-            PREDICTOR="YES" if self.predictor else "NO",
-            LEVEL=1,
-            BLOCKSIZE=max(self._side, 128),  # the COG driver's minimum
-            OVERVIEWS="FORCE_USE_EXISTING",
-            BIGTIFF="IF_SAFER",
-            NUM_THREADS="ALL_CPUS" if threads is None else str(threads),
-        )
+    def _streaming(self) -> bool:
+        return self._cog is not None and self._cog.streaming
 
 
 @numba.njit(cache=True, nogil=True)

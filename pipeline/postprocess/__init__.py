@@ -16,11 +16,11 @@ _WHERE = {
     "merge_small_segments": "_merge",
     "pixels_for_area": "_merge",
     "voxels_for_volume": "_merge",
-    "SegmentIndex": "_segments",
-    "SegmentStats": "_segments",
-    "SegmentTasks": "_segments",
-    "relabel_segments": "_segments",
-    "resolve_segments": "_segments",
+    "SegmentIndex": "_resolve",
+    "SegmentStats": "_resolve",
+    "SegmentTasks": "_chunk_tasks",
+    "relabel_segments": "_relabel",
+    "resolve_segments": "_resolve",
     "segment_tasks": "_segments",
     "segment_table": "_table",
     "chunk_polygons": "_vectorize",
@@ -31,6 +31,7 @@ _WHERE = {
 __all__: list[str] = sorted(_WHERE)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._chunk_tasks import SegmentTasks  # noqa: F401
     from ._majority import majority_filter  # noqa: F401
     from ._merge import (  # noqa: F401
         load_kernels,
@@ -38,14 +39,9 @@ if TYPE_CHECKING:  # pragma: no cover
         pixels_for_area,
         voxels_for_volume,
     )
-    from ._segments import (  # noqa: F401
-        SegmentIndex,
-        SegmentStats,
-        SegmentTasks,
-        relabel_segments,
-        resolve_segments,
-        segment_tasks,
-    )
+    from ._relabel import relabel_segments  # noqa: F401
+    from ._resolve import SegmentIndex, SegmentStats, resolve_segments  # noqa: F401
+    from ._segments import segment_tasks  # noqa: F401
     from ._table import segment_table  # noqa: F401
     from ._vectorize import chunk_polygons, dissolve_polygons, polygons_frame  # noqa: F401
 

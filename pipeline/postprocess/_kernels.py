@@ -2,7 +2,8 @@
 
 scipy and scikit-image label binary images only, so a class map would need one pass
 per class; :func:`label_chunk` labels every class in one scan (two-pass union-find).
-:func:`_piece_kernel` sums each piece's statistics in the same kind of scan.
+:func:`_piece_kernel` sums each piece's statistics in the same kind of scan. The
+contacts between pieces are in :mod:`._contacts`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,78 @@ def _find(parent, a):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _split_row(row, nodata, bounds, r_start, r_end, r_cls, parent, n):  # pragma: no cover
+    """Append the runs of valid pixels of one row; return the new run count.
+
+    Finds where the class changes without a branch per pixel: every column is
+    written and the count moves on only at a change (a run's end is a branch the
+    processor cannot predict). Each new run is its own union-find root.
+    """
+    w = row.size
+    bounds[0] = 0
+    m = 1
+    for j in range(1, w):
+        bounds[m] = j
+        m += np.int64(row[j] != row[j - 1])
+    bounds[m] = w
+    for r in range(m):
+        j = bounds[r]
+        c = row[j]
+        if c != nodata:
+            r_start[n] = j
+            r_end[n] = bounds[r + 1]
+            r_cls[n] = c
+            parent[n] = n
+            n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _join_rows(parent, r_start, r_end, r_cls, p, p_end, k0, k1, reach
+               ):  # pragma: no cover - compiled
+    """Union runs ``k0:k1`` with the touching runs ``p:p_end`` of one class.
+
+    ``p:p_end`` are the runs of an earlier row; both are sorted by start. A run
+    touches those that overlap it, or come within ``reach`` columns of its ends.
+    A union keeps the smaller run index as the root.
+    """
+    for k in range(k0, k1):
+        lo = r_start[k] - reach
+        hi = r_end[k] + reach
+        while p < p_end and r_end[p] <= lo:  # ends before this run's reach
+            p += 1
+        q = p
+        while q < p_end and r_start[q] < hi:
+            if r_cls[q] == r_cls[k]:
+                a = _find(parent, q)
+                b = _find(parent, k)
+                if a < b:
+                    parent[b] = a
+                elif b < a:
+                    parent[a] = b
+            q += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _number_pieces(parent, n):  # pragma: no cover - compiled
+    """Return the number of pieces and every run's piece, roots numbered in index order.
+
+    Roots are their components' first runs, so in index order the pieces are numbered
+    1.. by their first pixel.
+    """
+    final = np.empty(n, dtype=np.int32)
+    count = 0
+    for k in range(n):
+        root = _find(parent, k)
+        if root == k:
+            count += 1
+            final[k] = count
+        else:
+            final[k] = final[root]  # root < k: already numbered
+    return count, final
+
+
+@numba.njit(cache=True, nogil=True)
 def _label_kernel(cls, nodata, conn8):  # pragma: no cover - compiled
     """Run-based union-find labelling; segments numbered by first pixel.
 
@@ -58,7 +131,8 @@ def _label_kernel(cls, nodata, conn8):  # pragma: no cover - compiled
     ``start``, ``end`` (exclusive) and ``label`` (1..n) per run, and ``row_ptr``
     (runs ``row_ptr[i]:row_ptr[i + 1]`` are row ``i``'s). The statistics, contacts
     and painted rasters are all derived from the runs, without reading the pixels
-    again (see :func:`paint_runs`, :func:`_piece_kernel`, :func:`_contact_kernel`).
+    again (see :func:`paint_runs`, :func:`_piece_kernel` and
+    :func:`._contacts._contact_kernel`).
     """
     h, w = cls.shape
     n_max = h * w
@@ -77,55 +151,14 @@ def _label_kernel(cls, nodata, conn8):  # pragma: no cover - compiled
         row_ptr[i] = n
         if w == 0:
             continue
-        # where the class changes, without a branch per pixel: every column is
-        # written and the count moves on only at a change (a run's end is a branch
-        # the processor cannot predict)
-        row = cls[i]
-        bounds[0] = 0
-        m = 1
-        for j in range(1, w):
-            bounds[m] = j
-            m += np.int64(row[j] != row[j - 1])
-        bounds[m] = w
-        for r in range(m):
-            j = bounds[r]
-            c = row[j]
-            if c != nodata:
-                r_start[n] = j
-                r_end[n] = bounds[r + 1]
-                r_cls[n] = c
-                parent[n] = n
-                n += 1
+        n = _split_row(cls[i], nodata, bounds, r_start, r_end, r_cls, parent, n)
         # join the runs of this row with those of the row above (both sorted by start)
-        p = prev_lo
-        for k in range(cur_lo, n):
-            lo = r_start[k] - reach
-            hi = r_end[k] + reach
-            while p < prev_hi and r_end[p] <= lo:  # ends before this run's reach
-                p += 1
-            q = p
-            while q < prev_hi and r_start[q] < hi:
-                if r_cls[q] == r_cls[k]:
-                    a = _find(parent, q)
-                    b = _find(parent, k)
-                    if a < b:
-                        parent[b] = a
-                    elif b < a:
-                        parent[a] = b
-                q += 1
+        _join_rows(parent, r_start, r_end, r_cls, prev_lo, prev_hi, cur_lo, n, reach)
         prev_lo = cur_lo
         prev_hi = n
     row_ptr[h] = n
     # roots in index order = segments in order of first pixel
-    final = np.empty(n, dtype=np.int32)
-    count = 0
-    for k in range(n):
-        root = _find(parent, k)
-        if root == k:
-            count += 1
-            final[k] = count
-        else:
-            final[k] = final[root]  # root < k: already numbered
+    count, final = _number_pieces(parent, n)
     return count, r_start[:n].copy(), r_end[:n].copy(), final, row_ptr
 
 
@@ -144,6 +177,48 @@ def paint_runs(starts, ends, labels, row_ptr, lut, out):  # pragma: no cover - c
             j = ends[k]
         for b in range(j, w):
             out[i, b] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_values(feats, bands, i, offset, scale, integer_sums, run_sum, q_hi, q_lo
+                ):  # pragma: no cover - compiled
+    """Prepare row ``i``'s feature values for the per-run sums of the piece kernels.
+
+    ``integer_sums``: running sums of the raw integers along the row (``run_sum``);
+    else the whole row's fixed-point values first, feature by feature, as two words
+    (``q_hi``, ``q_lo``): a branch-free loop that vectorises (every pixel, nodata too:
+    never summed).
+    """
+    nf = bands.size
+    w = run_sum.shape[1] - 1
+    if integer_sums:
+        for f in range(nf):
+            row = feats[bands[f], i]
+            acc = np.int64(0)
+            for j in range(w):
+                acc += np.int64(row[j])
+                run_sum[f, j + 1] = acc
+        return
+    for f in range(nf):
+        off = offset[f]
+        scl = scale[f]
+        row = feats[bands[f], i]
+        for j in range(w):
+            v = (np.float64(np.float32(row[j])) - off) / scl
+            v = v if np.isfinite(v) else 0.0
+            v = min(max(v, -_CLIP), _CLIP)
+            q = np.int64(np.rint(v * _UNIT))
+            q_hi[f, j] = q >> 32
+            q_lo[f, j] = q & 0xFFFFFFFF
+
+
+@numba.njit(cache=True, nogil=True)
+def _normalise_words(hi, lo):  # pragma: no cover - compiled
+    """Carry each sum's low word into its high word: ``lo`` in ``[0, 2**32)``."""
+    for k in range(hi.shape[0]):
+        for f in range(hi.shape[1]):  # arithmetic shift: negative sums keep lo >= 0
+            hi[k, f] += lo[k, f] >> 32
+            lo[k, f] &= 0xFFFFFFFF
 
 
 @numba.njit(cache=True, nogil=True)
@@ -185,27 +260,8 @@ def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, s
     for i in range(h):
         if row_ptr[i] == row_ptr[i + 1]:
             continue  # a row of nodata
-        if integer_sums:
-            for f in range(nf):
-                row = feats[bands[f], i]
-                acc = np.int64(0)
-                for j in range(w):
-                    acc += np.int64(row[j])
-                    run_sum[f, j + 1] = acc
-        # else a whole row of fixed-point values first, feature by feature: a
-        # branch-free loop that vectorises (every pixel, nodata too: never summed)
-        for f in range(0 if integer_sums else nf):
-            off = offset[f]
-            scl = scale[f]
-            row = feats[bands[f], i]
-            for j in range(w):
-                v = (np.float64(np.float32(row[j])) - off) / scl
-                v = v if np.isfinite(v) else 0.0
-                v = min(max(v, -_CLIP), _CLIP)
-                q = np.int64(np.rint(v * _UNIT))
-                q_hi[f, j] = q >> 32
-                q_lo[f, j] = q & 0xFFFFFFFF
-        # then one update per run (integer sums: any grouping is exact)
+        _row_values(feats, bands, i, offset, scale, integer_sums, run_sum, q_hi, q_lo)
+        # then one update per run
         r = y0 + i
         for t in range(row_ptr[i], row_ptr[i + 1]):
             k = labels[t] - 1
@@ -219,11 +275,13 @@ def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, s
             rmax[k] = r
             cmin[k] = min(cmin[k], x0 + j)
             cmax[k] = max(cmax[k], x0 + e - 1)
+            # the per-run sums stay inline (here and in _kernels3d._piece_kernel3): as a
+            # function, even one numba inlines, they made the kernels 2-5x slower
             if integer_sums:  # whole sums in `lo` (a chunk's fit: < 2**47)
                 for f in range(nf):
                     lo[k, f] += run_sum[f, e] - run_sum[f, j]
                 continue
-            for f in range(nf):
+            for f in range(nf):  # integer sums: any grouping is exact
                 s_hi = np.int64(0)
                 s_lo = np.int64(0)
                 for b in range(j, e):
@@ -231,10 +289,7 @@ def _piece_kernel(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, s
                     s_lo += q_lo[f, b]
                 hi[k, f] += s_hi
                 lo[k, f] += s_lo
-    for k in range(n):
-        for f in range(nf):  # arithmetic shift: negative sums keep lo in [0, 2**32)
-            hi[k, f] += lo[k, f] >> 32
-            lo[k, f] &= 0xFFFFFFFF
+    _normalise_words(hi, lo)
     return klass, first, count, rmin, rmax, cmin, cmax, hi, lo
 
 
@@ -357,136 +412,3 @@ def _min_by_group(group, n, values):  # pragma: no cover - compiled
     for i in range(group.size):
         out[group[i]] = min(out[group[i]], values[i])
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _contacts(starts, ends, labels, row_ptr, small, conn8, lo, hi, length
-              ):  # pragma: no cover - compiled
-    """Write the contacts of :func:`_contact_kernel` while they fit; return how many.
-
-    Per row: the side contacts of consecutive runs (length 1), then the runs of the
-    row below that each run touches, found as :func:`_label_kernel` finds them: their
-    side contact has the length of the overlap (0: a corner, under 8-connectivity).
-    Past the capacity contacts are only counted, and the caller retries with room.
-    """
-    h = row_ptr.size - 1
-    cap = lo.size
-    reach = 1 if conn8 else 0
-    m = 0
-    for i in range(h):
-        a0 = row_ptr[i]
-        a1 = row_ptr[i + 1]
-        for k in range(a0, a1 - 1):
-            p = labels[k]
-            q = labels[k + 1]
-            if ends[k] == starts[k + 1] and p != q and (small[p] or small[q]):
-                if m < cap:
-                    lo[m] = min(p, q)
-                    hi[m] = max(p, q)
-                    length[m] = 1
-                m += 1
-        if i + 1 == h:
-            continue
-        b1 = row_ptr[i + 2]
-        t = a1  # the row below starts where this row's runs end
-        for k in range(a0, a1):
-            s = starts[k] - reach
-            e = ends[k] + reach
-            while t < b1 and ends[t] <= s:
-                t += 1
-            u = t
-            p = labels[k]
-            while u < b1 and starts[u] < e:
-                q = labels[u]
-                if p != q and (small[p] or small[q]):
-                    if m < cap:
-                        lo[m] = min(p, q)
-                        hi[m] = max(p, q)
-                        length[m] = max(min(ends[k], ends[u]) - max(starts[k], starts[u]), 0)
-                    m += 1
-                u += 1
-    return m
-
-
-@numba.njit(cache=True, nogil=True)
-def _contact_kernel(starts, ends, labels, row_ptr, count, conn8, min_pixels
-                    ):  # pragma: no cover - compiled
-    """Every contact of two different pieces of a block, one of them small.
-
-    From the runs of :func:`_label_kernel`. Returns ``(lo, hi, length)`` per pair of
-    touching runs (``lo < hi``): the number of side-touching pixel pairs (0 for a corner
-    contact, 8-connectivity); :func:`_combine_kernel` sums them per pair of pieces.
-    Within a block, touching runs of one class share a label, so two labels that touch
-    belong to two classes.
-    """
-    # one flag per label (index 0 unused): a byte lookup instead of two count compares
-    small = np.zeros(count.size + 1, dtype=np.bool_)
-    for k in range(count.size):
-        small[k + 1] = count[k] < min_pixels
-    # one pass into a guessed capacity (only borders of small pieces count); a second
-    # pass only when it overflows
-    cap = max(1024, starts.size)
-    while True:
-        lo = np.empty(cap, dtype=np.int32)
-        hi = np.empty(cap, dtype=np.int32)
-        length = np.empty(cap, dtype=np.int32)
-        m = _contacts(starts, ends, labels, row_ptr, small, conn8, lo, hi, length)
-        if m <= cap:
-            return lo[:m], hi[:m], length[:m]
-        cap = m
-
-
-@numba.njit(cache=True, nogil=True)
-def _combine_kernel(lo, hi, length, n):  # pragma: no cover - compiled
-    """Merge duplicate pairs and sum their lengths, sorted by (lo, hi), in linear time.
-
-    ``lo < hi``, both in ``1..n``: a counting sort by ``lo`` makes short buckets, in
-    which a position table finds the duplicates; buckets are then sorted by ``hi``.
-    """
-    m = lo.size
-    ptr = np.zeros(n + 2, dtype=np.int64)
-    for e in range(m):
-        ptr[lo[e] + 1] += 1
-    for i in range(n + 1):
-        ptr[i + 1] += ptr[i]
-    fill = ptr.copy()
-    bucket_hi = np.empty(m, dtype=np.int64)
-    bucket_len = np.empty(m, dtype=np.int64)
-    for e in range(m):
-        k = fill[lo[e]]
-        bucket_hi[k] = hi[e]
-        bucket_len[k] = length[e]
-        fill[lo[e]] += 1
-    pos = np.full(n + 1, -1, dtype=np.int64)
-    out_a = np.empty(m, dtype=np.int64)
-    out_b = np.empty(m, dtype=np.int64)
-    out_l = np.empty(m, dtype=np.int64)
-    k = 0
-    for a in range(1, n + 1):
-        start = k
-        for e in range(ptr[a], ptr[a + 1]):
-            b = bucket_hi[e]
-            if pos[b] < start:  # first time in this bucket
-                pos[b] = k
-                out_a[k] = a
-                out_b[k] = b
-                out_l[k] = bucket_len[e]
-                k += 1
-            else:
-                out_l[pos[b]] += bucket_len[e]
-        if k - start > 16:
-            order = np.argsort(out_b[start:k])
-            out_b[start:k] = out_b[start:k][order]
-            out_l[start:k] = out_l[start:k][order]
-        else:  # short bucket: insertion sort
-            for i in range(start + 1, k):
-                vb = out_b[i]
-                vl = out_l[i]
-                j = i - 1
-                while j >= start and out_b[j] > vb:
-                    out_b[j + 1] = out_b[j]
-                    out_l[j + 1] = out_l[j]
-                    j -= 1
-                out_b[j + 1] = vb
-                out_l[j + 1] = vl
-    return out_a[:k], out_b[:k], out_l[:k]

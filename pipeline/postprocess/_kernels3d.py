@@ -16,36 +16,21 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._kernels import _CLIP, _UNIT, Runs, _find, paint_runs
+from ._contacts import _row_contacts, _side_contacts, _small_flags, _with_room
+from ._kernels import (
+    Runs,
+    _join_rows,
+    _normalise_words,
+    _number_pieces,
+    _row_values,
+    _split_row,
+    paint_runs,
+)
 
 __all__ = ["RANKS", "label_runs3", "label_volume"]
 
 #: 3-D connectivity -> rank of the structuring element
 RANKS = {6: 1, 18: 2, 26: 3}
-
-
-@numba.njit(cache=True, nogil=True)
-def _join_rows(parent, r_start, r_end, r_cls, p, p_end, k0, k1, reach
-               ):  # pragma: no cover - compiled
-    """Union runs ``k0:k1`` with the touching runs ``p:p_end`` of one class.
-
-    ``p:p_end`` are the runs of an earlier row; both are sorted by start.
-    """
-    for k in range(k0, k1):
-        lo = r_start[k] - reach
-        hi = r_end[k] + reach
-        while p < p_end and r_end[p] <= lo:
-            p += 1
-        q = p
-        while q < p_end and r_start[q] < hi:
-            if r_cls[q] == r_cls[k]:
-                a = _find(parent, q)
-                b = _find(parent, k)
-                if a < b:
-                    parent[b] = a
-                elif b < a:
-                    parent[a] = b
-            q += 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -75,22 +60,7 @@ def _label_kernel3(cls, nodata, rank):  # pragma: no cover - compiled
             row_ptr[r] = n
             if w == 0:
                 continue
-            row = cls[z, y]
-            bounds[0] = 0
-            m = 1
-            for j in range(1, w):
-                bounds[m] = j
-                m += np.int64(row[j] != row[j - 1])
-            bounds[m] = w
-            for t in range(m):
-                j = bounds[t]
-                c = row[j]
-                if c != nodata:
-                    r_start[n] = j
-                    r_end[n] = bounds[t + 1]
-                    r_cls[n] = c
-                    parent[n] = n
-                    n += 1
+            n = _split_row(cls[z, y], nodata, bounds, r_start, r_end, r_cls, parent, n)
             if n == cur_lo:
                 continue
             if y > 0:
@@ -108,15 +78,7 @@ def _label_kernel3(cls, nodata, rank):  # pragma: no cover - compiled
                         _join_rows(parent, r_start, r_end, r_cls, row_ptr[b + 1],
                                    row_ptr[b + 2], cur_lo, n, diag_reach)
     row_ptr[d * h] = n
-    final = np.empty(n, dtype=np.int32)
-    count = 0
-    for k in range(n):
-        root = _find(parent, k)
-        if root == k:
-            count += 1
-            final[k] = count
-        else:
-            final[k] = final[root]
+    count, final = _number_pieces(parent, n)
     return count, r_start[:n].copy(), r_end[:n].copy(), final, row_ptr
 
 
@@ -182,24 +144,7 @@ def _piece_kernel3(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, 
     for i in range(nrows):
         if row_ptr[i] == row_ptr[i + 1]:
             continue
-        if integer_sums:
-            for f in range(nf):
-                row = feats[bands[f], i]
-                acc = np.int64(0)
-                for j in range(w):
-                    acc += np.int64(row[j])
-                    run_sum[f, j + 1] = acc
-        for f in range(0 if integer_sums else nf):
-            off = offset[f]
-            scl = scale[f]
-            row = feats[bands[f], i]
-            for j in range(w):
-                v = (np.float64(np.float32(row[j])) - off) / scl
-                v = v if np.isfinite(v) else 0.0
-                v = min(max(v, -_CLIP), _CLIP)
-                q = np.int64(np.rint(v * _UNIT))
-                q_hi[f, j] = q >> 32
-                q_lo[f, j] = q & 0xFFFFFFFF
+        _row_values(feats, bands, i, offset, scale, integer_sums, run_sum, q_hi, q_lo)
         z = z0 + i // h
         y = y0 + i % h
         base = (np.int64(z) * gh + y) * gw + x0
@@ -221,7 +166,7 @@ def _piece_kernel3(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, 
             csum[k, 0] += np.int64(z) * length
             csum[k, 1] += np.int64(y) * length
             csum[k, 2] += (np.int64(x0 + j) + (x0 + e - 1)) * length // 2
-            if integer_sums:
+            if integer_sums:  # inline for speed, as in _kernels._piece_kernel
                 for f in range(nf):
                     lo[k, f] += run_sum[f, e] - run_sum[f, j]
                 continue
@@ -233,36 +178,8 @@ def _piece_kernel3(starts, ends, labels, row_ptr, n, cls, feats, bands, offset, 
                     s_lo += q_lo[f, b]
                 hi[k, f] += s_hi
                 lo[k, f] += s_lo
-    for k in range(n):
-        for f in range(nf):
-            hi[k, f] += lo[k, f] >> 32
-            lo[k, f] &= 0xFFFFFFFF
+    _normalise_words(hi, lo)
     return klass, first, count, zmin, zmax, rmin, rmax, cmin, cmax, csum, hi, lo
-
-
-@numba.njit(cache=True, nogil=True)
-def _row_contacts(starts, ends, labels, small, k0, k1, p, p_end, reach, face, lo, hi, length,
-                  m):  # pragma: no cover - compiled
-    """Contacts of the runs ``k0:k1`` with those ``p:p_end`` of an earlier row."""
-    cap = lo.size
-    for k in range(k0, k1):
-        s = starts[k] - reach
-        e = ends[k] + reach
-        while p < p_end and ends[p] <= s:
-            p += 1
-        u = p
-        a = labels[k]
-        while u < p_end and starts[u] < e:
-            b = labels[u]
-            if a != b and (small[a] or small[b]):
-                if m < cap:
-                    lo[m] = min(a, b)
-                    hi[m] = max(a, b)
-                    length[m] = max(min(ends[k], ends[u]) - max(starts[k], starts[u]), 0) \
-                        if face else 0
-                m += 1
-            u += 1
-    return m
 
 
 @numba.njit(cache=True, nogil=True)
@@ -270,7 +187,6 @@ def _contacts3(starts, ends, labels, row_ptr, h, small, rank, lo, hi, length
                ):  # pragma: no cover - compiled
     """Write the contacts of :func:`_contact_kernel3` while they fit; return how many."""
     nrows = row_ptr.size - 1
-    cap = lo.size
     face_reach = 1 if rank >= 2 else 0
     diag_reach = 1 if rank >= 3 else 0
     m = 0
@@ -279,15 +195,7 @@ def _contacts3(starts, ends, labels, row_ptr, h, small, rank, lo, hi, length
         a1 = row_ptr[r + 1]
         if a0 == a1:
             continue
-        for k in range(a0, a1 - 1):
-            p = labels[k]
-            q = labels[k + 1]
-            if ends[k] == starts[k + 1] and p != q and (small[p] or small[q]):
-                if m < cap:
-                    lo[m] = min(p, q)
-                    hi[m] = max(p, q)
-                    length[m] = 1
-                m += 1
+        m = _side_contacts(starts, ends, labels, small, a0, a1, lo, hi, length, m)
         y = r % h
         if y > 0:
             m = _row_contacts(starts, ends, labels, small, a0, a1, row_ptr[r - 1], row_ptr[r],
@@ -306,27 +214,18 @@ def _contacts3(starts, ends, labels, row_ptr, h, small, rank, lo, hi, length
     return m
 
 
-@numba.njit(cache=True, nogil=True)
-def _contact_kernel3(starts, ends, labels, row_ptr, h, count, rank, min_pixels
-                     ):  # pragma: no cover - compiled
+def _contact_kernel3(starts: np.ndarray, ends: np.ndarray, labels: np.ndarray,
+                     row_ptr: np.ndarray, h: int, count: np.ndarray, rank: int,
+                     min_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every contact of two different pieces of a block, one of them small.
 
     ``(lo, hi, length)`` per pair of touching runs: ``length`` is the number of
     face-adjacent voxel pairs between them (0 for an edge or corner contact);
     :func:`._kernels._combine_kernel` sums them per pair of pieces.
     """
-    small = np.zeros(count.size + 1, dtype=np.bool_)
-    for k in range(count.size):
-        small[k + 1] = count[k] < min_pixels
-    cap = max(1024, starts.size)
-    while True:
-        lo = np.empty(cap, dtype=np.int32)
-        hi = np.empty(cap, dtype=np.int32)
-        length = np.empty(cap, dtype=np.int32)
-        m = _contacts3(starts, ends, labels, row_ptr, h, small, rank, lo, hi, length)
-        if m <= cap:
-            return lo[:m], hi[:m], length[:m]
-        cap = m
+    small = _small_flags(count, min_pixels)
+    return _with_room(lambda lo, hi, length: _contacts3(starts, ends, labels, row_ptr, h, small,
+                                                        rank, lo, hi, length), starts.size)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -14,8 +14,9 @@ import numba
 import numpy as np
 from affine import Affine
 
+from ._chunk_tasks import SegmentTasks, _chunk_task, _join_task, _sum_units
 from ._kernels import _find, _min_by_group
-from ._segments import SegmentIndex, segment_dtype
+from ._resolve import SegmentIndex, resolve_segments, segment_dtype
 
 __all__ = ["merge_small_segments", "pixels_for_area", "voxels_for_volume"]
 
@@ -277,8 +278,6 @@ def load_kernels(ndim: int = 2) -> None:
     if ndim == 3:
         _load_kernels3()
         return
-    from ._segments import SegmentTasks, _chunk_task, _join_task, _sum_units, resolve_segments
-
     classes = np.zeros((6, 6), dtype=np.uint8)
     classes[2:4, 2:4] = 1
     classes[0, 5] = 255
@@ -295,15 +294,12 @@ def load_kernels(ndim: int = 2) -> None:
                             blocks.get((i + 1, j), none)[1],
                             blocks.get((i + 1, j + 1), none)[1], 8, True)
                  for i in range(2) for j in range(2)]
-        tasks = SegmentTasks([None] * 4, [None] * 4, ((3, 3), (3, 3)), 8, 5,
-                             *_sum_units(1, integer_sums, one - 1, one))
         pieces = [blocks[i, j][0] for i in range(2) for j in range(2)]
-        merge_small_segments(resolve_segments(tasks, pieces, joins), 5)
+        _resolve_and_merge(pieces, joins, ((3, 3), (3, 3)), 8, 5, integer_sums)
 
 
 def _load_kernels3() -> None:
     """:func:`load_kernels` for volumes: a 4^3 class map in 8 chunks of 2^3."""
-    from ._segments import SegmentTasks, _sum_units, resolve_segments
     from ._segments3d import _chunk_task3, _join_task3
 
     classes = np.zeros((4, 4, 4), dtype=np.uint8)
@@ -321,6 +317,13 @@ def _load_kernels3() -> None:
         faces = {c: b[1] for c, b in zip(corners, blocks, strict=True)}
         joins = [_join_task3([faces.get(tuple(a + b for a, b in zip(c, o, strict=True)))
                               for o in corners], 3, True) for c in corners]
-        tasks = SegmentTasks([None] * 8, [None] * 8, ((2, 2),) * 3, 26, 9,
-                             *_sum_units(1, integer_sums, one - 1, one))
-        merge_small_segments(resolve_segments(tasks, [b[0] for b in blocks], joins), 9)
+        _resolve_and_merge([b[0] for b in blocks], joins, ((2, 2),) * 3, 26, 9, integer_sums)
+
+
+def _resolve_and_merge(pieces: list, joins: list, chunks: tuple[tuple[int, ...], ...],
+                       connectivity: int, min_pixels: int, integer_sums: bool) -> None:
+    """Resolve and merge the computed chunk tasks of :func:`load_kernels`."""
+    one = np.ones(1)
+    tasks = SegmentTasks([None] * len(pieces), [None] * len(joins), chunks, connectivity,
+                         min_pixels, *_sum_units(1, integer_sums, one - 1, one))
+    merge_small_segments(resolve_segments(tasks, pieces, joins), min_pixels)

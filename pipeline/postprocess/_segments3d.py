@@ -32,6 +32,15 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._chunk_tasks import (
+    Joins,
+    SegmentTasks,
+    _collect_joins,
+    _no_edges,
+    _pairs,
+    _piece_edges,
+    _sum_units,
+)
 from ._kernels3d import (
     RANKS,
     _contact_kernel3,
@@ -39,15 +48,9 @@ from ._kernels3d import (
     label_runs3,
     paint_volume,
 )
-from ._segments import (
-    Joins,
-    SegmentIndex,
-    SegmentTasks,
-    _combine_pairs,
-    _pairs,
-    _Prepared,
-    _sum_units,
-)
+from ._relabel import _check_lut
+from ._resolve import SegmentIndex
+from ._segments import _feature_blocks, _Prepared
 
 __all__ = ["ChunkFaces", "ChunkPieces3", "relabel_volume", "volume_tasks"]
 
@@ -118,13 +121,11 @@ def _chunk_task3(classes: np.ndarray, feats: np.ndarray | None, bands: np.ndarra
                            cls.reshape(d * h, w), flat_feats, bands, offset, scale, h,
                            z0, y0, x0, gh, gw, integer_sums)
     if min_pixels is None or runs.n == 0:
-        empty = np.empty(0, dtype=np.int32)
-        edges: tuple[np.ndarray, ...] = (empty, empty, empty)
+        edges = _no_edges()
     else:
-        lo, hi, length = _contact_kernel3(runs.starts, runs.ends, runs.labels, runs.row_ptr,
-                                          h, stats[2], rank, min_pixels)
-        a, b, length = _combine_pairs(lo, hi, length, runs.n)
-        edges = (a.astype(np.int32), b.astype(np.int32), length.astype(np.int32))
+        edges = _piece_edges(_contact_kernel3(runs.starts, runs.ends, runs.labels,
+                                              runs.row_ptr, h, stats[2], rank, min_pixels),
+                             runs.n)
     pieces = ChunkPieces3(*stats, *edges)
     if cls.size == 0:
         faces = ChunkFaces(index, (), ())
@@ -191,17 +192,7 @@ def _join_task3(faces: list[ChunkFaces | None], rank: int, with_edges: bool) -> 
                 _pairs(la[tuple(sa)].ravel(), ca[tuple(sa)].ravel(), fa.index,
                        lb[tuple(sb)].ravel(), cb[tuple(sb)].ravel(), fb.index,
                        1 if order == 1 else 0, joins, edges)
-    empty = np.empty(0, dtype=np.int64)
-    ja = np.concatenate([j[0] for j in joins]) if joins else empty
-    jb = np.concatenate([j[1] for j in joins]) if joins else empty
-    ja, jb, _ = _combine_pairs(ja, jb, np.zeros(ja.size, dtype=np.int64))
-    if edges:
-        ea, eb, el = _combine_pairs(np.concatenate([e[0] for e in edges]),
-                                    np.concatenate([e[1] for e in edges]),
-                                    np.concatenate([e[2] for e in edges]))
-    else:
-        ea, eb, el = empty, empty, empty
-    return Joins(ja, jb, ea, eb, el)
+    return _collect_joins(joins, edges)
 
 
 def volume_tasks(labels: xr.DataArray, features: xr.DataArray | None, prep: _Prepared,
@@ -213,9 +204,7 @@ def volume_tasks(labels: xr.DataArray, features: xr.DataArray | None, prep: _Pre
         raise ValueError(f"labels have an empty chunk (chunks {data.chunks}): rechunk them")
     blocks = data.to_delayed(optimize_graph=False)
     if features is not None:
-        fdata = features.data if isinstance(features.data, da.Array) \
-            else da.from_array(features.data)
-        feat_blocks = fdata.rechunk((-1,) + data.chunks).to_delayed(optimize_graph=False)[0]
+        feat_blocks = _feature_blocks(features, data.chunks)
     starts = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in data.chunks]
     nb = blocks.shape
     _, gh, gw = (int(s) for s in labels.shape)
@@ -242,9 +231,7 @@ def volume_tasks(labels: xr.DataArray, features: xr.DataArray | None, prep: _Pre
 def _relabel_block3(classes: np.ndarray, lut: np.ndarray, nodata: int | None, rank: int
                     ) -> np.ndarray:
     runs = label_runs3(classes, nodata, rank)
-    if runs.n + 1 != lut.size:
-        raise RuntimeError(f"chunk has {runs.n} segments, its lookup table {lut.size - 1}: "
-                           "the class map changed between the summary and the relabel pass")
+    _check_lut(runs.n, lut)
     return paint_volume(runs, np.shape(classes), lut)
 
 

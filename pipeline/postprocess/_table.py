@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from affine import Affine
 
-from ._segments import SegmentStats, segment_dtype
+from ._resolve import SegmentStats, segment_dtype
 
 __all__ = ["segment_table"]
 

@@ -34,7 +34,7 @@ from ..features import compute_features
 from ..features._common import spacing
 from ..features._texture import TextureParams
 from ..io import masked_float, open_image
-from ..io._user_mask import UserMask
+from ..io._user_mask import UserMask, apply_mask
 from ..report import plot_comparison, plot_comparison_planes, plot_elbow
 
 __all__ = ["Fitted", "draw", "fit_stage", "given_model", "save_model", "write_elbow",
@@ -52,27 +52,32 @@ class Fitted:
     elbow: ElbowResult | None = None
 
 
-def draw(config: RunConfig, features: xr.DataArray, size: int) -> Sample:
+def draw(config: RunConfig, features: xr.DataArray, size: int,
+         mask: UserMask | None = None) -> Sample:
     """Draw the run's sample (computes).
 
     With per-pixel features only, the sample is drawn from the same features on the
     fixed sample-cell grid, so the pass reads only the tiles of the seeded cells (the
-    features are seam-free, so the values, and the sample, are those of ``features``).
-    Neighbourhood features would make each cell read its 8 neighbours: those runs
-    sample from every pixel of ``features``, as do volumes, masked runs and runs on
-    a pyramid level.
+    features are seam-free, so the values, and the sample, are those of ``features``);
+    a mask applies to the cells too (cells it leaves out are never read), and its
+    valid fraction (the same for any chunking) sizes the cells read. Neighbourhood
+    features would make each cell read its 8 neighbours: those runs sample from every
+    pixel of ``features``, as do volumes.
     """
     c = config.cluster
-    if (any(spec.halo for spec in config.features) or config.mask is not None
-            or features.ndim != 3 or config.input_level):
-        # volumes sample every voxel; a mask is applied to `features` (and chunks it
-        # leaves out are never read)
-        return draw_sample(features, size, c.seed, cells=False)
-    image = open_image(config.input, chunks=SAMPLE_CELL, nodata=config.nodata)
-    return draw_sample(compute_features(image, config.features), size, c.seed)
+    valid = 1.0 if mask is None or mask.valid_fraction is None else mask.valid_fraction
+    if any(spec.halo for spec in config.features) or features.ndim != 3:
+        return draw_sample(features, size, c.seed, cells=False, valid=valid)
+    image = open_image(config.input, chunks=SAMPLE_CELL, nodata=config.nodata,
+                       level=config.input_level)
+    cells = compute_features(image, config.features)
+    if mask is not None:
+        cells = apply_mask(cells, mask)  # rechunked to the cells' chunks
+    return draw_sample(cells, size, c.seed, valid=valid)
 
 
-def fit_stage(config: RunConfig, features: xr.DataArray) -> Fitted:
+def fit_stage(config: RunConfig, features: xr.DataArray,
+              mask: UserMask | None = None) -> Fitted:
     """Draw the sample, choose k when ``auto``, fit the configured method (computes)."""
     c = config.cluster
     finds_k = METHODS[c.method].finds_k
@@ -83,7 +88,7 @@ def fit_stage(config: RunConfig, features: xr.DataArray) -> Fitted:
              else "sklearn.metrics" if c.k == "auto" else None)
     if needs:
         threading.Thread(target=import_module, args=(needs,), daemon=True).start()
-    sample = draw(config, features, c.sample_size)
+    sample = draw(config, features, c.sample_size, mask)
     k: Any = c.k if c.k_given or not finds_k else None
     result = None
     if c.k == "auto" and not finds_k:

@@ -173,8 +173,8 @@ def open_input(config: RunConfig, *, summarise: bool = True) -> Opened:
             (overview,) = dask.compute(otsu_overview(config.input, config.input_level))
         mask = open_mask(config.mask, image, overview=overview)
         if mask.chunk_any is None and summarise:
-            (flags,) = dask.compute(mask.summaries())
-            mask.chunk_any = flags.astype(bool)
+            (counts,) = dask.compute(mask.summaries())
+            mask.summarised(counts)
         features = apply_mask(features, mask)
         if mask.chunk_any is not None:
             log.info("mask (%s): %d of %d chunks hold no valid pixel and are not read",

@@ -1,0 +1,247 @@
+"""The resolver of the segment stage: global, canonically numbered segments.
+
+Pure and in memory, on the computed per-chunk summaries (:mod:`._chunk_tasks`,
+:mod:`._segments3d`): union-find over the face pairs, canonical renumbering,
+per-segment statistics (:class:`SegmentStats`) from the partial sums, and one lookup
+table (local label -> global ID) per chunk, gathered in a :class:`SegmentIndex`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ._chunk_tasks import KEY_SHIFT, ChunkPieces, Joins, SegmentTasks, _combine_pairs
+from ._kernels import FIXED_POINT_BITS, PieceArrays, _min_by_group, _reduce_kernel
+from ._kernels3d import _reduce_extra
+
+if TYPE_CHECKING:
+    from ._segments3d import ChunkPieces3
+
+__all__ = ["SegmentIndex", "SegmentStats", "fixed_to_float", "resolve_segments",
+           "segment_dtype"]
+
+_LOW = np.int64(0xFFFFFFFF)
+
+
+def segment_dtype(n_segments: int) -> np.dtype:
+    """uint32 IDs, or uint64 when ``n_segments`` does not fit (0 is nodata)."""
+    return np.dtype(np.uint32) if n_segments <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
+
+
+def _words_to_float(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    return hi.astype(np.float64) * 4294967296.0 + lo.astype(np.float64)
+
+
+def fixed_to_float(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Value of normalised two-word fixed-point sums, ``(hi * 2**32 + lo) / 2**bits``.
+
+    The result depends only on the exact integer sums, never on how they were added.
+    """
+    return _words_to_float(hi, lo) / 2.0**FIXED_POINT_BITS
+
+
+@dataclass
+class SegmentStats:
+    """Per-segment statistics; row ``i`` is segment ID ``i + 1``.
+
+    Attributes
+    ----------
+    klass, first, count : ndarray, shape (n,), int64
+        Class, first pixel (global flat index in raster order; for a volume in C
+        order over ``(z, y, x)``), pixel (voxel) count.
+    rmin, rmax, cmin, cmax : ndarray, shape (n,), int64
+        Bounding box in global pixel indices (inclusive): rows ``y``, columns ``x``.
+    hi, lo : ndarray, shape (n, feature), int64
+        Exact integer feature sums as two normalised words, ``hi * 2**32 + lo``.
+    sum_offset, sum_scale : ndarray, shape (feature,), float64
+        The mean in the units of :func:`segment_tasks`' ``offset``/``scale`` is
+        ``(sum / count - sum_offset) / sum_scale``: fixed-point sums of the scaled
+        values (0 and ``2**FIXED_POINT_BITS``), or sums of raw integer bands (the
+        ``offset`` and ``scale`` themselves).
+    zmin, zmax : ndarray, shape (n,), int64, or None
+        Volumes only (``None`` for 2-D): the bounding box along ``z`` (inclusive).
+    coord_sum : ndarray, shape (n, 3), int64, or None
+        Volumes only: exact sums of the global ``z``, ``y`` and ``x`` indices of each
+        segment's voxels (its centroid is ``coord_sum / count``).
+    """
+
+    klass: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    rmin: np.ndarray
+    rmax: np.ndarray
+    cmin: np.ndarray
+    cmax: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+    sum_offset: np.ndarray
+    sum_scale: np.ndarray
+    zmin: np.ndarray | None = None
+    zmax: np.ndarray | None = None
+    coord_sum: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.count.size)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dims of the segments (2, or 3 for a volume)."""
+        return 2 if self.zmin is None else 3
+
+    def bbox(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(lo, hi)``: inclusive bounding boxes, shape (n, ndim), axes in dims order."""
+        lo = [self.rmin, self.cmin] if self.zmin is None else [self.zmin, self.rmin, self.cmin]
+        hi = [self.rmax, self.cmax] if self.zmax is None else [self.zmax, self.rmax, self.cmax]
+        return (np.stack(lo, axis=1).astype(np.int64).reshape(-1, len(lo)),
+                np.stack(hi, axis=1).astype(np.int64).reshape(-1, len(hi)))
+
+    def centroids(self) -> np.ndarray:
+        """Mean voxel index per segment, shape (n, 3) in ``(z, y, x)`` (volumes only)."""
+        if self.coord_sum is None:
+            raise ValueError("centroids are summed for volumes (z, y, x) only")
+        return self.coord_sum / np.maximum(self.count, 1)[:, None].astype(np.float64)
+
+    def means(self) -> np.ndarray:
+        """Mean of each (offset and scaled) feature, shape (n, feature), float64."""
+        sums = _words_to_float(self.hi, self.lo) / np.maximum(self.count, 1)[:, None]
+        return (sums - self.sum_offset) / self.sum_scale
+
+    def reduce(self, group: np.ndarray, n_groups: int) -> SegmentStats:
+        """Statistics of groups of segments; ``group[i]`` in ``0..n_groups-1``.
+
+        A group's class is that of its member with the smallest first pixel.
+        """
+        fields: PieceArrays = _reduce_kernel(
+            np.ascontiguousarray(group, dtype=np.int64), int(n_groups),
+            *(np.ascontiguousarray(getattr(self, f))
+              for f in ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")),
+        )
+        out = SegmentStats(*fields, self.sum_offset, self.sum_scale)
+        if self.zmin is not None:
+            out.zmin, out.zmax, out.coord_sum = _reduce_extra(
+                np.ascontiguousarray(group, dtype=np.int64), int(n_groups),
+                *(np.ascontiguousarray(getattr(self, f), dtype=np.int64)
+                  for f in ("zmin", "zmax", "coord_sum")))
+        return out
+
+
+@dataclass
+class SegmentIndex:
+    """Everything known about the segments after :func:`resolve_segments`.
+
+    Attributes
+    ----------
+    stats : SegmentStats
+        One row per segment, ID order.
+    luts : list of ndarray
+        Per chunk (row-major, C order), local label -> segment ID (index 0 -> 0, nodata).
+    edges : tuple of ndarray or None
+        ``(a, b, length)``: 1-based IDs ``a < b`` of touching segments, of which at
+        least one is smaller than ``min_pixels``, and their border length (4-adjacent
+        pixel pairs, 6-adjacent voxel pairs; 0 for a corner or edge contact). ``None``
+        without ``min_pixels``.
+    chunks : tuple of tuple of int
+    connectivity : int
+    min_pixels : int or None
+        The size the adjacency was collected for.
+    """
+
+    stats: SegmentStats
+    luts: list[np.ndarray] = field(repr=False)
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(repr=False)
+    chunks: tuple[tuple[int, ...], ...]
+    connectivity: int
+    min_pixels: int | None = None
+
+    @property
+    def n_segments(self) -> int:
+        """Number of segments."""
+        return len(self.stats)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Integer type of the segment IDs."""
+        return segment_dtype(self.n_segments)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dims of the class map (2 or 3)."""
+        return len(self.chunks)
+
+
+def resolve_segments(
+    tasks: SegmentTasks, pieces: Sequence[ChunkPieces | ChunkPieces3],
+    joins: Sequence[Joins]
+) -> SegmentIndex:
+    """Join the chunk pieces into global, canonically numbered segments.
+
+    Pure and in memory: union-find (connected components of the face-pair graph) over
+    the pieces, then every segment is numbered by the rank of its first pixel in
+    raster order (C order over ``(z, y, x)`` for a volume), and its statistics are
+    reduced from the pieces' partial sums.
+
+    Parameters
+    ----------
+    tasks : SegmentTasks
+        What :func:`segment_tasks` returned.
+    pieces, joins : sequence
+        ``dask.compute(tasks.pieces, tasks.joins)``.
+
+    Returns
+    -------
+    SegmentIndex
+    """
+    if len(pieces) != len(tasks.pieces) or len(joins) != len(tasks.joins):
+        raise ValueError("pieces and joins must be the computed tasks.pieces and tasks.joins")
+    counts = np.array([p.count.size for p in pieces], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    total = int(offsets[-1])
+
+    def dense(key: np.ndarray) -> np.ndarray:
+        return offsets[key >> KEY_SHIFT] + (key & _LOW) - 1
+
+    ja = np.concatenate([dense(j.join_a) for j in joins]) if joins else np.empty(0, np.int64)
+    jb = np.concatenate([dense(j.join_b) for j in joins]) if joins else np.empty(0, np.int64)
+    graph = coo_matrix((np.ones(ja.size, dtype=np.int32), (ja, jb)), shape=(total, total))
+    n_comp, comp = connected_components(graph.tocsr(), directed=False)
+    stat_fields: tuple[str, ...] = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax",
+                                    "hi", "lo")
+    if tasks.ndim == 3:
+        stat_fields += ("zmin", "zmax", "coord_sum")
+    nf = pieces[0].hi.shape[1] if pieces else 0
+    cat = {name: np.concatenate([getattr(p, name) for p in pieces]) if pieces
+           else np.empty((0, nf) if name in ("hi", "lo") else
+                         (0, 3) if name == "coord_sum" else 0, np.int64)
+           for name in stat_fields}
+    piece_stats = SegmentStats(**cat, sum_offset=tasks.sum_offset, sum_scale=tasks.sum_scale)
+    del cat
+    # canonical IDs: components ranked by their first pixel in raster order
+    comp_first = _min_by_group(comp.astype(np.int64), n_comp, piece_stats.first)
+    rank = np.empty(n_comp, dtype=np.int64)
+    rank[np.argsort(comp_first)] = np.arange(n_comp)
+    stats = piece_stats.reduce(rank[comp], n_comp)
+    del piece_stats
+    seg_of_piece = rank[comp] + 1
+    dtype = segment_dtype(n_comp)
+    luts = [np.concatenate([[0], seg_of_piece[offsets[c]:offsets[c + 1]]]).astype(dtype)
+            for c in range(len(pieces))]
+    edges = None
+    if tasks.min_pixels is not None:
+        ea = [seg_of_piece[offsets[c] + p.edge_a - 1] for c, p in enumerate(pieces)]
+        eb = [seg_of_piece[offsets[c] + p.edge_b - 1] for c, p in enumerate(pieces)]
+        el = [p.edge_len for p in pieces]
+        ea += [seg_of_piece[dense(j.edge_a)] for j in joins]
+        eb += [seg_of_piece[dense(j.edge_b)] for j in joins]
+        el += [j.edge_len for j in joins]
+        a, b, length = np.concatenate(ea), np.concatenate(eb), np.concatenate(el)
+        # only contacts of a segment smaller than min_pixels matter to the merge
+        keep = (stats.count[a - 1] < tasks.min_pixels) | (stats.count[b - 1] < tasks.min_pixels)
+        edges = _combine_pairs(a[keep], b[keep], length[keep], len(stats))
+    return SegmentIndex(stats=stats, luts=luts, edges=edges, chunks=tasks.chunks,
+                        connectivity=tasks.connectivity, min_pixels=tasks.min_pixels)
