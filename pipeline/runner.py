@@ -35,7 +35,7 @@ from .compute import dask_context, local_while_workers_warm, n_workers
 from .config import RunConfig
 from .errors import OutputExistsError, reading
 from .io import open_image
-from .io._write import can_read_back, regular_chunks
+from .io._write import regular_chunks
 from .postprocess import majority_filter
 from .report import build_report, describe_image, write_report
 from .stages import (
@@ -182,13 +182,12 @@ def run(
         model = fitted.model
         rasters = _rasters(ctx, model)
         # segments with threads: one pass reads the input, writes the class rasters and
-        # summarises the segments; a second reads the class map back (COG or Zarr) to
-        # write them. On a cluster the summaries take a pass of their own (the workers
-        # hold no file handle of this process).
+        # summarises the segments; a second reads the class map back (its COG or Zarr,
+        # else a hidden Zarr store) to write them. On a cluster the summaries take a
+        # pass of their own (the workers hold no file handle of this process).
         assert rasters["labels"].chunks is not None  # lazy: Dask-backed
         one_pass = (config.postprocess.segments is not None and client is None
-                    and regular_chunks(rasters["labels"].chunks)
-                    and can_read_back(opened.formats))
+                    and regular_chunks(rasters["labels"].chunks))
         segments = None if one_pass else segments_stage(ctx, model, rasters)
         with staged_output(output, overwrite or keep is not None, keep or ()) as staging:
             written = write_stage(ctx, model, rasters, staging, segments, one_pass)

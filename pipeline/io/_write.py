@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import shutil
 import threading
 import uuid
 import warnings
@@ -118,6 +119,7 @@ class LabelWriter:
         predictor: bool = False,
         geometry: Any = None,
         class_names: list[str] | None = None,
+        readable: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.stem = stem
@@ -146,8 +148,28 @@ class LabelWriter:
                 self.directory, stem, template, dtype=self.dtype, nodata=nodata,
                 chunk_side=self._chunk_side, predictor=predictor,
                 colormap=None if n_classes is None else self.colormap())
+        # where the Zarr chunks go: the output store, or a hidden one kept only for
+        # read_back (removed by close) when `readable` is asked of other formats
+        self._zarr_path = self.directory / f"{self.stem}.zarr"
+        self._zarr_hidden = False
         if "zarr" in self.formats:
             self._zarr = self._create_zarr(template)
+        elif readable and self._cog is None:
+            self._zarr_path = self.directory / f".{self.stem}.readback.zarr"
+            self._zarr_hidden = True
+            self._zarr = self._create_hidden_zarr(template)
+
+    def _create_hidden_zarr(self, template: xr.DataArray) -> Any:
+        """Create a bare Zarr array of the raster's chunks, for :meth:`read_back` only."""
+        import zarr
+
+        if not regular_chunks(self._chunks):
+            raise ValueError(f"{self.stem} has irregular chunks {self._chunks}")
+        group = zarr.open_group(str(self._zarr_path), mode="w-")
+        return group.create_array(self.stem, shape=template.shape,
+                                  chunks=tuple(c[0] for c in self._chunks),
+                                  dtype=self.dtype, fill_value=self.nodata,
+                                  config=ZARR_WRITE_CONFIG)
 
     def _open_sinks(self, template: xr.DataArray, geometry: Any,
                     class_names: list[str] | None) -> list[Any]:
@@ -233,7 +255,7 @@ class LabelWriter:
         send every block back, and this process writes the Zarr chunks too.
         """
         remote_zarr = shared and self._zarr is not None
-        return {"zarr": (str(self.directory / f"{self.stem}.zarr"), self.stem, self._token)
+        return {"zarr": (str(self._zarr_path), self.stem, self._token)
                 if remote_zarr else None,
                 "tif": (self._streaming() or bool(self._sinks)
                         or (self._zarr is not None and not remote_zarr)),
@@ -304,9 +326,12 @@ class LabelWriter:
         for sink in self._sinks:
             outputs += sink.close()
         self._sinks = []
-        if self._zarr is not None:
+        if self._zarr is not None and self._zarr_hidden:
             self._zarr = None
-            path = self.directory / f"{self.stem}.zarr"
+            shutil.rmtree(self._zarr_path, ignore_errors=True)
+        elif self._zarr is not None:
+            self._zarr = None
+            path = self._zarr_path
             with warnings.catch_warnings():
                 # consolidated metadata is a zarr-python extension of Zarr v3; with it,
                 # xarray.open_zarr(path) opens the store quietly and in one read
@@ -326,8 +351,8 @@ class LabelWriter:
 
     @property
     def readable(self) -> bool:
-        """Whether :meth:`read_back` can read the raster (it has a COG or a Zarr store)."""
-        return can_read_back(self.formats)
+        """Whether :meth:`read_back` can read the raster (a COG or a Zarr store, maybe hidden)."""
+        return self._cog is not None or self._zarr_path.exists()
 
     def read_back(self) -> Any:
         """Return the finished raster, read back lazily: a Dask array chunked as given.
@@ -348,8 +373,7 @@ class LabelWriter:
             path = self._cog.stream_path if self._streams_kept else self._cog.path
             image = open_image(path, chunks=self._chunk_side)
             return image.data[0].rechunk(self._chunks)
-        return da.from_zarr(str(self.directory / f"{self.stem}.zarr"), component=self.stem,
-                            chunks=self._chunks)
+        return da.from_zarr(str(self._zarr_path), component=self.stem, chunks=self._chunks)
 
     def abort(self) -> None:
         """Close open handles without finishing (the caller removes the directory)."""

@@ -153,12 +153,16 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
 
 
 def make_writer(ctx: RunContext, model: Any, staging: Path, name: str,
-                arr: xr.DataArray) -> LabelWriter:
-    """Return the writer of raster ``name``: the run's formats, the input's geometry."""
+                arr: xr.DataArray, *, readable: bool = False) -> LabelWriter:
+    """Return the writer of raster ``name``: the run's formats, the input's geometry.
+
+    ``readable``: the raster is read back after its pass (the class map of a one-pass
+    segments run), from a hidden Zarr store when no format of the run can be read.
+    """
     return LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
                        n_classes=model.k if name.startswith("labels") else None,
                        formats=ctx.opened.formats, geometry=ctx.opened.geometry,
-                       class_names=list(model.class_names),
+                       class_names=list(model.class_names), readable=readable,
                        predictor=name == "confidence")  # a measured value
 
 
@@ -185,7 +189,8 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
     config, timings = ctx.config, ctx.timings
     labels = rasters["labels"]
     t = time.perf_counter()
-    writers = {name: make_writer(ctx, model, staging, name, arr)
+    writers = {name: make_writer(ctx, model, staging, name, arr,
+                                 readable=one_pass and name == "labels")
                for name, arr in rasters.items()}
     cog_wait = 0.0  # waiting for COGs encoded in the background, after the passes
     bar = Progress(labels.data.npartitions, "label+write", ctx.progress)
