@@ -21,6 +21,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from ._lock import output_lock
 from .cluster import (
     ELBOW_SAMPLE_SIZE,
     ClusterModel,
@@ -42,12 +43,14 @@ from .stages import (
     Fitted,
     RunContext,
     Timings,
+    check_space,
     describe_formats,
     draw,
     fit_stage,
     given_model,
+    hold_output,
     open_input,
-    prepared,
+    output_bytes,
     refuse_existing,
     save_model,
     segments_stage,
@@ -139,7 +142,7 @@ def _report(ctx: RunContext, fitted: Fitted, written: Any, names: list[str]
 
 def run(
     config: RunConfig, *, overwrite: bool = False, progress: bool = False,
-    model: ClusterModel | None = None,
+    model: ClusterModel | None = None, resume: bool = False,
 ) -> RunResult:
     """Run the whole pipeline on a config.
 
@@ -155,6 +158,9 @@ def run(
     model : ClusterModel, optional
         Label with this model instead of fitting one (``tileseg predict``); it must
         have the config's features.
+    resume : bool
+        Continue a killed run from its staging directory (kept, not deleted); with
+        none, say so and run from the start.
 
     Returns
     -------
@@ -163,41 +169,43 @@ def run(
     Raises
     ------
     PipelineError
-        Any user error (input, config, existing output), before anything is written
-        where the output goes.
+        Any user error (input, config, existing output, another run on the output),
+        before anything is written where the output goes; a failure to write the
+        output (:class:`~pipeline.errors.OutputError`).
     """
     timings = Timings()
     output = Path(config.output)
-    keep = prepared(output)
-    refuse_existing(output, overwrite or keep is not None)
-    with timings.stage("open"):
-        opened = open_input(config)
-    log.info("config: %s", config.to_dict())
-    with dask_context(config.compute) as client, reading(opened.image.attrs["source"]):
-        ctx = RunContext(config, opened, timings, client, progress)
-        with (timings.stage("sample_fit"), stage_progress(progress and client is None),
-              local_while_workers_warm(client, config.compute)):
-            fitted = (fit_stage(config, opened.features, opened.mask) if model is None
-                      else given_model(config, model))
-        model = fitted.model
-        rasters = _rasters(ctx, model)
-        # segments with threads: one pass reads the input, writes the class rasters and
-        # summarises the segments; a second reads the class map back (its COG or Zarr,
-        # else a hidden Zarr store) to write them. On a cluster the summaries take a
-        # pass of their own (the workers hold no file handle of this process).
-        assert rasters["labels"].chunks is not None  # lazy: Dask-backed
-        one_pass = (config.postprocess.segments is not None and client is None
-                    and regular_chunks(rasters["labels"].chunks))
-        segments = None if one_pass else segments_stage(ctx, model, rasters)
-        with staged_output(output, overwrite or keep is not None, keep or ()) as staging:
-            written = write_stage(ctx, model, rasters, staging, segments, one_pass)
-            figures = write_figures(config, opened.image, fitted, staging, opened.mask)
-            figures += [p.name for p in keep or () if p.name not in figures]
-            timings.total()
-            names = ([p.name for p in written.files] + save_model(model, staging) + figures
-                     + ["report.json"])
-            report = _report(ctx, fitted, written, names)
-            write_report(report, staging / "report.json")
+    with hold_output(output, overwrite=overwrite, resume=resume) as job:
+        with timings.stage("open"):
+            opened = open_input(config)
+        log.info("config: %s", config.to_dict())
+        with dask_context(config.compute) as client, reading(opened.image.attrs["source"]):
+            ctx = RunContext(config, opened, timings, client, progress)
+            with (timings.stage("sample_fit"), stage_progress(progress and client is None),
+                  local_while_workers_warm(client, config.compute)):
+                fitted = (fit_stage(config, opened.features, opened.mask) if model is None
+                          else given_model(config, model))
+            model = fitted.model
+            rasters = _rasters(ctx, model)
+            check_space(output, output_bytes(rasters, opened.formats,
+                                             config.postprocess.segments is not None))
+            # segments with threads: one pass reads the input, writes the class rasters
+            # and summarises the segments; a second reads the class map back (its COG or
+            # Zarr, else a hidden Zarr store) to write them. On a cluster the summaries
+            # take a pass of their own (the workers hold no file handle of this process).
+            assert rasters["labels"].chunks is not None  # lazy: Dask-backed
+            one_pass = (config.postprocess.segments is not None and client is None
+                        and regular_chunks(rasters["labels"].chunks))
+            segments = None if one_pass else segments_stage(ctx, model, rasters)
+            with job.staged() as staging:
+                written = write_stage(ctx, model, rasters, staging, segments, one_pass)
+                figures = write_figures(config, opened.image, fitted, staging, opened.mask)
+                figures += [p.name for p in job.keep or () if p.name not in figures]
+                timings.total()
+                names = ([p.name for p in written.files] + save_model(model, staging)
+                         + figures + ["report.json"])
+                report = _report(ctx, fitted, written, names)
+                write_report(report, staging / "report.json")
     outputs = [output / n for n in names]
     log.info("wrote %s", ", ".join(str(p) for p in outputs))
     return RunResult(output=output, outputs=outputs, model=model, report=report)
@@ -217,25 +225,26 @@ def fit_model(config: RunConfig, *, overwrite: bool = False
         If ``output/model.json`` exists and ``overwrite`` is false.
     """
     output = Path(config.output)
-    if (output / "model.json").exists() and not overwrite:
-        raise OutputExistsError(f"{output / 'model.json'}: a model exists; pass "
-                                "--overwrite to replace it")
-    if output.exists() and not output.is_dir():
-        raise OutputExistsError(f"{output}: exists and is not a directory")
-    opened = open_input(config, summarise=True)
-    image, features = opened.image, opened.features
-    with dask_context(config.compute), reading(image.attrs["source"]):
-        fitted = fit_stage(config, features, opened.mask)
-        output.mkdir(parents=True, exist_ok=True)
-        names = save_model(fitted.model, output) + write_figures(config, image, fitted,
-                                                                   output, opened.mask)
+    with output_lock(output):
+        if (output / "model.json").exists() and not overwrite:
+            raise OutputExistsError(f"{output / 'model.json'}: a model exists; pass "
+                                    "--overwrite to replace it")
+        if output.exists() and not output.is_dir():
+            raise OutputExistsError(f"{output}: exists and is not a directory")
+        opened = open_input(config, summarise=True)
+        image, features = opened.image, opened.features
+        with dask_context(config.compute), reading(image.attrs["source"]):
+            fitted = fit_stage(config, features, opened.mask)
+            output.mkdir(parents=True, exist_ok=True)
+            names = save_model(fitted.model, output) + write_figures(
+                config, image, fitted, output, opened.mask)
     log.info("wrote %s", ", ".join(names))
     return fitted.model, [output / n for n in names]
 
 
 def predict_model(config: RunConfig, model_path: str | os.PathLike[str], *,
-                  k: int | None = None, overwrite: bool = False, progress: bool = False
-                  ) -> RunResult:
+                  k: int | None = None, overwrite: bool = False, progress: bool = False,
+                  resume: bool = False) -> RunResult:
     """``tileseg predict``: label the config's input with a saved model.
 
     Writes what :func:`run` writes; with the same input the labels equal those of the
@@ -245,6 +254,8 @@ def predict_model(config: RunConfig, model_path: str | os.PathLike[str], *,
     ----------
     k : int, optional
         Cut a hierarchical or bisecting_kmeans model at this k (no refit).
+    resume : bool
+        Continue a killed run (see :func:`run`).
 
     Raises
     ------
@@ -255,7 +266,7 @@ def predict_model(config: RunConfig, model_path: str | os.PathLike[str], *,
     model = load_model(model_path)
     if k is not None and k != model.k:
         model = model.cut(k)
-    return run(config, overwrite=overwrite, progress=progress, model=model)
+    return run(config, overwrite=overwrite, progress=progress, model=model, resume=resume)
 
 
 def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
@@ -272,26 +283,27 @@ def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
         If ``output/elbow.json`` exists and ``overwrite`` is false.
     """
     output = Path(config.output)
-    if (output / "elbow.json").exists() and not overwrite:
-        raise OutputExistsError(f"{output / 'elbow.json'}: exists; pass --overwrite to "
-                                "replace it")
-    if output.exists() and not output.is_dir():
-        raise OutputExistsError(f"{output}: exists and is not a directory")
-    opened = open_input(config, summarise=True)
-    image, features = opened.image, opened.features
-    c = config.cluster
-    wanted = list(config.report.comparison if comparison is None else comparison)
-    with dask_context(config.compute), reading(image.attrs["source"]):
-        sample = draw(config, features, sample_size or ELBOW_SAMPLE_SIZE, opened.mask)
-        result = elbow_on(sample, ks, n_init=c.n_init, max_iter=c.max_iter, tol=c.tol)
-        panels = [(f"kmeans, k={k}", result.models.get(k) or fit_on(sample, k))
-                  for k in wanted]
-        output.mkdir(parents=True, exist_ok=True)
-        names = write_elbow(result, output)
-        if panels:
-            write_comparison(config, image, panels, output / "comparison.png",
-                             opened.mask)
-            names.append("comparison.png")
+    with output_lock(output):
+        if (output / "elbow.json").exists() and not overwrite:
+            raise OutputExistsError(f"{output / 'elbow.json'}: exists; pass --overwrite to "
+                                    "replace it")
+        if output.exists() and not output.is_dir():
+            raise OutputExistsError(f"{output}: exists and is not a directory")
+        opened = open_input(config, summarise=True)
+        image, features = opened.image, opened.features
+        c = config.cluster
+        wanted = list(config.report.comparison if comparison is None else comparison)
+        with dask_context(config.compute), reading(image.attrs["source"]):
+            sample = draw(config, features, sample_size or ELBOW_SAMPLE_SIZE, opened.mask)
+            result = elbow_on(sample, ks, n_init=c.n_init, max_iter=c.max_iter, tol=c.tol)
+            panels = [(f"kmeans, k={k}", result.models.get(k) or fit_on(sample, k))
+                      for k in wanted]
+            output.mkdir(parents=True, exist_ok=True)
+            names = write_elbow(result, output)
+            if panels:
+                write_comparison(config, image, panels, output / "comparison.png",
+                                 opened.mask)
+                names.append("comparison.png")
     log.info("k = %d (%s); wrote %s", result.k, result.chosen_by, ", ".join(names))
     return result, [output / n for n in names]
 

@@ -16,18 +16,31 @@ __all__ = ["main", "console"]
 
 
 class _Group(click.Group):
-    """Turns every :class:`pipeline.errors.PipelineError` into one line and exit 2."""
+    """Turns every :class:`pipeline.errors.PipelineError` into one line and exit 2.
+
+    SIGTERM and SIGINT stop a command cleanly (:mod:`pipeline._signals`): one line on
+    stderr (how to resume, for ``run`` and ``predict``) and exit 143 / 130.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .._signals import stop_on_signals
         from ..errors import PipelineError
 
         try:
-            return super().invoke(ctx)
+            with stop_on_signals():
+                return super().invoke(ctx)
         except PipelineError as exc:
             if ctx.meta.get("tileseg.verbose"):
                 raise
             click.echo(f"tileseg: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # pipeline._signals.Interrupted, or Ctrl-C
+            signum = getattr(exc, "signum", 2)
+            name = getattr(exc, "name", "SIGINT")
+            hint = ctx.meta.get("tileseg.resume")
+            click.echo(f"tileseg: interrupted by {name}"
+                       + (f"; continue with `{hint}`" if hint else ""), err=True)
+            sys.exit(128 + signum)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

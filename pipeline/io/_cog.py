@@ -23,6 +23,7 @@ import rasterio.shutil
 import xarray as xr
 from rasterio.transform import Affine
 
+from ..errors import writing
 from ._gdal import GDAL_TYPES
 
 __all__ = ["CogStream", "decimate", "overview_factors"]
@@ -161,17 +162,18 @@ class CogStream:
                        tiled=True, blockxsize=side, blockysize=side, BIGTIFF="IF_SAFER",
                        **_temp_compression(self.dtype))
         crs, transform = template.rio.crs, template.rio.transform()
-        self._tif: Any = rasterio.open(self.stream_path, "w", width=width, height=height,
-                                       crs=crs, transform=transform, **profile)
-        # the overviews are decimated from the blocks as they stream past: GDAL's
-        # build_overviews would read the whole file back (1.1 s at 16384^2)
-        self._overviews: list[tuple[int, Any]] = [
-            (f, rasterio.open(self.overview_path(f), "w", width=-(-width // f),
-                              height=-(-height // f), crs=crs,
-                              transform=transform * Affine.scale(f),
-                              **{**profile, **_overview_tiles(side, chunk_side, f)}))
-            for f in self.factors
-        ]
+        self._tif: Any = None
+        self._overviews: list[tuple[int, Any]] = []
+        with writing(self.path):  # a write error names the COG, not its stream
+            self._tif = rasterio.open(self.stream_path, "w", width=width, height=height,
+                                      crs=crs, transform=transform, **profile)
+            # the overviews are decimated from the blocks as they stream past: GDAL's
+            # build_overviews would read the whole file back (1.1 s at 16384^2)
+            for f in self.factors:
+                self._overviews.append((f, rasterio.open(
+                    self.overview_path(f), "w", width=-(-width // f),
+                    height=-(-height // f), crs=crs, transform=transform * Affine.scale(f),
+                    **{**profile, **_overview_tiles(side, chunk_side, f)})))
 
     @property
     def streaming(self) -> bool:
@@ -184,25 +186,30 @@ class CogStream:
 
     def write(self, region: tuple[slice, ...], block: np.ndarray) -> None:
         """Write a block's tiles and its share of every overview."""
-        self._tif.write(block, 1, window=_window(region))
-        for factor, ds in self._overviews:
-            part = decimate(block, region, factor)
-            if part is not None:
-                ds.write(part[1], 1, window=_window(part[0]))
+        with writing(self.path):
+            self._tif.write(block, 1, window=_window(region))
+            for factor, ds in self._overviews:
+                part = decimate(block, region, factor)
+                if part is not None:
+                    ds.write(part[1], 1, window=_window(part[0]))
 
     def close_files(self) -> None:
         """Close the stream and its overviews (they stay on disk)."""
-        self._tif.close()
-        self._tif = None
-        for _, ds in self._overviews:
-            ds.close()
-        self._overviews = []
+        tif, self._tif = self._tif, None
+        overviews, self._overviews = self._overviews, []
+        with writing(self.path):  # the last tiles are flushed now
+            try:
+                tif.close()
+            finally:
+                for _, ds in overviews:
+                    ds.close()
 
     def encode(self, threads: int | None = None) -> None:
         """Encode the COG from the closed stream (see :meth:`LabelWriter.encode_cog`)."""
         vrt = self.directory / f".{self.stem}.vrt"
-        vrt.write_text(self.vrt())
-        self._to_cog(vrt, self.path, threads)
+        with writing(self.path):
+            vrt.write_text(self.vrt())
+            self._to_cog(vrt, self.path, threads)
         vrt.unlink()
 
     def remove(self) -> None:

@@ -12,6 +12,7 @@ All file handles stay in the process that owns the writer; workers only return a
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import os
 import shutil
 import threading
@@ -24,6 +25,7 @@ import numba
 import numpy as np
 import xarray as xr
 
+from ..errors import writing
 from ._cog import CogStream
 
 if TYPE_CHECKING:
@@ -139,7 +141,8 @@ class LabelWriter:
         if "cog" in self.formats and template.ndim != 2:
             raise ValueError(f"{stem}: a COG holds a 2-D raster, not dims {template.dims}")
         # the other formats' sinks (NIfTI, OME-Zarr, ...: pipeline.io._sinks)
-        self._sinks = self._open_sinks(template, geometry, class_names)
+        with writing(self.directory):
+            self._sinks = self._open_sinks(template, geometry, class_names)
         self._streams_kept = False  # the finished stream and overviews are still on disk
         self._finished = False  # every block written: read_back may read the raster
         self._encoded = False  # the COG is written
@@ -153,11 +156,13 @@ class LabelWriter:
         self._zarr_path = self.directory / f"{self.stem}.zarr"
         self._zarr_hidden = False
         if "zarr" in self.formats:
-            self._zarr = self._create_zarr(template)
+            with writing(self._zarr_path):
+                self._zarr = self._create_zarr(template)
         elif readable and self._cog is None:
             self._zarr_path = self.directory / f".{self.stem}.readback.zarr"
             self._zarr_hidden = True
-            self._zarr = self._create_hidden_zarr(template)
+            with writing(self._zarr_path):
+                self._zarr = self._create_hidden_zarr(template)
 
     def _create_hidden_zarr(self, template: xr.DataArray) -> Any:
         """Create a bare Zarr array of the raster's chunks, for :meth:`read_back` only."""
@@ -234,9 +239,11 @@ class LabelWriter:
         """
         block = np.asarray(block)
         if self._zarr is not None:
-            self._zarr[region] = block
+            with writing(self._zarr_path):
+                self._zarr[region] = block
         for sink in self._sinks:
-            sink[region] = block
+            with writing(_sink_path(sink)):
+                sink[region] = block
         self.add(region, block, self.histogram(block), sinks_written=True)
 
     def histogram(self, block: np.ndarray) -> np.ndarray | None:
@@ -271,10 +278,12 @@ class LabelWriter:
         other formats' sinks here.
         """
         if not zarr_written and self._zarr is not None:
-            self._zarr[region] = block
+            with writing(self._zarr_path):
+                self._zarr[region] = block
         if not sinks_written and block is not None:
             for sink in self._sinks:
-                sink[region] = block
+                with writing(_sink_path(sink)):
+                    sink[region] = block
         with self._lock:
             if self._cog is not None and self._cog.streaming:
                 assert block is not None  # remote() asks the GeoTIFF's blocks back
@@ -324,7 +333,8 @@ class LabelWriter:
         self.encode_cog()
         outputs = [self.directory / f"{self.stem}.tif"] if self._encoded else []
         for sink in self._sinks:
-            outputs += sink.close()
+            with writing(_sink_path(sink)):
+                outputs += sink.close()
         self._sinks = []
         if self._zarr is not None and self._zarr_hidden:
             self._zarr = None
@@ -339,7 +349,8 @@ class LabelWriter:
                 from zarr.errors import ZarrUserWarning
 
                 warnings.simplefilter("ignore", ZarrUserWarning)
-                zarr.consolidate_metadata(str(path))
+                with writing(path):
+                    zarr.consolidate_metadata(str(path))
             outputs.append(path)
         return outputs
 
@@ -379,7 +390,8 @@ class LabelWriter:
         """Close open handles without finishing (the caller removes the directory)."""
         if self._streaming():
             assert self._cog is not None
-            self._cog.close_files()
+            with contextlib.suppress(Exception):  # a full disk fails the flush again
+                self._cog.close_files()
         self._zarr = None
         for sink in self._sinks:
             sink.abort()
@@ -387,6 +399,11 @@ class LabelWriter:
 
     def _streaming(self) -> bool:
         return self._cog is not None and self._cog.streaming
+
+
+def _sink_path(sink: Any) -> Path:
+    """Return the file or store a sink writes (named in its write errors)."""
+    return Path(getattr(sink, "path", "") or ".")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -445,7 +462,8 @@ def store_part(block: np.ndarray, region: tuple[slice, ...], remote: dict[str, A
             if hasattr(array, "with_config"):  # zarr >= 3.1 (open_array drops `config`)
                 array = array.with_config(ZARR_WRITE_CONFIG)
             _open_stores[remote["zarr"]] = array
-        array[region] = block
+        with writing(remote["zarr"][0]):
+            array[region] = block
     hist = None
     if remote["n_classes"] is not None:
         hist = _class_counts(block, remote["n_classes"], remote["nodata"])

@@ -19,12 +19,25 @@ from ._fit import (
 )
 from ._open import DEFAULT_FORMATS, Opened, describe_formats, open_input, output_formats
 from ._segments import Segments, min_pixels, segments_stage, write_segments
-from ._staging import PREPARED, Timings, prepared, refuse_existing, staged_output
+from ._staging import (
+    PREPARED,
+    Job,
+    Timings,
+    check_space,
+    hold_output,
+    output_bytes,
+    prepared,
+    recover,
+    refuse_existing,
+    staged_output,
+    staging_dir,
+)
 from ._write import Progress, Written, make_writer, stage_progress, store_rasters, write_stage
 
 __all__ = [
     "DEFAULT_FORMATS",
     "Fitted",
+    "Job",
     "Opened",
     "PREPARED",
     "Progress",
@@ -32,20 +45,25 @@ __all__ = [
     "Segments",
     "Timings",
     "Written",
+    "check_space",
     "describe_formats",
     "draw",
     "fit_stage",
     "given_model",
+    "hold_output",
     "make_writer",
     "min_pixels",
     "open_input",
+    "output_bytes",
     "output_formats",
     "prepared",
+    "recover",
     "refuse_existing",
     "save_model",
     "segments_stage",
     "stage_progress",
     "staged_output",
+    "staging_dir",
     "store_rasters",
     "write_comparison",
     "write_elbow",

@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .._signals import quiesce
 from ..io import LabelWriter
 from ..io._write import store_part
 from ._context import RunContext
@@ -239,6 +240,7 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
         else:
             store_rasters(rasters, writers, ctx.client, bar)
     except BaseException:
+        quiesce()  # chunks still computing on Dask's threads would write into aborted writers
         for w in writers.values():
             w.abort()
         raise
