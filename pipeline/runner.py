@@ -41,6 +41,7 @@ from .postprocess import majority_filter
 from .report import build_report, describe_image, write_report
 from .stages import (
     Fitted,
+    Manifest,
     RunContext,
     Timings,
     check_space,
@@ -49,6 +50,7 @@ from .stages import (
     fit_stage,
     given_model,
     hold_output,
+    load_resumed,
     open_input,
     output_bytes,
     refuse_existing,
@@ -56,11 +58,13 @@ from .stages import (
     segments_stage,
     stage_progress,
     staged_output,
+    start_manifest,
     write_comparison,
     write_elbow,
     write_figures,
     write_stage,
 )
+from .stages._staging import _version
 
 __all__ = ["run", "plan", "RunResult", "staged_output", "fit_model", "predict_model",
            "elbow_model"]
@@ -140,6 +144,11 @@ def _report(ctx: RunContext, fitted: Fitted, written: Any, names: list[str]
     return report
 
 
+def _needs_sample(config: RunConfig) -> bool:
+    """Whether the run's figures need the fit's sample (a resume then fits again)."""
+    return config.cluster.k == "auto" or bool(config.report.comparison)
+
+
 def run(
     config: RunConfig, *, overwrite: bool = False, progress: bool = False,
     model: ClusterModel | None = None, resume: bool = False,
@@ -181,10 +190,19 @@ def run(
         log.info("config: %s", config.to_dict())
         with dask_context(config.compute) as client, reading(opened.image.attrs["source"]):
             ctx = RunContext(config, opened, timings, client, progress)
+            # --resume: a killed run's manifest must match (else exit 2, its staging
+            # kept); its saved model is loaded unless the figures need the sample
+            manifest = Manifest.of(config, _version(), model)
+            resumed = (load_resumed(job.staging, manifest,
+                                    refit=model is not None or _needs_sample(config))
+                       if resume and job.staging.exists() else None)
             with (timings.stage("sample_fit"), stage_progress(progress and client is None),
                   local_while_workers_warm(client, config.compute)):
-                fitted = (fit_stage(config, opened.features, opened.mask) if model is None
-                          else given_model(config, model))
+                if resumed is not None and resumed.model is not None:
+                    fitted = Fitted(resumed.model)
+                else:
+                    fitted = (fit_stage(config, opened.features, opened.mask)
+                              if model is None else given_model(config, model))
             model = fitted.model
             rasters = _rasters(ctx, model)
             check_space(output, output_bytes(rasters, opened.formats,
@@ -197,14 +215,25 @@ def run(
             one_pass = (config.postprocess.segments is not None and client is None
                         and regular_chunks(rasters["labels"].chunks))
             segments = None if one_pass else segments_stage(ctx, model, rasters)
-            with job.staged() as staging:
-                written = write_stage(ctx, model, rasters, staging, segments, one_pass)
+            kept = None if resumed is None or not resumed.ledger.previous else tuple(
+                n for name in rasters for n in (f"{name}.zarr", f".{name}.readback.zarr"))
+            with job.staged(keep=kept) as staging:
+                ledger = (resumed.ledger if resumed is not None
+                          else start_manifest(job.staging, manifest, model))
+                written = write_stage(ctx, model, rasters, staging, segments, one_pass,
+                                      ledger)
                 figures = write_figures(config, opened.image, fitted, staging, opened.mask)
                 figures += [p.name for p in job.keep or () if p.name not in figures]
                 timings.total()
                 names = ([p.name for p in written.files] + save_model(model, staging)
                          + figures + ["report.json"])
                 report = _report(ctx, fitted, written, names)
+                if resumed is not None:
+                    report["model_source"] = resumed.manifest.model_source
+                    report["resume"] = {"chunks_reused": ledger.reused,
+                                        "chunks_total": ledger.total}
+                    log.info("resumed: %d of %d chunks reused", ledger.reused,
+                             ledger.total)
                 write_report(report, staging / "report.json")
     outputs = [output / n for n in names]
     log.info("wrote %s", ", ".join(str(p) for p in outputs))

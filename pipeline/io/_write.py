@@ -122,8 +122,12 @@ class LabelWriter:
         geometry: Any = None,
         class_names: list[str] | None = None,
         readable: bool = False,
+        reopen: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        #: a resume's :class:`~pipeline.stages._resume.Ledger`: each Zarr chunk written
+        #: is recorded in it once its write has returned
+        self.ledger: Any = None
         self.stem = stem
         self.predictor = predictor
         self.nodata = nodata
@@ -157,12 +161,42 @@ class LabelWriter:
         self._zarr_hidden = False
         if "zarr" in self.formats:
             with writing(self._zarr_path):
-                self._zarr = self._create_zarr(template)
+                self._zarr = (reopen and self._reopen_zarr(template)) \
+                    or self._create_zarr(template)
         elif readable and self._cog is None:
             self._zarr_path = self.directory / f".{self.stem}.readback.zarr"
             self._zarr_hidden = True
             with writing(self._zarr_path):
-                self._zarr = self._create_hidden_zarr(template)
+                self._zarr = (reopen and self._reopen_zarr(template)) \
+                    or self._create_hidden_zarr(template)
+
+    def _reopen_zarr(self, template: xr.DataArray) -> Any:
+        """Open the store a killed run left (``--resume``), if it fits; else delete it."""
+        if not self._zarr_path.exists():
+            return None
+        import zarr
+
+        try:
+            array = zarr.open_array(store=str(self._zarr_path), path=self.stem, mode="r+")
+            fits = (tuple(array.shape) == tuple(template.shape) and array.dtype == self.dtype
+                    and tuple(array.chunks) == tuple(c[0] for c in self._chunks))
+        except Exception:  # noqa: BLE001 - a torn store is written again
+            fits = False
+        if not fits:
+            shutil.rmtree(self._zarr_path, ignore_errors=True)
+            return None
+        if hasattr(array, "with_config"):  # zarr >= 3.1 (open_array drops `config`)
+            array = array.with_config(ZARR_WRITE_CONFIG)
+        return array
+
+    def read_chunk(self, region: tuple[slice, ...]) -> np.ndarray | None:
+        """Read one chunk of this writer's Zarr store (None if it has none or it fails)."""
+        if self._zarr is None:
+            return None
+        try:
+            return np.asarray(self._zarr[region])
+        except Exception:  # noqa: BLE001 - a corrupt chunk is computed again
+            return None
 
     def _create_hidden_zarr(self, template: xr.DataArray) -> Any:
         """Create a bare Zarr array of the raster's chunks, for :meth:`read_back` only."""
@@ -271,15 +305,19 @@ class LabelWriter:
 
     def add(self, region: tuple[slice, ...], block: np.ndarray | None,
             hist: np.ndarray | None, *, zarr_written: bool = True,
-            sinks_written: bool = False) -> None:
+            sinks_written: bool = False, record: bool = True) -> None:
         """Record a block: its GeoTIFF tiles, its Zarr chunk unless written, its counts.
 
         Blocks that come back from workers (``sinks_written`` false) also go to the
-        other formats' sinks here.
+        other formats' sinks here. With a :attr:`ledger`, the block's Zarr chunk is
+        recorded once written (``record``: false for a chunk a resume reuses).
         """
         if not zarr_written and self._zarr is not None:
             with writing(self._zarr_path):
                 self._zarr[region] = block
+        if record and self.ledger is not None and self._zarr is not None \
+                and block is not None:
+            self.ledger.record(self.stem, region, block)
         if not sinks_written and block is not None:
             for sink in self._sinks:
                 with writing(_sink_path(sink)):

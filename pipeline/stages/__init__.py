@@ -18,6 +18,7 @@ from ._fit import (
     write_figures,
 )
 from ._open import DEFAULT_FORMATS, Opened, describe_formats, open_input, output_formats
+from ._resume import Ledger, Manifest, load_resumed, start_manifest
 from ._segments import Segments, min_pixels, segments_stage, write_segments
 from ._staging import (
     PREPARED,
@@ -37,6 +38,10 @@ from ._write import Progress, Written, make_writer, stage_progress, store_raster
 __all__ = [
     "DEFAULT_FORMATS",
     "Fitted",
+    "Ledger",
+    "Manifest",
+    "load_resumed",
+    "start_manifest",
     "Job",
     "Opened",
     "PREPARED",

@@ -144,7 +144,8 @@ class Job:
     keep : tuple of Path or None
         Figures of ``tileseg fit``/``elbow`` to keep, when ``output`` holds only those.
     resume : bool
-        ``--resume``: a killed run's staging is kept (reusing its work is to come).
+        ``--resume``: a killed run's staging is kept, and its finished chunks reused
+        when its manifest matches this run (:mod:`._resume`).
     """
 
     def __init__(self, output: Path, overwrite: bool, resume: bool, holder: Any) -> None:
@@ -178,8 +179,11 @@ class Job:
         return None
 
     @contextlib.contextmanager
-    def staged(self) -> Iterator[Path]:
+    def staged(self, keep: tuple[str, ...] | None = None) -> Iterator[Path]:
         """Yield :attr:`files`, renamed to ``output`` if the block succeeds.
+
+        ``keep``: a resume keeps these files of the killed run's :attr:`files` (its
+        Zarr stores), and deletes the others; by default all are deleted.
 
         On an error the staging is deleted, except after a signal (kept for
         ``--resume``). Write failures are raised as :class:`OutputError` naming the
@@ -192,9 +196,13 @@ class Job:
             replaced; the finished staging is kept).
         """
         try:
-            if _exists(self.files):
+            if _exists(self.files) and keep is None:
                 _remove(self.files)
-            self.files.mkdir(parents=True)
+            elif _exists(self.files):
+                for p in self.files.iterdir():
+                    if p.name not in (keep or ()):
+                        _remove(p)
+            self.files.mkdir(parents=True, exist_ok=True)
             record = {**asdict(self.holder), "tileseg_version": _version()}
             (self.staging / "job.json").write_text(json.dumps(record, indent=1) + "\n")
             for path in self.keep or ():
@@ -257,8 +265,7 @@ def hold_output(output: Path, *, overwrite: bool = False, resume: bool = False,
         refuse_existing(output, overwrite or job.keep is not None)
         staging = job.staging
         if _exists(staging) and resume:
-            log.warning("%s: resuming from %s: reusing its finished chunks is not supported "
-                        "yet, so the run starts over", output, staging.name)
+            log.warning("%s: resuming from %s", output, staging.name)
         elif _exists(staging):
             _remove(staging)
             log.warning("%s: deleted %s, the staged work of an interrupted run (pass "

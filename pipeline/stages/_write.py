@@ -22,6 +22,7 @@ from .._signals import quiesce
 from ..io import LabelWriter
 from ..io._write import store_part
 from ._context import RunContext
+from ._resume import Ledger, crc, region_key
 
 __all__ = ["Progress", "Written", "make_writer", "stage_progress", "store_rasters",
            "write_stage"]
@@ -88,7 +89,8 @@ def _store_parts(blocks: list[np.ndarray], region: tuple[slice, ...],
 
 
 def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
-                  client: Any, progress: Progress, *, compute: bool = True) -> Any:
+                  client: Any, progress: Progress, *, compute: bool = True,
+                  skip: frozenset[Any] | set[Any] = frozenset()) -> Any:
     """Compute every block of every raster once and hand it to its writer (computes).
 
     The rasters share one graph, so common stages (reading, features, labels) run once
@@ -100,6 +102,7 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     A writer is a :class:`LabelWriter` or any array accepting ``w[region] = block``.
     With threads, ``compute=False`` returns the store as a Delayed instead, to be
     computed with other results of the same blocks (one pass).
+    ``skip``: regions (:func:`._resume.region_key`) a resume reused: not computed.
     """
     names = list(rasters)
     arrays = [rasters[n].data for n in names]
@@ -108,6 +111,14 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     if client is None:
         targets = [_Targets(writers[n], progress if i == 0 else None)
                    for i, n in enumerate(names)]
+        if skip:  # a resume: only the blocks not reused, each stored to its region
+            todo = [r for r in _regions(arrays[0]) if region_key(r) not in skip]
+            if not todo:
+                return None
+            return da.store([a[r] for r in todo for a in arrays],
+                            [t for _ in todo for t in targets],  # type: ignore[misc]
+                            lock=False, regions=[r for r in todo for _ in arrays],
+                            compute=compute)
         # the writers lock what they share: Zarr chunks are encoded in parallel.
         # ignore: dask annotates targets as ArrayLike, but documents (and only uses)
         # `target[region] = block`, which _Targets supports
@@ -125,7 +136,11 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     remotes = [writers[n].remote(shared) for n in names]
     share = dask.delayed(_store_parts, pure=True)
     blocks = [share(list(t), region, remotes)
-              for t, region in zip(zip(*per_array, strict=True), regions, strict=True)]
+              for t, region in zip(zip(*per_array, strict=True), regions, strict=True)
+              if region_key(region) not in skip]
+    regions = [r for r in regions if region_key(r) not in skip]
+    if not regions:
+        return None
     # Blocks go to the scheduler in batches, each optimised once (one submission per
     # block re-culls the whole graph every time: quadratic), and the next batch is
     # sent while half of the previous one is still running, so workers never idle and
@@ -154,17 +169,57 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
 
 
 def make_writer(ctx: RunContext, model: Any, staging: Path, name: str,
-                arr: xr.DataArray, *, readable: bool = False) -> LabelWriter:
+                arr: xr.DataArray, *, readable: bool = False,
+                ledger: Ledger | None = None) -> LabelWriter:
     """Return the writer of raster ``name``: the run's formats, the input's geometry.
 
     ``readable``: the raster is read back after its pass (the class map of a one-pass
     segments run), from a hidden Zarr store when no format of the run can be read.
+    ``ledger``: records the Zarr chunks written; one with a killed run's lines reopens
+    that run's store (``--resume``).
     """
-    return LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
-                       n_classes=model.k if name.startswith("labels") else None,
-                       formats=ctx.opened.formats, geometry=ctx.opened.geometry,
-                       class_names=list(model.class_names), readable=readable,
-                       predictor=name == "confidence")  # a measured value
+    writer = LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
+                         n_classes=model.k if name.startswith("labels") else None,
+                         formats=ctx.opened.formats, geometry=ctx.opened.geometry,
+                         class_names=list(model.class_names), readable=readable,
+                         predictor=name == "confidence",  # a measured value
+                         reopen=ledger is not None and bool(ledger.previous))
+    writer.ledger = ledger
+    return writer
+
+
+def reuse_chunks(rasters: dict[str, xr.DataArray], writers: dict[str, LabelWriter],
+                 ledger: Ledger) -> set[Any]:
+    """Hand the writers the blocks a killed run finished; return their regions.
+
+    A block is reused when every raster's chunk of it is in the ledger and reads back
+    from its Zarr store with the CRC recorded; it goes to the GeoTIFF stream, the
+    other formats and the counts, not to the Zarr store again. Others are computed.
+    """
+    names = list(rasters)
+    regions = _regions(rasters[names[0]].data)
+    ledger.total = len(regions)
+    previous = ledger.previous
+    candidates = [r for r in regions
+                  if all((n, region_key(r)) in previous for n in names)]
+
+    def check(region: tuple[slice, ...]) -> Any:
+        key = region_key(region)
+        blocks = []
+        for n in names:
+            block = writers[n].read_chunk(region)
+            if block is None or block.shape != tuple(s.stop - s.start for s in region) \
+                    or crc(block) != previous[(n, key)]:
+                return None
+            blocks.append(block)
+        for n, block in zip(names, blocks, strict=True):
+            writers[n].add(region, block, writers[n].histogram(block), record=False)
+        return key
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        reused = {k for k in pool.map(check, candidates) if k is not None}
+    ledger.reused = len(reused)
+    return reused
 
 
 @dataclass
@@ -177,26 +232,58 @@ class Written:
 
 
 def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
-                staging: Path, segments: Any, one_pass: bool) -> Written:
+                staging: Path, segments: Any, one_pass: bool,
+                ledger: Ledger | None = None) -> Written:
     """Compute and write every raster, the segments and their table (computes).
 
     With ``one_pass`` (segments on the threaded scheduler, a readable class map), one
     pass reads the input, writes the class rasters and summarises the segments; a
     second reads the class map back to write them. Otherwise ``segments`` were
     resolved before, and one pass writes every raster.
+
+    ``ledger``: records every Zarr chunk written; on a resume (it holds a killed run's
+    lines) the chunks it verifies are reused (:func:`reuse_chunks`), the others
+    computed. A one-pass resume then summarises the segments from the finished class
+    map (one more read of the input for the segments' feature means, no labelling):
+    the segment IDs depend only on the class map, so they are those of a run never
+    killed.
     """
     from ._segments import segments_stage, write_segments
 
     config, timings = ctx.config, ctx.timings
     labels = rasters["labels"]
     t = time.perf_counter()
+    resuming = ledger is not None and bool(ledger.previous)
     writers = {name: make_writer(ctx, model, staging, name, arr,
-                                 readable=one_pass and name == "labels")
+                                 readable=one_pass and name == "labels", ledger=ledger)
                for name, arr in rasters.items()}
     cog_wait = 0.0  # waiting for COGs encoded in the background, after the passes
     bar = Progress(labels.data.npartitions, "label+write", ctx.progress)
     try:
-        if one_pass:
+        reused = (reuse_chunks(rasters, writers, ledger)
+                  if ledger is not None and ledger.previous else set())
+        if ledger is not None and not resuming:
+            ledger.total = labels.data.npartitions
+        if one_pass and resuming:
+            classes = list(writers.values())
+            store_rasters(rasters, writers, None, bar, skip=reused)
+            for w in classes:
+                w.finish_streams()
+            class_map = {"labels": rasters["labels"].copy(
+                data=writers["labels"].read_back())}
+            segments = segments_stage(ctx, model, class_map,
+                                      read_back=lambda: class_map["labels"])
+            rasters["segments"] = class_map["segments"]
+            writers["segments"] = make_writer(ctx, model, staging, "segments",
+                                              rasters["segments"])
+            bar.close()
+            bar = Progress(labels.data.npartitions, "segments", ctx.progress)
+            with timings.stage("segments_raster"):
+                store_rasters({"segments": rasters["segments"]},
+                              {"segments": writers["segments"]}, None, bar)
+            for w in classes:
+                w.encode_cog()
+        elif one_pass:
             along = store_rasters(rasters, writers, None, bar, compute=False)
             # once the pass is over the class rasters are complete: their COGs
             # are encoded (GDAL, no GIL) while this thread resolves the segments
@@ -238,7 +325,7 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
             for w in classes:
                 w.remove_streams()
         else:
-            store_rasters(rasters, writers, ctx.client, bar)
+            store_rasters(rasters, writers, ctx.client, bar, skip=reused)
     except BaseException:
         quiesce()  # chunks still computing on Dask's threads would write into aborted writers
         for w in writers.values():
@@ -246,6 +333,8 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
         raise
     finally:
         bar.close()
+        if ledger is not None:
+            ledger.close()
     # label_write: the pass over the input (with segments, their second pass
     # over the class map is segments_raster, and resolving them is segments)
     timings["label_write"] = time.perf_counter() - t - cog_wait - (
