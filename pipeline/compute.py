@@ -19,7 +19,8 @@ import dask.threaded
 
 from .config import ComputeConfig
 
-__all__ = ["dask_context", "n_workers", "chunk_budget", "local_while_workers_warm"]
+__all__ = ["dask_context", "n_workers", "chunk_budget", "local_while_workers_warm",
+           "GDAL_HTTP_RETRIES", "set_gdal_http_retries"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,20 @@ def chunk_budget(cfg: ComputeConfig) -> float:
     return per_worker / threads / CHUNKS_PER_THREAD
 
 
+#: GDAL's retries of transient HTTP errors (``/vsicurl/``, ``/vsis3/`` and the other
+#: network file systems): 429, 500, 502-504, an S3 ``RequestTimeout``, and a
+#: connection reset or timed out before a response are retried up to 5 times, 0.5 s
+#: apart at first, the delay doubling each time (GDAL's own backoff). A response cut
+#: short is not (GDAL 3.10): :mod:`pipeline.io._gdal` retries those reads itself.
+#: Defaults only: a value in the environment wins.
+GDAL_HTTP_RETRIES = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "0.5"}
+
+
+def set_gdal_http_retries() -> dict[str, str]:
+    """Set :data:`GDAL_HTTP_RETRIES` in this process unless set; return the values in use."""
+    return {k: os.environ.setdefault(k, v) for k, v in GDAL_HTTP_RETRIES.items()}
+
+
 @contextmanager
 def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
     """Run the enclosed computations on the configured scheduler.
@@ -75,10 +90,13 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
     -----
     GDAL's block cache is set small (``gdal_cachemax`` MiB) in this process and in the
     workers: tile-at-a-time reads gain nothing from GDAL's default cache (5 % of RAM).
+    Remote reads retry transient HTTP errors (:data:`GDAL_HTTP_RETRIES`), here and in
+    the workers, unless the environment says otherwise.
     """
     cfg = cfg or ComputeConfig()
     env = {"GDAL_CACHEMAX": str(cfg.gdal_cachemax)}
     os.environ.setdefault("GDAL_CACHEMAX", env["GDAL_CACHEMAX"])
+    env.update(set_gdal_http_retries())
     if cfg.scheduler in ("threads", "synchronous"):
         # the scheduler function, not its name: dask imports `distributed` (~0.8 s) to
         # look for a client whenever the scheduler is given by name

@@ -296,6 +296,9 @@ class RunConfig(_Strict):
     mask: str | None = None
     chunks: int | None = Field(None, ge=16)
     nodata: float | None = None
+    # a chunk of a GDAL raster that cannot be read (a corrupt tile): fail (exit 2,
+    # naming the window) or nodata (read as nodata, listed in report.json)
+    input_errors: Literal["fail", "nodata"] = "fail"
     features: list[FeatureSpec] = Field(default_factory=lambda: [FeatureSpec.parse("bands")])
     cluster: ClusterConfig = ClusterConfig()
     compute: ComputeConfig = ComputeConfig()
@@ -347,6 +350,16 @@ class RunConfig(_Strict):
             raise ValueError("formats are listed twice")
         return v
 
+    @model_validator(mode="after")
+    def _input_errors(self) -> RunConfig:
+        # the windows read as nodata are collected in this process: threads only
+        if self.input_errors == "nodata" and self.compute.scheduler not in (
+                "threads", "synchronous"):
+            raise ValueError(f"input_errors: nodata runs on the threads or synchronous "
+                             f"scheduler, not {self.compute.scheduler}; use input_errors: "
+                             "fail or compute.scheduler: threads")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data, features spelt out, for logs and reports."""
         d = self.model_dump(mode="json", exclude={"features"})
@@ -383,6 +396,8 @@ def _format_error(exc: ValidationError, source: str) -> ConfigError:
     if err["type"] == "missing":
         return ConfigError(f"{source}: missing key {key!r}")
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across keys: its message names them
+        return ConfigError(f"{source}: {msg}")
     got = err.get("input")
     shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
     return ConfigError(f"{source}: key {key!r}: {msg}{shown}")

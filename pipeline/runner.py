@@ -141,6 +141,13 @@ def _report(ctx: RunContext, fitted: Fitted, written: Any, names: list[str]
         report["segments"] = written.segments.summary
     if ctx.opened.mask is not None:
         report["mask"] = ctx.opened.mask.report()
+    faults = ctx.opened.image.attrs.get("input_faults")  # input_errors: nodata
+    if faults is not None:
+        report["input_errors"] = faults.report()
+        for window in report["input_errors"]:
+            log.warning("%s: rows %d-%d, cols %d-%d unreadable (%s); written as nodata",
+                        ctx.opened.image.attrs["source"], *window["rows"],
+                        *window["cols"], window["error"])
     return report
 
 

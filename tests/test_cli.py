@@ -70,7 +70,7 @@ def _bad_cases(tmp_path, scene):
     return {
         "missing input": ({"input": str(tmp_path / "missing.tif")}, "missing.tif: no such file"),
         "not a raster": ({"input": str(text)}, "text.tif: not a readable raster"),
-        "truncated": ({"input": str(trunc)}, "trunc.tif: cannot read the pixels"),
+        "truncated": ({"input": str(trunc)}, "trunc.tif: cannot read pixels rows"),
         "k < 2": ({"cluster": {"k": 1}}, "key 'cluster.k'"),
         "k > valid": ({"input": str(few_path), "cluster": {"k": 4}},
                       "few.tif: only 3 valid pixels were found for k=4"),

@@ -7,7 +7,10 @@ A list (or glob) of tiles on one grid is mosaicked lazily through a hand-written
 from __future__ import annotations
 
 import os
+import re
+import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -28,22 +31,84 @@ GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "
               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
 
 
+#: what GDAL reads over the network (a URL rasterio hands to /vsicurl/, /vsis3/ ...)
+_REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsicurl",
+                    "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift")
+
+
+def _is_remote(target: str) -> bool:
+    return target.startswith(_REMOTE_PREFIXES)
+
+
+def _clear_network_cache() -> None:
+    """Forget what GDAL's network file systems cached (a response cut short included).
+
+    GDAL keeps a 206 response cut short by a dropped connection (curl's "Recv
+    failure") as if complete, and caches it: a retry must not read it again.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            lib = next(line.split()[-1] for line in maps if "libgdal" in line)
+        ctypes.CDLL(lib).VSICurlClearCache()
+    except (OSError, StopIteration, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+#: errors that another try would not mend: the file is missing or refused, or no
+#: server listens (GDAL has already retried what it knows to be transient)
+_PERMANENT = re.compile(r"HTTP response code: 4\d\d|No such file|does not exist|"
+                        r"Could not connect|Access Denied|Forbidden", re.IGNORECASE)
+
+#: tries after a failed remote open or read, on top of GDAL's own HTTP retries
+READ_RETRIES = 2
+
+
+def _with_retries(target: str, read: Callable[[], Any]) -> Any:
+    """Call ``read``; for a remote ``target``, retry a failure after a cache clear.
+
+    GDAL itself retries HTTP errors (:data:`pipeline.compute.GDAL_HTTP_RETRIES`); a
+    connection dropped mid-response surfaces as a read or format error instead, which
+    is retried here :data:`READ_RETRIES` times (0.5 s, then 1 s, apart by default).
+    """
+    from ..compute import set_gdal_http_retries  # here: compute imports config, io
+
+    remote = _is_remote(target)
+    if remote:
+        set_gdal_http_retries()
+    delay = float(os.environ.get("GDAL_HTTP_RETRY_DELAY", "0.5"))
+    for attempt in range(READ_RETRIES + 1):
+        try:
+            return read()
+        except RasterioError as exc:
+            if not remote or attempt == READ_RETRIES or _PERMANENT.search(str(exc)):
+                raise
+            _clear_network_cache()
+            time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _info(path: str, **open_options: Any) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, **open_options) as ds:
+            return {
+                "overviews": len(ds.overviews(1)) if ds.count else 0,
+                "count": ds.count,
+                "dtypes": set(ds.dtypes),
+                "block": tuple(ds.block_shapes[0]),
+                "shape": (ds.height, ds.width),
+                "nodata": ds.nodata,
+                "crs": ds.crs,
+                "transform": ds.transform,
+                "res": ds.res,
+            }
+
+
 def _describe(path: str, **open_options: Any) -> dict[str, Any]:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path, **open_options) as ds:
-                info = {
-                    "overviews": len(ds.overviews(1)) if ds.count else 0,
-                    "count": ds.count,
-                    "dtypes": set(ds.dtypes),
-                    "block": tuple(ds.block_shapes[0]),
-                    "shape": (ds.height, ds.width),
-                    "nodata": ds.nodata,
-                    "crs": ds.crs,
-                    "transform": ds.transform,
-                    "res": ds.res,
-                }
+        info = _with_retries(path, lambda: _info(path, **open_options))
     except RasterioError as exc:
         raise InputError(f"{path}: not a readable raster ({first_line(exc)})") from None
     if len(info["dtypes"]) != 1:
@@ -149,6 +214,13 @@ def read_gdal(paths: list[str], chunks: int | None,
         )
     # a list or Dataset only for subdatasets: _describe refused a raster without bands
     assert isinstance(da, xr.DataArray)
+    if _is_remote(target):
+        # the same blocks, each read by a task that retries a dropped connection
+        import dask.array as dsa
+
+        assert da.chunks is not None
+        da = da.copy(data=dsa.map_blocks(_read_block, target, options, dtype=da.dtype,
+                                         chunks=da.chunks, meta=np.empty((0, 0, 0), da.dtype)))
     da = da.drop_vars([c for c in ("band",) if c in da.coords])
     geometry = Geometry(dims=("y", "x"), shape=tuple(da.shape[1:]), kind="gdal",
                         crs=da.rio.crs, transform=da.rio.transform(),
@@ -156,14 +228,37 @@ def read_gdal(paths: list[str], chunks: int | None,
     return da, geometry
 
 
+def _read_block(target: str, options: dict[str, Any],
+                block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """Read one block of a remote raster (a task of :func:`read_gdal`), with retries."""
+    from rasterio.windows import Window
+
+    assert block_info is not None
+    (b0, b1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+
+    def read() -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(target, **options) as ds:
+                return ds.read(list(range(b0 + 1, b1 + 1)),
+                               window=Window(x0, y0, x1 - x0, y1 - y0))
+
+    result: np.ndarray = _with_retries(target, read)
+    return result
+
+
 def _gdal_read_small(target: str, options: dict[str, Any],
                      out: tuple[int, int, int]) -> np.ndarray:
     from rasterio.enums import Resampling
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(target, **options) as ds:
-            return ds.read(out_shape=out, resampling=Resampling.nearest)
+    def read() -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(target, **options) as ds:
+                return ds.read(out_shape=out, resampling=Resampling.nearest)
+
+    result: np.ndarray = _with_retries(target, read)
+    return result
 
 
 def gdal_overview(paths: list[str], max_side: int,

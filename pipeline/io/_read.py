@@ -20,6 +20,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
 from ..errors import InputError
+from ._faults import guard_reads
 from ._gdal import GDAL_TYPES, gdal_overview, read_gdal
 from ._geometry import Geometry
 from ._reader_common import SUPPORTED_DTYPES, default_chunk, fit_chunk, single_level
@@ -175,7 +176,7 @@ def _check_args(chunks: int | None, level: int) -> None:
 
 def open_with_geometry(
     source: SomeSource, *, chunks: int | None = None, nodata: float | None = None,
-    level: int = 0,
+    level: int = 0, input_errors: str = "fail",
 ) -> tuple[xr.DataArray, Geometry]:
     """Open an image lazily with the reader its kind needs; return it and its geometry.
 
@@ -195,6 +196,11 @@ def open_with_geometry(
     level : int
         Pyramid level (0 = full resolution) of OME-TIFF, whole-slide TIFF and
         OME-Zarr inputs, or GDAL overview (``level - 1``); other formats have one.
+    input_errors : {"fail", "nodata"}
+        A GDAL raster's chunk that cannot be read (a corrupt tile): raise an
+        :class:`~pipeline.io._faults.UnreadableWindowError` naming the file and the
+        window when computed, or read it as nodata (all bands), listed in the
+        :class:`~pipeline.io._faults.FaultLog` ``attrs["input_faults"]``.
 
     Returns
     -------
@@ -218,7 +224,12 @@ def open_with_geometry(
     da, geometry = reader.open(paths, chunks, level)
     if nodata is not None:
         da = da.rio.write_nodata(nodata, encoded=False)
+    faults = None
+    if reader.kind == "gdal":
+        da, faults = guard_reads(da, label, input_errors)
     da.attrs["source"] = label
+    if faults is not None:
+        da.attrs["input_faults"] = faults
     da.attrs["geometry"] = geometry
     da.name = "image"
     return da, geometry
@@ -226,7 +237,7 @@ def open_with_geometry(
 
 def open_image(
     source: SomeSource, *, chunks: int | None = None, nodata: float | None = None,
-    level: int = 0,
+    level: int = 0, input_errors: str = "fail",
 ) -> xr.DataArray:
     """Open a raster or volume lazily as a chunked ``DataArray(band, [z,] y, x)``.
 
@@ -245,6 +256,8 @@ def open_image(
         Overrides the file's nodata value. NaN is always nodata.
     level : int
         Pyramid level (see :func:`open_with_geometry`).
+    input_errors : {"fail", "nodata"}
+        What an unreadable chunk of a GDAL raster does (see :func:`open_with_geometry`).
 
     Returns
     -------
@@ -258,7 +271,9 @@ def open_image(
     InputError
         Missing file, unreadable raster, unsupported data type, tiles not on one grid.
     """
-    da, geometry = open_with_geometry(source, chunks=chunks, nodata=nodata, level=level)
+    da, geometry = open_with_geometry(source, chunks=chunks, nodata=nodata, level=level,
+                                      input_errors=input_errors)
+    da.attrs.pop("input_faults", None)
     if geometry.kind == "gdal":
         # GDAL rasters keep their historical attrs: a Geometry is no Zarr/netCDF
         # attribute, and these images are written back with xarray (their geometry is

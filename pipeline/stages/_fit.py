@@ -69,7 +69,7 @@ def draw(config: RunConfig, features: xr.DataArray, size: int,
     if any(spec.halo for spec in config.features) or features.ndim != 3:
         return draw_sample(features, size, c.seed, cells=False, valid=valid)
     image = open_image(config.input, chunks=SAMPLE_CELL, nodata=config.nodata,
-                       level=config.input_level)
+                       level=config.input_level, input_errors=config.input_errors)
     cells = compute_features(image, config.features)
     if mask is not None:
         cells = apply_mask(cells, mask)  # rechunked to the cells' chunks

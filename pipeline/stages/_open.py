@@ -127,7 +127,7 @@ def _bytes_per_pixel(image: xr.DataArray, features: xr.DataArray) -> int:
 
 def _read(config: RunConfig, chunks: int | None) -> tuple[xr.DataArray, Geometry]:
     return open_with_geometry(config.input, chunks=chunks, nodata=config.nodata,
-                              level=config.input_level)
+                              level=config.input_level, input_errors=config.input_errors)
 
 
 def open_input(config: RunConfig, *, summarise: bool = True) -> Opened:
