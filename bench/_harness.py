@@ -121,11 +121,41 @@ class Measurement:
     result: dict[str, Any] = field(default_factory=dict)
     #: (seconds since start, process-tree RSS MiB), one point per 0.25 s at most
     timeline: list[tuple[float, float]] = field(default_factory=list)
+    #: the measuring process's own peak RSS (VmHWM) when it started the child
+    parent_hwm_mib: float = 0.0
 
     @property
     def peak_rss_mib(self) -> float:
-        """The larger of the polled process-tree sum and the kernel's per-process max."""
+        """The larger of the polled process-tree sum and the kernel's per-process max.
+
+        The kernel's ``ru_maxrss`` of a child counts the measuring process's own peak
+        before the child's ``exec`` (Linux carries the old address space's high-water
+        mark over, and ``subprocess`` starts children with ``vfork``): a harness that
+        held 1 GiB once reported 1 GiB for ``/bin/true``. :func:`measure` resets its
+        own peak first where Linux allows (``/proc/self/clear_refs``); a ``ru_maxrss``
+        not above the measuring process's peak at the start is not trusted, and the
+        polled sum is used (unless the child exited before it was polled once).
+        """
+        if self.maxrss_single_mib <= self.parent_hwm_mib and self.peak_rss_tree_mib > 0:
+            return self.peak_rss_tree_mib
         return max(self.peak_rss_tree_mib, self.maxrss_single_mib)
+
+
+def _reset_own_peak_rss() -> float:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); return it in MiB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path,
@@ -137,9 +167,10 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
     child and all its descendants (Dask worker processes, nannies, ...) every
     ``interval`` seconds and keeps the peak of their sum; ``os.wait4`` adds the kernel's
     exact ``ru_maxrss`` of the largest single process among the child and its reaped
-    descendants, and their user + system CPU time (or, if larger, the sum of every
-    polled process's own CPU time, which also covers descendants never reaped into
-    the child, such as workers forked from a forkserver).
+    descendants (unless it may be this process's own peak: see
+    :attr:`Measurement.peak_rss_mib`), and their user + system CPU time (or, if
+    larger, the sum of every polled process's own CPU time, which also covers
+    descendants never reaped into the child, such as workers forked from a forkserver).
     """
     import psutil
 
@@ -149,6 +180,7 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
     cpu_seen: dict[int, float] = {}  # pid -> its own user + system CPU, last polled
     timeline: list[tuple[float, float]] = []
     stop = threading.Event()
+    parent_hwm = _reset_own_peak_rss()
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
@@ -206,7 +238,7 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
         cpu_s=max(usage.ru_utime + usage.ru_stime, sum(cpu_seen.values())),
         peak_rss_tree_mib=peak[0] / 2**20,
         maxrss_single_mib=usage.ru_maxrss / 1024, max_processes=nproc[0], log=text,
-        result=result, timeline=timeline,
+        result=result, timeline=timeline, parent_hwm_mib=parent_hwm,
     )
 
 

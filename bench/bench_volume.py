@@ -18,6 +18,10 @@ time from process start, CPU of the process tree, peak RSS of the process tree):
 - ``floor``: the I/O floor for volumes: ``dask.array.from_zarr`` of level 0, then
   ``to_zarr`` of the same uint16 volume with the same chunks and codec (Zarr v3), Dask
   threads (one per core);
+- ``read``: the read floor: decode every chunk once (each reduced to its maximum), no
+  write; tileseg must do at least this;
+- ``floor-u8`` (on request): ``floor`` with each voxel reduced to one byte (``v >> 4``)
+  before it is written (noisy bytes: no cheaper to encode than the uint16 copy);
 - ``kmeans-zarr``: ``tileseg run``, features ``[bands]``, K-means k = 4 (seed 0),
   ``formats: [zarr]``;
 - ``kmeans-omezarr``: the same with ``formats: [ome-zarr]`` (the label image and its
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -43,10 +48,19 @@ from typing import Any
 
 import numpy as np
 from _harness import DATA, OUT, measure, report_result
-from run_bench import child_env, clear, machine_info, source_info, tileseg_cmd
+from run_bench import (
+    child_env,
+    clear,
+    machine_info,
+    pipeline_env,
+    snapshot_pipeline,
+    source_info,
+    tileseg_cmd,
+)
 
 CHUNK = 128
-APPROACHES = ("floor", "kmeans-zarr", "kmeans-omezarr", "segments-zarr")
+APPROACHES = ("floor", "read", "floor-u8", "kmeans-zarr", "kmeans-omezarr", "segments-zarr")
+DEFAULT = "floor,read,kmeans-zarr,kmeans-omezarr,segments-zarr"
 DEFAULT_SIZES = "256,512,1024x1024x512"
 #: class means of background, tissue A, B, C; the noise's standard deviation
 MEANS = (40.0, 700.0, 1100.0, 1600.0)
@@ -64,7 +78,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
-    """``"256"`` -> (256, 256, 256); ``"1024x1024x512"`` (x, y, z) -> (z, y, x) = (512, 1024, 1024)."""
+    """``"256"`` -> (256, 256, 256); ``"1024x1024x512"`` (x, y, z) -> (512, 1024, 1024)."""
     parts = [int(p) for p in text.lower().split("x")]
     if len(parts) == 1:
         return (parts[0],) * 3
@@ -180,13 +194,21 @@ def store_mib(path: Path) -> float:
 # --------------------------------------------------------------------------- approaches
 
 
-def run_floor(path: Path, out: Path) -> None:
-    """The measured floor: read level 0 and write it again as Zarr, Dask threads."""
+def run_floor(path: Path, out: Path, mode: str = "floor") -> None:
+    """The measured floors: read level 0 (and write it again as Zarr), Dask threads."""
     import dask
     import dask.array as da
 
     t0 = time.perf_counter()
     arr = da.from_zarr(str(path), component="0")
+    if mode == "read":
+        with dask.config.set(scheduler="threads"):
+            top = int(arr.map_blocks(lambda b: np.array([[[b.max()]]]), chunks=(1, 1, 1),
+                                     dtype=arr.dtype).max().compute())
+        report_result(voxels=int(arr.size), max=top, read_s=time.perf_counter() - t0)
+        return
+    if mode == "floor-u8":
+        arr = da.minimum(arr >> 4, 255).astype(np.uint8)
     with dask.config.set(scheduler="threads"):
         da.to_zarr(arr, str(out), component="volume", overwrite=True, zarr_format=3,
                    compressors=_blosc(), dimension_names=("z", "y", "x"))
@@ -211,38 +233,45 @@ def write_config(name: str, path: Path, out: Path, k: int) -> Path:
     return cfg_path
 
 
+#: ``pipeline/`` of a committed revision (``--pipeline-rev``); None: the working tree
+SRC: Path | None = None
+
+
 def command(name: str, path: Path, work: Path, k: int) -> tuple[list[str], Path]:
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
-    if name == "floor":
+    if name.startswith("floor") or name == "read":
         out = d / "copy.zarr"
-        return [sys.executable, __file__, "--run", "floor", "--path", str(path),
+        return [sys.executable, __file__, "--run", name, "--path", str(path),
                 "--out", str(out)], out
     out = d / "out"
-    return [*tileseg_cmd(), "run", str(write_config(name, path, out, k)), "--overwrite",
+    return [*tileseg_cmd(SRC), "run", str(write_config(name, path, out, k)), "--overwrite",
             "-q"], out
 
 
 def run_one(name: str, path: Path, work: Path, k: int, keep: bool = False) -> dict[str, Any]:
     cmd, out = command(name, path, work, k)
     clear(out)
-    m = measure(cmd, env=child_env(), log_path=work / name / "log.txt", cwd=work)
+    m = measure(cmd, env=child_env(pipeline_env(SRC)), log_path=work / name / "log.txt",
+                cwd=work)
     rec: dict[str, Any] = {"approach": name, "returncode": m.returncode, "wall_s": m.wall_s,
                            "cpu_s": m.cpu_s, "peak_rss_mib": m.peak_rss_mib,
+                           "peak_rss_tree_mib": m.peak_rss_tree_mib,
+                           "maxrss_single_mib": m.maxrss_single_mib,
                            "max_processes": m.max_processes, "result": m.result,
                            "rss_timeline": m.timeline}
     if m.returncode != 0:
         rec["error"] = m.log[-3000:]
-    elif name != "floor":
+    elif not (name.startswith("floor") or name == "read"):
         report = json.loads((out / "report.json").read_text())
         rec["timings_s"] = report.get("timings_s", {})
         seg = report.get("segments") or {}
         if isinstance(seg, dict):
-            rec["n_segments"] = seg.get("n_segments", seg.get("count"))
+            rec["n_segments"] = seg.get("segments")
         rec["output_mib"] = {p.name: round(store_mib(p) if p.is_dir() else
                                            p.stat().st_size / 2**20, 1)
                              for p in out.iterdir() if p.name.endswith((".zarr", ".parquet"))}
-    else:
+    elif out.exists():
         rec["output_mib"] = {"copy.zarr": round(store_mib(out), 1)}
     if m.returncode == 0 and not keep:
         clear(out)
@@ -252,7 +281,7 @@ def run_one(name: str, path: Path, work: Path, k: int, keep: bool = False) -> di
 def warmup(work: Path, k: int, names: list[str]) -> None:
     small = build((32, 32, 32), seed=1, quiet=True)
     for name in names:
-        if name == "floor":
+        if name.startswith("floor") or name == "read":
             continue
         rec = run_one(name, small, work / "warmup", k)
         print(f"warm-up {name} on 32^3: {rec['wall_s']:.1f} s (exit {rec['returncode']})",
@@ -267,8 +296,9 @@ def summarise(runs: list[dict[str, Any]], sizes: list[tuple[int, int, int]],
     rows = []
     for shape in sizes:
         sn = size_name(shape)
-        floor = {r["round"]: r for r in runs
-                 if r["size"] == sn and r["approach"] == "floor" and r["returncode"] == 0}
+        floor, rd = ({r["round"]: r for r in runs if r["size"] == sn
+                            and r["approach"] == f and r["returncode"] == 0}
+                           for f in ("floor", "read"))
         for n in names:
             ok = [r for r in runs if r["size"] == sn and r["approach"] == n
                   and r["returncode"] == 0]
@@ -284,6 +314,9 @@ def summarise(runs: list[dict[str, Any]], sizes: list[tuple[int, int, int]],
                 paired = [r["wall_s"] / floor[r["round"]]["wall_s"] for r in ok
                           if r["round"] in floor]
                 row["x_floor"] = statistics.median(paired) if paired else None
+                paired = [r["wall_s"] / rd[r["round"]]["wall_s"] for r in ok
+                          if r["round"] in rd]
+                row["x_read"] = statistics.median(paired) if paired else None
                 if ok[0].get("timings_s"):
                     keys = ok[0]["timings_s"].keys()
                     row["timings_s"] = {k: statistics.median(r["timings_s"].get(k, 0.0)
@@ -296,9 +329,9 @@ def summarise(runs: list[dict[str, Any]], sizes: list[tuple[int, int, int]],
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| size | MVox | approach | wall s (min-max) | MVox/s | x floor | CPU s "
-             "| peak RSS MiB | tileseg stages s |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| size | MVox | approach | wall s (min-max) | MVox/s | x floor | x read "
+             "| CPU s | peak RSS MiB | tileseg stages s |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         if not r.get("wall_s"):
             lines.append(f"| {r['size']} | {r['mvox']:.0f} | {r['approach']} | failed "
@@ -308,7 +341,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total" and v >= 0.05)
         if r.get("n_segments") is not None:
             stages += f"; {r['n_segments']:,} segments"
-        xf = "" if r.get("x_floor") is None else f"{r['x_floor']:.2f}"
+        xf = " | ".join("" if r.get(c) is None else f"{r[c]:.2f}"
+                        for c in ("x_floor", "x_read"))
         lines.append(
             f"| {r['size']} | {r['mvox']:.0f} | {r['approach']} | {r['wall_s']:.1f} "
             f"({r['wall_min']:.1f}-{r['wall_max']:.1f}) | {r['mvox'] / r['wall_s']:.1f} | {xf} "
@@ -320,27 +354,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=DEFAULT_SIZES,
                     help=f"comma-separated N (cube) or XxYxZ (default {DEFAULT_SIZES})")
-    ap.add_argument("--approaches", default=",".join(APPROACHES))
+    ap.add_argument("--approaches", default=DEFAULT,
+                    help=f"comma-separated, of {', '.join(APPROACHES)} (default {DEFAULT})")
     ap.add_argument("--repeat", type=int, default=1, help="rounds per size (medians)")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--workdir", type=Path, default=OUT / "volume")
     ap.add_argument("--json", type=Path, help="save every run and the summary")
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--pipeline-rev", metavar="REV",
+                    help="measure tileseg as committed at REV (a git archive of pipeline/, "
+                         "as run_bench.py does); default: the working tree")
     ap.add_argument("--run", help=argparse.SUPPRESS)  # internal: the measured floor
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.run == "floor":
-        run_floor(Path(args.path), Path(args.out))
+    if args.run in ("floor", "floor-u8", "read"):
+        run_floor(Path(args.path), Path(args.out), mode=args.run)
         return 0
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     names = [n.strip() for n in args.approaches.split(",") if n.strip()]
     unknown = [n for n in names if n not in APPROACHES]
     if unknown:
         ap.error(f"unknown approach(es) {unknown}; known: {', '.join(APPROACHES)}")
-    info = machine_info()
-    info["tileseg_source"] = source_info(None, None)
+    global SRC
     work = args.workdir.resolve()
+    sha = None
+    if args.pipeline_rev:
+        SRC, sha = snapshot_pipeline(args.pipeline_rev, work)
+    info = machine_info()
+    info["tileseg_source"] = source_info(SRC, sha)
     if not args.no_warmup:
         warmup(work, args.k, names)
     runs: list[dict[str, Any]] = []
@@ -356,13 +398,16 @@ def main(argv: list[str] | None = None) -> int:
                 rec.update(round=rnd, size=sn)
                 runs.append(rec)
                 ok = rec["returncode"] == 0
-                print(f"{sn:>14} {n:<15} " + (f"{rec['wall_s']:7.1f} s {rec['peak_rss_mib']:6.0f} MiB"
-                                              if ok else "FAILED"), flush=True)
+                shown = (f"{rec['wall_s']:7.1f} s {rec['peak_rss_mib']:6.0f} MiB" if ok
+                         else "FAILED")
+                print(f"{sn:>14} {n:<15} {shown}", flush=True)
                 if not ok:
                     print(rec["error"][-1500:], file=sys.stderr)
     rows = summarise(runs, sizes, names)
     print(f"\n{info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB; uint16 volume, "
-          f"{CHUNK}^3 chunks, k = {args.k}; {args.repeat} round(s); {info['date']}\n")
+          f"{CHUNK}^3 chunks, k = {args.k}; {args.repeat} round(s); {info['date']}; load "
+          f"average {info['load_avg_at_start']} at start, "
+          f"{[round(x, 2) for x in os.getloadavg()]} at end; tileseg: {info['tileseg_source']}\n")
     print(format_table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
