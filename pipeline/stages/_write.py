@@ -231,6 +231,19 @@ class Written:
     segments: Any  # stages.Segments or None
 
 
+def _segment_pass(ctx: RunContext, model: Any, staging: Path,
+                  rasters: dict[str, xr.DataArray], writers: dict[str, LabelWriter],
+                  bar: Progress) -> Progress:
+    """Write the resolved ``rasters["segments"]`` in a pass of its own; its bar."""
+    writers["segments"] = make_writer(ctx, model, staging, "segments", rasters["segments"])
+    bar.close()
+    bar = Progress(rasters["labels"].data.npartitions, "segments", ctx.progress)
+    with ctx.timings.stage("segments_raster"):
+        store_rasters({"segments": rasters["segments"]},
+                      {"segments": writers["segments"]}, None, bar)
+    return bar
+
+
 def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
                 staging: Path, segments: Any, one_pass: bool,
                 ledger: Ledger | None = None) -> Written:
@@ -274,13 +287,7 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
             segments = segments_stage(ctx, model, class_map,
                                       read_back=lambda: class_map["labels"])
             rasters["segments"] = class_map["segments"]
-            writers["segments"] = make_writer(ctx, model, staging, "segments",
-                                              rasters["segments"])
-            bar.close()
-            bar = Progress(labels.data.npartitions, "segments", ctx.progress)
-            with timings.stage("segments_raster"):
-                store_rasters({"segments": rasters["segments"]},
-                              {"segments": writers["segments"]}, None, bar)
+            bar = _segment_pass(ctx, model, staging, rasters, writers, bar)
             for w in classes:
                 w.encode_cog()
         elif one_pass:
@@ -309,13 +316,7 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
             try:
                 segments = segments_stage(ctx, model, rasters, along=along,
                                           after_pass=encode, read_back=read_back)
-                writers["segments"] = make_writer(ctx, model, staging, "segments",
-                                                  rasters["segments"])
-                bar.close()
-                bar = Progress(labels.data.npartitions, "segments", ctx.progress)
-                with timings.stage("segments_raster"):
-                    store_rasters({"segments": rasters["segments"]},
-                                  {"segments": writers["segments"]}, None, bar)
+                bar = _segment_pass(ctx, model, staging, rasters, writers, bar)
                 if encoding:  # the class COGs, encoded meanwhile
                     t_wait = time.perf_counter()
                     encoding[0].result()
