@@ -35,6 +35,8 @@ __all__ = [
     "SegmentsConfig",
     "MinAreaConfig",
     "MinVolumeConfig",
+    "MergeConfig",
+    "InstancesConfig",
     "load_config",
     "parse_config",
     "apply_overrides",
@@ -219,6 +221,44 @@ class MinVolumeConfig(_Strict):
     volume: float = Field(gt=0)  # the input's unit cubed (e.g. mm^3; voxels without one)
 
 
+class MergeConfig(_Strict):
+    """``postprocess.merge:``: hierarchical region merging of the segments.
+
+    Pairs of touching segments are merged cheapest first (ties: the lower node ID,
+    then the higher) until ``threshold`` or ``regions`` is reached (the first of the two
+    given); the whole hierarchy is written (``hierarchy.parquet``) so that
+    ``tileseg cut`` can cut it elsewhere.
+    """
+
+    # ward: size-weighted squared distance of the mean features;
+    # baatz_schape: colour heterogeneity plus shape (multiresolution segmentation)
+    criterion: Literal["ward", "baatz_schape"] = "ward"
+    threshold: float | None = Field(None, ge=0)  # stop before the first merge costing more
+    regions: int | None = Field(None, ge=1)  # stop when this many regions are left
+    shape: float = Field(0.1, ge=0, lt=1)  # baatz_schape: weight of shape against colour
+    compactness: float = Field(0.5, ge=0, le=1)  # baatz_schape: of shape; smoothness = 1 - it
+    # weight of the mean feature contrast across the shared border (0: not used)
+    boundary: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _stop(self) -> MergeConfig:
+        if self.threshold is None and self.regions is None:
+            raise ValueError("give threshold (the scale parameter) or regions (a count)")
+        return self
+
+
+class InstancesConfig(_Strict):
+    """``postprocess.instances:``: touching objects of one class split into instances."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    # the class to split: its ID, its name, or auto (see the README)
+    klass: int | str = Field("auto", alias="class")
+    # distance: seeded watershed of the distance transform; intensity: of the features
+    method: Literal["distance", "intensity"] = "distance"
+    min_distance: int = Field(3, ge=1)  # pixels (voxels) between two seeds, at least
+
+
 def _submodel(model: type[BaseModel], v: Any) -> BaseModel:
     """Validate a nested mapping, naming its bad key and the keys it accepts."""
     if not isinstance(v, Mapping):
@@ -233,6 +273,8 @@ def _submodel(model: type[BaseModel], v: Any) -> BaseModel:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown key {key!r}{hint}; expected one of "
                              + ", ".join(model.model_fields)) from None
+        if not key:  # a rule of the whole mapping (a model validator)
+            raise ValueError(str(err["msg"]).removeprefix("Value error, ")) from None
         raise ValueError(f"{key}: {err['msg']} (got {err.get('input')!r})") from None
 
 
@@ -247,6 +289,22 @@ class PostprocessConfig(_Strict):
     # merge segments smaller than this many pixels, or {area: A} in squared map units
     min_size: Annotated[int, Field(ge=1)] | MinAreaConfig | MinVolumeConfig | None = None
     polygons: bool = False  # one polygon per segment: polygons.gpkg + polygons.parquet
+    # hierarchical region merging of the segments (hierarchy.parquet; see MergeConfig)
+    merge: MergeConfig | None = None
+    # split touching objects of one class (instances.*, instances.parquet)
+    instances: InstancesConfig | None = None
+
+    @field_validator("merge", mode="before")
+    @classmethod
+    def _merge(cls, v: Any) -> Any:
+        return v if v is None or isinstance(v, MergeConfig) else _submodel(MergeConfig, v)
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _instances(cls, v: Any) -> Any:
+        if v is None or isinstance(v, InstancesConfig):
+            return v
+        return _submodel(InstancesConfig, {} if v is True else v)
 
     @field_validator("segments", mode="before")
     @classmethod
@@ -276,10 +334,11 @@ class PostprocessConfig(_Strict):
             data["segments"] = {}
         elif seg is False:
             data["segments"] = None
-        wanted = data.get("min_size") is not None or bool(data.get("polygons"))
+        wanted = (data.get("min_size") is not None or bool(data.get("polygons"))
+                  or data.get("merge") is not None or bool(data.get("instances")))
         if wanted and data.get("segments") is None:
             if seg is False:
-                raise ValueError("min_size and polygons need segments; "
+                raise ValueError("min_size, polygons, merge and instances need segments; "
                                  "remove segments: false")
             data["segments"] = {}
         return data
