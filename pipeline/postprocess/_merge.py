@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from affine import Affine
 
-from ._chunk_tasks import SegmentTasks, _chunk_task, _join_task, _sum_units
+from ._chunk_tasks import SegmentTasks, _chunk_task, _combine_pairs, _join_task, _sum_units
 from ._kernels import _find, _min_by_group
 from ._resolve import SegmentIndex, resolve_segments, segment_dtype
 
@@ -189,7 +189,8 @@ def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  
     return parent
 
 
-def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
+def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
+                         keep_edges: bool = False) -> SegmentIndex:
     """Merge every segment smaller than ``min_pixels`` into its most similar neighbour.
 
     Smallest segments first (ties: lowest ID); the neighbour with the closest mean
@@ -214,10 +215,16 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
         Segments with fewer pixels are merged; at most the ``min_pixels`` the
         adjacency was collected with.
 
+    keep_edges : bool
+        Return the adjacency of the merged segments (lengths added up), for an index
+        whose edges are every contact (``min_pixels`` of :func:`segment_tasks` at
+        least the largest segment, as region merging collects them).
+
     Returns
     -------
     SegmentIndex
-        New statistics, lookup tables composed with the merge, and no edges.
+        New statistics, lookup tables composed with the merge, and no edges (unless
+        ``keep_edges``).
 
     Raises
     ------
@@ -261,8 +268,14 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int) -> SegmentIndex:
     merged.klass = stats.klass[roots[order]]  # the class of the segment merged into
     table = np.concatenate([[0], new_id[parent]]).astype(segment_dtype(roots.size))
     luts = [table[lut] for lut in index.luts]
-    return SegmentIndex(stats=merged, luts=luts, edges=None, chunks=index.chunks,
-                        connectivity=index.connectivity)
+    edges = None
+    if keep_edges:
+        na, nb = new_id[parent[a - 1]], new_id[parent[b - 1]]
+        apart = na != nb
+        edges = _combine_pairs(na[apart], nb[apart], length[apart], roots.size)
+    return SegmentIndex(stats=merged, luts=luts, edges=edges, chunks=index.chunks,
+                        connectivity=index.connectivity,
+                        min_pixels=index.min_pixels if keep_edges else None)
 
 
 def load_kernels(ndim: int = 2) -> None:

@@ -22,6 +22,9 @@ __all__ = ["Segments", "min_pixels", "segments_stage", "write_segments"]
 
 log = logging.getLogger("pipeline.runner")
 
+#: segment_tasks' min_pixels that keeps the adjacency of every segment
+_EVERY_CONTACT = 2**62
+
 
 @dataclass
 class Segments:
@@ -30,6 +33,9 @@ class Segments:
     index: Any = field(repr=False)  # postprocess.SegmentIndex
     table: Any = field(repr=False)
     summary: dict[str, Any]
+    # postprocess.merge: the hierarchy, and the leaves' index (index is the regions')
+    hierarchy: Any = field(default=None, repr=False)
+    leaves: Any = field(default=None, repr=False)
 
 
 def min_pixels(min_size: Any, geometry: Geometry, transform: Any) -> int | None:
@@ -80,9 +86,9 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
         merge_small_segments,
         relabel_segments,
         resolve_segments,
-        segment_table,
         segment_tasks,
     )
+    from ._merge_regions import region_merge
 
     t = time.perf_counter()
     geometry = opened.geometry
@@ -91,9 +97,11 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     min_px = min_pixels(pp.min_size, geometry, transform)
     features, image = opened.features, opened.raw
     bands = raw_bands(features, image)
+    # region merging needs every contact, not only those of small segments
+    contacts = _EVERY_CONTACT if pp.merge is not None else min_px
     tasks = segment_tasks(labels, features if bands is None else image, bands=bands,
                           connectivity=pp.segments.for_ndim(geometry.ndim),
-                          min_pixels=min_px, offset=model.mean, scale=model.scale)
+                          min_pixels=contacts, offset=model.mean, scale=model.scale)
     # the resolve and merge kernels load from numba's cache (~0.8 s of one core) in a
     # thread while the pass runs, not after it, when resolving is the only work left
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -114,23 +122,37 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     del pieces, joins  # the per-piece summaries: as large as the table, not needed now
     n_found = index.n_segments
     if min_px is not None:
-        index = merge_small_segments(index, min_px)
-    rasters["segments"] = relabel_segments(labels if read_back is None else read_back(), index)
-    if geometry.is_volume:
-        table = segment_table(index.stats, geometry=geometry,
-                              feature_names=model.feature_names, offset=model.mean,
-                              scale=model.scale)
-    else:
-        table = segment_table(index.stats, transform=transform,
-                              feature_names=model.feature_names, offset=model.mean,
-                              scale=model.scale)
-    summary = {"connectivity": index.connectivity, "found": n_found,
+        index = merge_small_segments(index, min_px, keep_edges=pp.merge is not None)
+    class_map = labels if read_back is None else read_back()
+    summary: dict[str, Any] = {"connectivity": index.connectivity, "found": n_found,
                "min_pixels": min_px, "segments": index.n_segments}
     log.info("segments: %d found, %d after merging below %s pixels", n_found,
              index.n_segments, min_px)
+    hierarchy = leaves = None
+    if pp.merge is not None:
+        leaves = index
+        rasters["leaves"] = relabel_segments(class_map, leaves)
+        hierarchy = region_merge(ctx, model, leaves, rasters["leaves"])
+        index = hierarchy.regions
+        summary["merge"] = hierarchy.summary()
+        summary["segments"] = index.n_segments
+    rasters["segments"] = relabel_segments(class_map, index)
+    table = table_of(index.stats, model, geometry, transform)
     # with `along`, the pass itself counts as writing: only resolving is "segments"
     timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
-    return Segments(index=index, table=table, summary=summary)
+    return Segments(index=index, table=table, summary=summary, hierarchy=hierarchy,
+                    leaves=leaves)
+
+
+def table_of(stats: Any, model: Any, geometry: Geometry, transform: Any) -> Any:
+    """segments.parquet's frame of ``stats`` (pixels and map units, or a volume's)."""
+    from ..postprocess import segment_table
+
+    if geometry.is_volume:
+        return segment_table(stats, geometry=geometry, feature_names=model.feature_names,
+                             offset=model.mean, scale=model.scale)
+    return segment_table(stats, transform=transform, feature_names=model.feature_names,
+                         offset=model.mean, scale=model.scale)
 
 
 def write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Path,
@@ -146,6 +168,10 @@ def write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Pa
     t = time.perf_counter()
     out = [staging / "segments.parquet"]
     seg.table.to_parquet(out[0], index=False)
+    if seg.hierarchy is not None:
+        from ._merge_regions import save_hierarchy
+
+        out += save_hierarchy(seg.hierarchy, seg.leaves, staging)
     if config.postprocess.polygons:
         data = writer.read_back() if writer.readable else raster.data
         written = xr.DataArray(data, dims=("y", "x"))

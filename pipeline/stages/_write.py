@@ -180,7 +180,9 @@ def make_writer(ctx: RunContext, model: Any, staging: Path, name: str,
     """
     writer = LabelWriter(staging, arr, nodata=int(arr.rio.nodata), stem=name,
                          n_classes=model.k if name.startswith("labels") else None,
-                         formats=ctx.opened.formats, geometry=ctx.opened.geometry,
+                         # the leaves of a merge hierarchy: for `tileseg cut` only
+                         formats=("zarr",) if name == "leaves" else ctx.opened.formats,
+                         geometry=ctx.opened.geometry,
                          class_names=list(model.class_names), readable=readable,
                          predictor=name == "confidence",  # a measured value
                          reopen=ledger is not None and bool(ledger.previous))
@@ -235,12 +237,14 @@ def _segment_pass(ctx: RunContext, model: Any, staging: Path,
                   rasters: dict[str, xr.DataArray], writers: dict[str, LabelWriter],
                   bar: Progress) -> Progress:
     """Write the resolved ``rasters["segments"]`` in a pass of its own; its bar."""
-    writers["segments"] = make_writer(ctx, model, staging, "segments", rasters["segments"])
+    names = ["segments"] + (["leaves"] if "leaves" in rasters else [])
+    for name in names:
+        writers[name] = make_writer(ctx, model, staging, name, rasters[name])
     bar.close()
     bar = Progress(rasters["labels"].data.npartitions, "segments", ctx.progress)
     with ctx.timings.stage("segments_raster"):
-        store_rasters({"segments": rasters["segments"]},
-                      {"segments": writers["segments"]}, None, bar)
+        store_rasters({n: rasters[n] for n in names}, {n: writers[n] for n in names},
+                      None, bar)
     return bar
 
 

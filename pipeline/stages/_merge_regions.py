@@ -1,0 +1,140 @@
+"""Region merging (``postprocess.merge``): the hierarchy over the leaves, cut where asked.
+
+The leaves are the segments after ``min_size``; their exact statistics and adjacency
+come from the segments stage. Where the criterion needs more (``baatz_schape``: the
+perimeters and squared features; ``boundary``: the contrast across each border) one
+pass over the leaves and the features sums them per chunk. The hierarchy is built
+on the client (its size is the number of leaves), cut at ``regions``/``threshold``,
+and the regions' index relabels the class map lazily. ``hierarchy.parquet`` (every
+merge) and ``leaves.zarr`` (the leaf raster and the leaves' exact statistics) are what
+``tileseg cut`` needs to cut the hierarchy elsewhere without any other computation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from ._context import RunContext
+
+__all__ = ["MergedRegions", "region_merge", "save_hierarchy", "load_leaves", "LEAF_FIELDS"]
+
+log = logging.getLogger("pipeline.runner")
+
+#: the SegmentStats fields saved with the leaves (volumes add zmin, zmax, coord_sum)
+LEAF_FIELDS = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
+_VOLUME_FIELDS = ("zmin", "zmax", "coord_sum")
+
+
+@dataclass
+class MergedRegions:
+    """The hierarchy, where it was cut, and the regions' index."""
+
+    hierarchy: Any = field(repr=False)  # postprocess._hierarchy.Hierarchy
+    regions: Any = field(repr=False)  # SegmentIndex of the regions
+    n_merges: int
+    criterion: str
+    seconds: float
+    model: Any = field(default=None, repr=False)  # the features' names and units
+
+    def summary(self) -> dict[str, Any]:
+        """report.json's ``segments.merge``."""
+        h = self.hierarchy
+        last = float(h.cost[self.n_merges - 1]) if self.n_merges else None
+        return {"criterion": self.criterion, "leaves": int(h.n_leaves),
+                "merges": int(self.n_merges), "hierarchy_merges": int(h.cost.size),
+                "regions": int(self.regions.n_segments), "last_cost": last,
+                "seconds": round(self.seconds, 3)}
+
+
+def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataArray
+                 ) -> MergedRegions:
+    """Build the hierarchy of ``leaves`` (a SegmentIndex with every contact) and cut it.
+
+    Computes the merge statistics' pass where the criterion needs it.
+    """
+    from ..postprocess._hierarchy import (
+        build_hierarchy,
+        cut_hierarchy,
+        merge_stats_tasks,
+        reduce_merge_stats,
+        region_index,
+    )
+
+    cfg = ctx.config.postprocess.merge
+    assert cfg is not None and leaves.edges is not None
+    t = time.perf_counter()
+    stats = None
+    if cfg.criterion == "baatz_schape" or cfg.boundary > 0:
+        features = ctx.opened.features
+        with ctx.timings.stage("merge_stats"):
+            (parts,) = dask.compute(merge_stats_tasks(leaf_raster, features, model.mean,
+                                                      model.scale))
+        stats = reduce_merge_stats(list(parts), leaves.n_segments, int(features.shape[0]))
+    leaf_stats = leaves.stats
+    hierarchy = build_hierarchy(
+        leaf_stats.count.astype(np.int64), leaf_stats.means(), leaves.edges,
+        criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
+        boundary=cfg.boundary, stats=stats, bbox=leaf_stats.bbox())
+    k = hierarchy.n_merges(cfg.regions, cfg.threshold)
+    region, n_regions = cut_hierarchy(hierarchy, k)
+    regions = region_index(leaves, region, n_regions)
+    seconds = time.perf_counter() - t
+    log.info("merge: %d leaves, %d merges (%s), %d regions", leaves.n_segments, k,
+             cfg.criterion, n_regions)
+    return MergedRegions(hierarchy, regions, k, cfg.criterion, seconds, model)
+
+
+def save_hierarchy(merged: MergedRegions, leaves: Any, staging: Path) -> list[Path]:
+    """Write hierarchy.parquet and the leaves' statistics into leaves.zarr (a group).
+
+    The leaf raster itself is written by the write stage (``leaves.zarr/leaves``).
+    """
+    import zarr
+
+    out = staging / "hierarchy.parquet"
+    merged.hierarchy.to_frame().to_parquet(out, index=False)
+    group = zarr.open_group(str(staging / "leaves.zarr"), mode="a")
+    stats = leaves.stats
+    names = LEAF_FIELDS + (_VOLUME_FIELDS if stats.zmin is not None else ())
+    for name in names:
+        value = np.ascontiguousarray(getattr(stats, name), dtype=np.int64)
+        group.create_array(f"stats/{name}", data=value, overwrite=True)
+    group.attrs["tileseg_leaves"] = {
+        "n_leaves": int(leaves.n_segments), "connectivity": int(leaves.connectivity),
+        "sum_offset": [float(v) for v in stats.sum_offset],
+        "sum_scale": [float(v) for v in stats.sum_scale],
+        "feature_names": [str(n) for n in merged.model.feature_names],
+        "offset": [float(v) for v in np.atleast_1d(merged.model.mean)],
+        "scale": [float(v) for v in np.atleast_1d(merged.model.scale)],
+        "chunks": [list(c) for c in leaves.chunks],
+    }
+    return [out]
+
+
+def load_leaves(path: Path) -> tuple[Any, dict[str, Any], Any]:
+    """Read leaves.zarr back: ``(SegmentStats, attrs, the leaf raster as a Dask array)``."""
+    import dask.array as da
+    import zarr
+
+    from ..postprocess import SegmentStats
+
+    # the statistics may be written after the store's metadata was consolidated
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    attrs: dict[str, Any] = dict(group.attrs["tileseg_leaves"])  # type: ignore[arg-type]
+    values = {}
+    for name in LEAF_FIELDS + _VOLUME_FIELDS:
+        if f"stats/{name}" in group:
+            values[name] = np.asarray(group[f"stats/{name}"][...])  # type: ignore[index]
+    stats = SegmentStats(**values, sum_offset=np.asarray(attrs["sum_offset"]),
+                         sum_scale=np.asarray(attrs["sum_scale"]))
+    raster = da.from_zarr(str(path), component="leaves")
+    return stats, attrs, raster
+
