@@ -100,6 +100,7 @@ def plan(config: RunConfig) -> dict[str, Any]:
         "formats": list(opened.formats),
         "writes": describe_formats(opened.formats, stems)
         + (["segments.parquet"] if pp.segments else [])
+        + (["hierarchy.parquet", "leaves.zarr"] if pp.merge else [])
         + (["polygons.gpkg", "polygons.parquet"] if pp.polygons else [])
         + (describe_formats(opened.formats, ["confidence"])
            if config.cluster.confidence else [])

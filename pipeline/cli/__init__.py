@@ -52,6 +52,7 @@ def main() -> None:
 def _register() -> None:
     # one module per command; each is imported only for the group (click needs the
     # command objects), and each imports the heavy libraries inside its body
+    from ._cut import cut
     from ._demo import demo
     from ._elbow import elbow
     from ._evaluate import evaluate
@@ -59,7 +60,7 @@ def _register() -> None:
     from ._predict import predict
     from ._run import run
 
-    for command in (run, fit, predict, elbow, demo, evaluate):
+    for command in (run, fit, predict, elbow, demo, evaluate, cut):
         main.add_command(command)
 
 

@@ -1,0 +1,223 @@
+"""Hierarchical region merging (postprocess.merge) and tileseg cut: exact for any chunking."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import parse_config
+from pipeline.postprocess._hierarchy import build_hierarchy, cut_hierarchy
+from pipeline.runner import plan, run
+from pipeline.synthetic import make_scene
+
+# -- the merge loop against a plain greedy implementation ---------------------------
+
+def _greedy(count, means, edges):
+    """Ward merging by brute force: recompute every pair's cost after every merge."""
+    n = len(count)
+    members = {i: {i} for i in range(n)}
+    cnt = {i: float(count[i]) for i in range(n)}
+    mu = {i: means[i].astype(float) for i in range(n)}
+    adj = {i: set() for i in range(n)}
+    for a, b in zip(edges[0], edges[1], strict=True):
+        adj[a - 1].add(b - 1)
+        adj[b - 1].add(a - 1)
+    merges, m = [], n
+    while True:
+        best = None
+        for i in adj:
+            for j in adj[i]:
+                if i < j:
+                    c = cnt[i] * cnt[j] / (cnt[i] + cnt[j]) * ((mu[i] - mu[j]) ** 2).sum()
+                    if best is None or (c, i, j) < best:
+                        best = (c, i, j)
+        if best is None:
+            return merges
+        c, i, j = best
+        cnt[m] = cnt[i] + cnt[j]
+        mu[m] = (cnt[i] * mu[i] + cnt[j] * mu[j]) / cnt[m]
+        members[m] = members.pop(i) | members.pop(j)
+        adj[m] = (adj.pop(i) | adj.pop(j)) - {i, j}
+        for h in adj[m]:
+            adj[h] -= {i, j}
+            adj[h].add(m)
+        merges.append((i + 1, j + 1, c))
+        m += 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 7), st.integers(2, 7), st.integers(0, 2**31 - 1))
+def test_merge_loop_is_the_greedy_merge(h, w, seed):
+    rng = np.random.default_rng(seed)
+    n = h * w
+    idx = np.arange(1, n + 1).reshape(h, w)
+    a = np.concatenate([idx[:, :-1].ravel(), idx[:-1, :].ravel()])
+    b = np.concatenate([idx[:, 1:].ravel(), idx[1:, :].ravel()])
+    count = rng.integers(1, 20, n)
+    means = rng.integers(0, 4, (n, 2)).astype(float)  # small integers: many ties
+    got = build_hierarchy(count, means, (a, b, np.ones(a.size, np.int64)))
+    want = _greedy(count, means, (a, b))
+    assert [(int(x), int(y)) for x, y in zip(got.child_a, got.child_b, strict=True)] == \
+        [(x, y) for x, y, _ in want]
+    np.testing.assert_allclose(got.cost, [c for *_, c in want], rtol=1e-12, atol=1e-12)
+    assert got.size[-1] == count.sum()
+
+
+def test_cut_numbers_regions_by_first_pixel():
+    count = np.ones(4, np.int64)
+    means = np.array([[0.0], [5.0], [0.1], [5.1]])
+    a, b = np.array([1, 2, 3]), np.array([2, 3, 4])
+    h = build_hierarchy(count, means, (a, b, np.ones(3, np.int64)))
+    assert h.n_merges(regions=2) == 2 and h.n_merges(regions=1) == 3
+    assert h.n_merges(regions=10) == 0
+    region, n = cut_hierarchy(h, h.n_merges(regions=2))
+    assert n == 2 and region[0] == 1  # the region of leaf 1 is region 1
+    assert h.n_merges(threshold=0.0) == 0
+    assert h.n_merges(threshold=float(np.sqrt(h.cost[0]))) >= 1
+
+
+# -- end to end --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mergescene")
+    return make_scene(d / "scene.tif", size=80, bands=3, n_classes=4, cell=16, border=4,
+                      noise=0.06, tile=16, seed=11)
+
+
+def _config(out, scene, chunks, merge, **pp):
+    return parse_config({
+        "input": str(scene.path), "output": str(out), "chunks": chunks,
+        "cluster": {"k": 4, "seed": 0, "sample_size": 4000},
+        "formats": ["cog", "zarr"],
+        "postprocess": {"segments": {"connectivity": 8}, "merge": merge, **pp},
+    })
+
+
+def _segments(out):
+    with rasterio.open(out / "segments.tif") as ds:
+        return ds.read(1)
+
+
+MERGES = [
+    {"regions": 6},
+    {"criterion": "baatz_schape", "regions": 9, "shape": 0.4, "compactness": 0.3},
+    {"criterion": "ward", "threshold": 3.0, "boundary": 2.0},
+    {"criterion": "baatz_schape", "threshold": 4.0, "boundary": 1.0},
+]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(chunks=st.sampled_from([16, 24, 40, 48]), which=st.integers(0, len(MERGES) - 1))
+def test_same_merges_for_any_chunking(tmp_path_factory, scene, chunks, which):
+    d = tmp_path_factory.mktemp("m")
+    merge = MERGES[which]
+    one = run(_config(d / "one", scene, 1024, merge, min_size=4))
+    many = run(_config(d / "many", scene, chunks, merge, min_size=4))
+    np.testing.assert_array_equal(_segments(one.output), _segments(many.output))
+    pd.testing.assert_frame_equal(pd.read_parquet(one.output / "hierarchy.parquet"),
+                                  pd.read_parquet(many.output / "hierarchy.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(one.output / "segments.parquet"),
+                                  pd.read_parquet(many.output / "segments.parquet"))
+
+
+def test_regions_exact_count_table_and_report(tmp_path, scene):
+    cfg = _config(tmp_path / "o", scene, 24, {"regions": 5})
+    writes = plan(cfg)["writes"]
+    assert "hierarchy.parquet" in writes and "leaves.zarr" in writes
+    res = run(cfg)
+    seg = _segments(res.output)
+    ids = np.unique(seg[seg > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, 6))
+    table = pd.read_parquet(res.output / "segments.parquet")
+    assert len(table) == 5
+    np.testing.assert_array_equal(np.bincount(seg.ravel())[1:], table["area_px"])
+    # regions numbered by their first pixel in raster order
+    first = [np.flatnonzero(seg.ravel() == i)[0] for i in ids]
+    assert first == sorted(first)
+    h = pd.read_parquet(res.output / "hierarchy.parquet")
+    assert list(h.columns) == ["parent", "child_a", "child_b", "cost", "size"]
+    rep = res.report["segments"]["merge"]
+    assert rep["regions"] == 5 and rep["merges"] == rep["leaves"] - 5
+    assert rep["hierarchy_merges"] == len(h) == rep["leaves"] - 1
+    leaves = xr.open_zarr(res.output / "leaves.zarr", consolidated=False)["leaves"].values
+    assert leaves.max() == rep["leaves"]
+
+
+def test_cut_rewrites_what_a_run_writes(tmp_path, scene):
+    merge = {"criterion": "baatz_schape", "regions": 4, "boundary": 1.0}
+    src = run(_config(tmp_path / "src", scene, 24, merge)).output
+    ref = run(_config(tmp_path / "ref", scene, 24, {**merge, "regions": 11})).output
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "cut", str(src), "--regions",
+                        "11", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(_segments(src), _segments(ref))
+    pd.testing.assert_frame_equal(pd.read_parquet(src / "segments.parquet"),
+                                  pd.read_parquet(ref / "segments.parquet"))
+    z = xr.open_zarr(src / "segments.zarr", consolidated=False)["segments"].values
+    np.testing.assert_array_equal(z, _segments(ref))
+    report = json.loads((src / "report.json").read_text())
+    assert report["segments"]["segments"] == 11
+    assert report["segments"]["merge"]["cut"] == {"regions": 11, "threshold": None}
+    assert not [p for p in src.iterdir() if p.name.startswith(".")]
+
+
+def test_cut_refuses_an_output_without_hierarchy(tmp_path, scene):
+    cfg = parse_config({"input": str(scene.path), "output": str(tmp_path / "plain"),
+                        "cluster": {"k": 3, "seed": 0, "sample_size": 2000},
+                        "postprocess": {"segments": True}})
+    run(cfg)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "cut", str(tmp_path / "plain"),
+                        "--regions", "3"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "hierarchy.parquet" in r.stderr
+
+
+@pytest.mark.parametrize("merge, words", [
+    ({"criterion": "kmeans", "regions": 3}, "criterion"),
+    ({"regions": 0}, "regions"),
+    ({"shape": 0.3}, "threshold"),
+])
+def test_bad_merge_config_is_one_line_and_leaves_nothing(tmp_path, scene, write_config,
+                                                         merge, words):
+    cfg = write_config({"input": str(scene.path), "output": str(tmp_path / "out"),
+                        "postprocess": {"merge": merge}})
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and words in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_volume_merges_are_the_same_for_any_chunking(tmp_path):
+    import zarr
+
+    rng = np.random.default_rng(3)
+    vol = np.zeros((1, 20, 24, 24), np.float32)
+    vol[0, :, :, 12:] = 50
+    vol[0, 10:] += 20
+    vol += rng.normal(0, 8, vol.shape).astype(np.float32)
+    path = tmp_path / "vol.zarr"
+    zarr.save_array(str(path), vol)
+    outs = []
+    for chunks in (16, 1024):
+        cfg = parse_config({
+            "input": str(path), "output": str(tmp_path / f"v{chunks}"), "chunks": chunks,
+            "cluster": {"k": 3, "seed": 0, "sample_size": 3000}, "formats": ["zarr"],
+            "postprocess": {"merge": {"criterion": "baatz_schape", "regions": 4,
+                                      "boundary": 1.0}, "min_size": 3},
+        })
+        res = run(cfg)
+        outs.append(xr.open_zarr(res.output / "segments.zarr")["segments"].values)
+        assert res.report["segments"]["merge"]["regions"] == 4
+    np.testing.assert_array_equal(*outs)
+    assert np.unique(outs[0][outs[0] > 0]).size == 4
