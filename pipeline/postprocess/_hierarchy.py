@@ -22,12 +22,11 @@ agglomerative clustering, restricted to touching regions, and exact for any chun
 
 scikit-image's RAG merging (``skimage.graph.merge_hierarchical``) works on one
 in-memory label image and has neither the Baatz-Schaepe criterion nor deterministic
-ties, so the merge loop is our own (a binary heap with lazy deletion).
+ties, so the merge loop is our own (an indexed heap of each node's best neighbour).
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -321,43 +320,126 @@ def _cost(i, j, slot, cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, sha
     return c
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _less(c1, a1, b1, c2, a2, b2):  # pragma: no cover - compiled
+    """``(c1, a1, b1) < (c2, a2, b2)``: cost, then the lower node, then the higher."""
+    if c1 != c2:
+        return c1 < c2
+    if a1 != a2:
+        return a1 < a2
+    return b1 < b2
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_less(u, v, best_c, best_n):  # pragma: no cover - compiled
+    return _less(best_c[u], min(u, best_n[u]), max(u, best_n[u]),
+                 best_c[v], min(v, best_n[v]), max(v, best_n[v]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_down(heap, pos, size, k, best_c, best_n):  # pragma: no cover - compiled
+    u = heap[k]
+    while True:
+        c = 2 * k + 1
+        if c >= size:
+            break
+        if c + 1 < size and _heap_less(heap[c + 1], heap[c], best_c, best_n):
+            c += 1
+        if not _heap_less(heap[c], u, best_c, best_n):
+            break
+        heap[k] = heap[c]
+        pos[heap[k]] = k
+        k = c
+    heap[k] = u
+    pos[u] = k
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift(heap, pos, size, k, best_c, best_n):  # pragma: no cover - compiled
+    """Restore the heap property of a valid heap whose slot ``k`` changed."""
+    u = heap[k]
+    moved = False
+    while k > 0:
+        p = (k - 1) >> 1
+        if not _heap_less(u, heap[p], best_c, best_n):
+            break
+        heap[k] = heap[p]
+        pos[heap[k]] = k
+        k = p
+        moved = True
+    heap[k] = u
+    pos[u] = k
+    if not moved:
+        _sift_down(heap, pos, size, k, best_c, best_n)
+
+
+@numba.njit(cache=True, nogil=True)
+def _remove(heap, pos, size, u, best_c, best_n):  # pragma: no cover - compiled
+    """Take node ``u`` out of the heap; return the new size."""
+    k = pos[u]
+    pos[u] = -1
+    size -= 1
+    if k != size:
+        heap[k] = heap[size]
+        pos[heap[k]] = k
+        _sift(heap, pos, size, k, best_c, best_n)
+    return size
+
+
 @numba.njit(cache=True, nogil=True)
 def _merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, shape,
                 compact, boundary, ndim):  # pragma: no cover - compiled
-    """Greedy merging with a binary heap (lazy deletion); see :func:`build_hierarchy`.
+    """Greedy merging, cheapest pair first; see :func:`build_hierarchy`.
 
-    Adjacency: one dict per node, neighbour -> edge slot; a merged node takes over the
-    larger of its children's dicts and the smaller is folded into it, and its edges
-    reuse its children's slots (summing border length and contrast).
+    Each node keeps its best neighbour (cost, then IDs); an indexed binary heap of the
+    nodes orders them by it, so its top is the cheapest pair of the whole graph. After
+    a merge only the new node's neighbours are looked at: a neighbour whose best was
+    one of the two merged nodes looks through its own neighbours again, the others
+    compare their best with the new node. Adjacency: one dict per node, neighbour ->
+    edge slot; the merged node takes over the larger of its children's dicts and the
+    smaller is folded into it, its edges reusing its children's slots (border length
+    and contrast summed). Costs are always computed with the lower node first, so a
+    pair has one cost, bit for bit, whichever side asks.
     """
     total = 2 * n
     adj = List()
     for _ in range(total):
         adj.append(Dict.empty(key_type=types.int64, value_type=types.int64))
-    heap = [(0.0, np.int64(0), np.int64(0))]
-    heap.pop()
     for k in range(a.size):
-        i = a[k]
-        j = b[k]
-        adj[i][j] = k
-        adj[j][i] = k
-        heap.append((_cost(i, j, k, cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz,
-                           shape, compact, boundary, ndim), i, j))
-    heapq.heapify(heap)
-    alive = np.zeros(total, dtype=np.bool_)
-    alive[:n] = True
+        adj[a[k]][b[k]] = k
+        adj[b[k]][a[k]] = k
+    best_c = np.full(total, np.inf)
+    best_n = np.full(total, -1, dtype=np.int64)
+    heap = np.empty(total, dtype=np.int64)
+    pos = np.full(total, -1, dtype=np.int64)
+    size = 0
+    for u in range(n):
+        for g, e in adj[u].items():
+            lo, hi = min(u, g), max(u, g)
+            c = _cost(lo, hi, e, cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz,
+                      shape, compact, boundary, ndim)
+            if best_n[u] < 0 or _less(c, lo, hi, best_c[u], min(u, best_n[u]),
+                                      max(u, best_n[u])):
+                best_c[u] = c
+                best_n[u] = g
+        if best_n[u] >= 0:
+            heap[size] = u
+            pos[u] = size
+            size += 1
+    for k in range(size // 2 - 1, -1, -1):
+        _sift_down(heap, pos, size, k, best_c, best_n)
     out_a = np.empty(n, dtype=np.int64)
     out_b = np.empty(n, dtype=np.int64)
     out_c = np.empty(n, dtype=np.float64)
     out_s = np.empty(n, dtype=np.int64)
     m = n
-    while len(heap) > 0:
-        c, i, j = heapq.heappop(heap)
-        if not (alive[i] and alive[j]):
-            continue
-        alive[i] = False
-        alive[j] = False
-        alive[m] = True
+    while size > 0:
+        u = heap[0]
+        v = best_n[u]
+        c = best_c[u]
+        i, j = min(u, v), max(u, v)
+        size = _remove(heap, pos, size, i, best_c, best_n)
+        size = _remove(heap, pos, size, j, best_c, best_n)
         ni = cnt[i]
         nj = cnt[j]
         cnt[m] = ni + nj
@@ -399,8 +481,33 @@ def _merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, 
             if j in ah:
                 ah.pop(j)
             ah[m] = e
-            heapq.heappush(heap, (_cost(h, m, e, cnt, mu, ssq, per, blo, bhi, elen, esum,
-                                        epair, baatz, shape, compact, boundary, ndim), h, m))
+            ch = _cost(h, m, e, cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz,
+                       shape, compact, boundary, ndim)  # h < m: the lower node first
+            if best_n[m] < 0 or _less(ch, h, m, best_c[m], min(m, best_n[m]),
+                                      max(m, best_n[m])):
+                best_c[m] = ch
+                best_n[m] = h
+            if best_n[h] == i or best_n[h] == j:  # its best is gone: look again
+                best_n[h] = -1
+                for g, eg in ah.items():
+                    lo, hi = min(h, g), max(h, g)
+                    cg = ch if g == m else _cost(lo, hi, eg, cnt, mu, ssq, per, blo, bhi,
+                                                 elen, esum, epair, baatz, shape, compact,
+                                                 boundary, ndim)
+                    if best_n[h] < 0 or _less(cg, lo, hi, best_c[h], min(h, best_n[h]),
+                                              max(h, best_n[h])):
+                        best_c[h] = cg
+                        best_n[h] = g
+                _sift(heap, pos, size, pos[h], best_c, best_n)
+            elif _less(ch, h, m, best_c[h], min(h, best_n[h]), max(h, best_n[h])):
+                best_c[h] = ch
+                best_n[h] = m
+                _sift(heap, pos, size, pos[h], best_c, best_n)
+        if best_n[m] >= 0:
+            heap[size] = m
+            pos[m] = size
+            size += 1
+            _sift(heap, pos, size, size - 1, best_c, best_n)
         m += 1
     k = m - n
     return out_a[:k], out_b[:k], out_c[:k], out_s[:k]
