@@ -180,3 +180,28 @@ def test_resume_on_a_local_cluster(tmp_path, scene, reference):
     resume = json.loads((tmp_path / "out" / "report.json").read_text())["resume"]
     assert resume["chunks_reused"] > 0, resume
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "out"]
+
+
+def test_resume_with_merging_sweeps_half_written_chunk_files(tmp_path, scene):
+    """A chunk file a kill left half-written (zarr's ``*.partial``) never reaches the output;
+    a resumed run with region merging gives the merges of an uninterrupted one."""
+    merge = {"segments": {"connectivity": 8}, "min_size": 16,
+             "merge": {"criterion": "baatz_schape", "regions": 50, "boundary": 1.0}}
+    ref = _config(tmp_path / "ref", scene, postprocess=merge)
+    rc, err = _run(ref)
+    assert rc == 0, err
+    cfg = _config(tmp_path / "k", scene, postprocess=merge)
+    _kill_after(cfg)
+    store = tmp_path / "k" / ".out.partial" / "output" / "labels.zarr" / "labels"
+    planted = store / "c" / "0" / "0.0123456789abcdef.partial"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"torn")
+    rc, err = _run(cfg, "--resume")
+    assert rc == 0, err
+    a, b = tmp_path / "ref" / "out", tmp_path / "k" / "out"
+    np.testing.assert_array_equal(_raster(a / "segments.tif"), _raster(b / "segments.tif"))
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "hierarchy.parquet"),
+                                  pd.read_parquet(b / "hierarchy.parquet"))
+    assert not list(b.rglob("*.partial")) and not list((tmp_path / "k").glob(".*"))
+    report = json.loads((b / "report.json").read_text())
+    assert report["segments"]["merge"]["regions"] == 50 and report["resume"]["chunks_reused"]

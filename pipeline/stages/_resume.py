@@ -251,5 +251,25 @@ def load_resumed(staging: Path, current: Manifest, refit: bool) -> Resumed | Non
         log.info("%s: no manifest: the killed run had not fitted its model", staging.name)
         return None
     manifest.refuse_other(current)
+    swept = sweep_partial_files(staging)
+    if swept:
+        log.info("%s: removed %d chunk file(s) a killed write left half-written",
+                 staging.name, swept)
     model = None if refit else load_model(staging / "model.json")
     return Resumed(model, manifest, Ledger.load(staging / LEDGER))
+
+
+def sweep_partial_files(staging: Path) -> int:
+    """Delete the ``*.partial`` files a killed Zarr chunk write left (return how many).
+
+    zarr writes a chunk to ``<key>.<uuid>.partial`` and renames it: a kill between the
+    two leaves the temporary file in the store, never a torn chunk. The chunk itself is
+    missing or old, and the ledger (written only after the chunk) does not list it, so
+    it is computed again.
+    """
+    n = 0
+    for path in staging.rglob("*.partial"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            n += 1
+    return n
