@@ -228,6 +228,53 @@ def test_file_size_limit_is_an_output_error(cfg, tmp_path):
     assert _beside(tmp_path) == []
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """Mount a tmpfs of a few MB and few inodes at ``tmp_path/disk`` (root only)."""
+    def mount(size: str, inodes: int) -> Path:
+        disk = tmp_path / "disk"
+        disk.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes}",
+                            "tmpfs", str(disk)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    mounted: list[Path] = []
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_full_disk_mid_run_is_an_output_error_and_leaves_nothing(cfg, tmp_path, small_tmpfs):
+    """A real full file system (a tmpfs out of inodes while the Zarr chunks are written,
+    after the free-space estimate passed): exit 2, "output: ...: No space left on
+    device", nothing left on the disk but what was there."""
+    disk = small_tmpfs("64m", 60)
+    (disk / "keep.txt").write_text("mine")
+    c = cfg(output=str(disk / "out"), formats=["cog", "zarr"])
+    rc, err = _run(c, "-q")
+    assert rc == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"tileseg: error: output: {disk}/out") and \
+        "No space left on device" in line, err
+    assert "cannot read" not in err
+    assert sorted(p.name for p in disk.iterdir()) == ["keep.txt"]
+
+
+def test_too_small_disk_is_refused_before_the_label_pass(cfg, tmp_path, small_tmpfs):
+    disk = small_tmpfs("2m", 10000)
+    c = cfg(output=str(disk / "out"), formats=["cog", "zarr"])
+    t = time.monotonic()
+    rc, err = _run(c, "-q")
+    assert rc == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"tileseg: error: output: {disk}/out: needs about "), line
+    assert "free" in line and time.monotonic() - t < 60
+    assert list(disk.iterdir()) == []
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_read_only_directory_is_an_output_error(cfg, tmp_path):
     c = cfg(output="ro/out")
