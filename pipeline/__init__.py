@@ -24,6 +24,7 @@ __all__ = [
     "predict",
     "segment",
     "run",
+    "cut",
     "load_config",
     "load_model",
     "KMeansModel",
@@ -41,6 +42,7 @@ _WHERE = {
     "KMeansModel": "pipeline.cluster",
     "segment": "pipeline._api",
     "run": "pipeline.runner",
+    "cut": "pipeline.stages._cut",
     "load_config": "pipeline.config",
     "RunConfig": "pipeline.config",
 }
@@ -52,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .features import compute_features
     from .io import Geometry, open_image, open_with_geometry
     from .runner import run
+    from .stages._cut import cut_output as cut
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ import xarray as xr
 
 from ..errors import OutputError, PipelineError
 
-__all__ = ["cut_output"]
+__all__ = ["cut", "cut_output"]
 
 log = logging.getLogger("pipeline.runner")
 
@@ -134,6 +134,9 @@ def cut_output(output: str | os.PathLike[str], *, regions: int | None = None,
             shutil.rmtree(staging, ignore_errors=True)
     log.info("cut: %d merges, %d regions in %.1f s", k, n_regions, time.perf_counter() - t)
     return summary
+
+
+cut = cut_output  # pipeline.cut
 
 
 def _replace(new: Path, old: Path) -> None:
