@@ -1,15 +1,19 @@
 """Where the Dask work runs.
 
 The threaded scheduler, a local cluster of worker processes, or an existing
-``dask.distributed`` scheduler.
+``dask.distributed`` scheduler, named by its address or by its scheduler file. A
+scheduler reached from here is checked before any work (versions, the input seen
+from its workers) and its workers get this process's GDAL and object storage
+settings (:func:`forwarded_env`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,9 +22,12 @@ import dask.local
 import dask.threaded
 
 from .config import ComputeConfig
+from .errors import ClusterError, InputError, first_line
+from .io._remote import is_url, object_storage_env
 
 __all__ = ["dask_context", "n_workers", "chunk_budget", "local_while_workers_warm",
-           "GDAL_HTTP_RETRIES", "set_gdal_http_retries"]
+           "GDAL_HTTP_RETRIES", "set_gdal_http_retries", "forwarded_env", "FORWARDED_PREFIXES",
+           "JOBQUEUE", "job_script"]
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +77,47 @@ GDAL_HTTP_RETRIES = {"GDAL_HTTP_MAX_RETRY": "5", "GDAL_HTTP_RETRY_DELAY": "0.5"}
 
 
 def set_gdal_http_retries() -> dict[str, str]:
-    """Set :data:`GDAL_HTTP_RETRIES` in this process unless set; return the values in use."""
+    """Set :data:`GDAL_HTTP_RETRIES` in this process unless set; return the values in use.
+
+    Also gives GDAL an S3 endpoint set only as ``AWS_ENDPOINT_URL``
+    (:func:`~pipeline.io._remote.object_storage_env`).
+    """
+    os.environ.update(object_storage_env())
     return {k: os.environ.setdefault(k, v) for k, v in GDAL_HTTP_RETRIES.items()}
 
 
+#: environment variables sent to the workers of a cluster: GDAL's and PROJ's settings,
+#: and the credentials and endpoints of object storage (AWS, Google Cloud, Azure)
+FORWARDED_PREFIXES = ("GDAL_", "CPL_", "VSI_", "AWS_", "GS_", "GOOGLE_", "AZURE_", "OSS_",
+                      "SWIFT_", "PROJ_")
+
+
+def forwarded_env(own: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the settings a cluster's workers get: this process's, then ``own``.
+
+    Every variable of :data:`FORWARDED_PREFIXES` in this process's environment (a
+    worker started on another machine then reads the same S3 endpoint, with the same
+    credentials), GDAL's names of ``AWS_ENDPOINT_URL``, and ``own`` (the project's GDAL
+    options: ``GDAL_CACHEMAX``, :data:`GDAL_HTTP_RETRIES`) where not set here.
+    """
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
+    env.update(object_storage_env(env))
+    for k, v in (own or {}).items():
+        env.setdefault(k, v)
+    return env
+
+
 @contextmanager
-def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
+def dask_context(cfg: ComputeConfig | None = None, *,
+                 sources: str | Sequence[str] = ()) -> Iterator[Any]:
     """Run the enclosed computations on the configured scheduler.
+
+    Parameters
+    ----------
+    cfg : ComputeConfig, optional
+    sources : str or sequence of str
+        The run's input (paths, globs or URLs, as configured): on a scheduler reached by
+        its address or file, every worker must be able to read it.
 
     Yields
     ------
@@ -91,7 +132,17 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
     GDAL's block cache is set small (``gdal_cachemax`` MiB) in this process and in the
     workers: tile-at-a-time reads gain nothing from GDAL's default cache (5 % of RAM).
     Remote reads retry transient HTTP errors (:data:`GDAL_HTTP_RETRIES`), here and in
-    the workers, unless the environment says otherwise.
+    the workers, unless the environment says otherwise. The workers of a cluster get
+    :func:`forwarded_env` (through a worker plugin, so workers that join later too).
+
+    Raises
+    ------
+    ClusterError
+        A scheduler file that cannot be read, a scheduler that does not answer, or
+        workers whose Python, dask, distributed, numpy or tileseg versions differ from
+        this process's.
+    InputError
+        A worker cannot read the input (another file system, no credentials).
     """
     cfg = cfg or ComputeConfig()
     env = {"GDAL_CACHEMAX": str(cfg.gdal_cachemax)}
@@ -137,6 +188,7 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
             client = Client(cluster)
             try:
                 client.register_plugin(_warm_up_plugin(), name="tileseg-warm-up")
+                client.register_plugin(_env_plugin(forwarded_env(env)), name="tileseg-env")
                 cluster.scale(n_workers(cfg))
                 log.info("starting a LocalCluster with %d worker processes%s",
                          n_workers(cfg),
@@ -145,13 +197,227 @@ def dask_context(cfg: ComputeConfig | None = None) -> Iterator[Any]:
             finally:
                 client.close()
                 cluster.close()
+    elif cfg.scheduler in JOBQUEUE:
+        with _jobqueue_cluster(cfg) as cluster:
+            client = Client(cluster)
+            try:
+                client.register_plugin(_env_plugin(forwarded_env(env)), name="tileseg-env")
+                _scale(cluster, cfg)
+                log.info("submitted %s jobs for %s workers; the run starts as they join",
+                         cfg.scheduler, cfg.n_workers or "one job's")
+                yield client
+            finally:
+                client.close()
     else:
-        client = Client(cfg.scheduler)
-        log.info("connected to %s", cfg.scheduler)
+        client = _connect(cfg)
         try:
+            _check_versions(client, _named(cfg))
+            client.register_plugin(_env_plugin(forwarded_env(env)), name="tileseg-env")
+            _check_input(client, [sources] if isinstance(sources, str) else list(sources))
             yield client
         finally:
             client.close()
+
+
+#: batch systems whose workers dask-jobqueue submits as jobs, by ``compute.scheduler``
+JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+
+
+@contextmanager
+def _jobqueue_cluster(cfg: ComputeConfig) -> Iterator[Any]:
+    """Start a dask-jobqueue cluster (its scheduler here; no job submitted yet).
+
+    Raises
+    ------
+    ClusterError
+        dask-jobqueue is not installed, or refuses the options (``cores`` and
+        ``memory`` of a job are required, here or in dask's ``jobqueue`` config).
+    """
+    named = f"compute.scheduler: {cfg.scheduler}"
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ClusterError(f"{named}: needs dask-jobqueue (pip install "
+                           "'tileseg[cluster]')") from None
+    options = dict(cfg.jobqueue)
+    options.setdefault("scheduler_options", {})
+    options["scheduler_options"] = {"dashboard_address": ":0" if cfg.dashboard else None,
+                                    **options["scheduler_options"]}
+    try:
+        cluster = getattr(dask_jobqueue, JOBQUEUE[cfg.scheduler])(**options)
+    except (ValueError, TypeError) as exc:
+        raise ClusterError(f"{named}: {first_line(exc)} (set them under compute.jobqueue)"
+                           ) from None
+    try:
+        yield cluster
+    finally:
+        try:
+            cluster.close()
+        except Exception as exc:  # dask-jobqueue cannot close a job whose submission failed
+            log.warning("%s: closing the cluster: %s", named, first_line(exc))
+
+
+def _scale(cluster: Any, cfg: ComputeConfig) -> None:
+    """Submit the jobs: ``n_workers`` workers in all, else one job.
+
+    dask-jobqueue submits them in the background: a submit command that is missing
+    here is found out first.
+    """
+    import shlex
+    import shutil
+
+    command = shlex.split(cluster.job_cls.submit_command)[0]
+    if shutil.which(command) is None:
+        raise ClusterError(f"compute.scheduler: {cfg.scheduler}: {command} is not on PATH; "
+                           f"run tileseg where jobs are submitted (a login node)")
+    try:
+        if cfg.n_workers:
+            cluster.scale(n=cfg.n_workers)
+        else:
+            cluster.scale(jobs=1)
+    except (OSError, RuntimeError) as exc:  # no sbatch/qsub here, or the queue refused
+        raise ClusterError(f"compute.scheduler: {cfg.scheduler}: cannot submit its jobs "
+                           f"({first_line(exc)})") from None
+
+
+def job_script(cfg: ComputeConfig) -> str:
+    """Return the batch script that ``scheduler: slurm`` or ``pbs`` would submit.
+
+    A scheduler is started (and closed) here for the script to name its address.
+    """
+    if cfg.scheduler not in JOBQUEUE:
+        raise ValueError(f"scheduler {cfg.scheduler!r} submits no jobs; expected one of "
+                         + ", ".join(JOBQUEUE))
+    with _jobqueue_cluster(cfg) as cluster:
+        return str(cluster.job_script())
+
+
+def _named(cfg: ComputeConfig) -> str:
+    """Return how the config names its scheduler (for messages)."""
+    if cfg.scheduler_file:
+        return f"compute.scheduler_file: {cfg.scheduler_file}"
+    return f"compute.scheduler: {cfg.scheduler}"
+
+
+def _address(cfg: ComputeConfig) -> str:
+    """Return the scheduler's address: the config's, or the one its scheduler file holds."""
+    if not cfg.scheduler_file:
+        return cfg.scheduler
+    path = cfg.scheduler_file
+    hint = f"; start the cluster with `dask scheduler --scheduler-file {path}`"
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise ClusterError(f"{_named(cfg)}: no such file{hint}") from None
+    except OSError as exc:
+        raise ClusterError(f"{_named(cfg)}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError:
+        raise ClusterError(f"{_named(cfg)}: not a scheduler file (expected the JSON that "
+                           f"`dask scheduler --scheduler-file` writes){hint}") from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or "://" not in address:
+        raise ClusterError(f"{_named(cfg)}: names no scheduler address (expected the JSON "
+                           f"that `dask scheduler --scheduler-file` writes){hint}")
+    return address
+
+
+def _connect(cfg: ComputeConfig) -> Any:
+    """Connect to the configured scheduler within ``compute.connect_timeout`` seconds."""
+    from distributed import Client
+
+    address = _address(cfg)
+    try:
+        client = Client(address, timeout=cfg.connect_timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"{_named(cfg)}: no scheduler answers at {address} within "
+                           f"{cfg.connect_timeout:g} s ({first_line(exc)})") from None
+    try:
+        client.wait_for_workers(1, timeout=cfg.connect_timeout)
+    except TimeoutError:
+        client.close()
+        raise ClusterError(f"{_named(cfg)}: the scheduler at {address} has no workers (none "
+                           f"joined within {cfg.connect_timeout:g} s); start some with `dask "
+                           "worker`") from None
+    log.info("connected to %s (%d workers)", address,
+             len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    return client
+
+
+#: packages whose versions must be the same in the client and every worker: the
+#: graph's functions and arrays are pickled here and unpickled there
+MUST_MATCH = ("python", "dask", "distributed", "cloudpickle", "msgpack", "numpy", "tileseg")
+
+
+def _version_of(info: Any, pkg: str) -> str:
+    packages = (info or {}).get("packages") or {}
+    v = packages.get(pkg)
+    if v is None:
+        return "missing"
+    return ".".join(str(v).split(".")[:2]) if pkg == "python" else str(v)
+
+
+def _check_versions(client: Any, named: str) -> None:
+    """Raise :class:`ClusterError` if a worker's versions differ from this process's."""
+    versions = client.get_versions(packages=["tileseg"])
+    here = versions["client"]
+    found = []
+    for pkg in MUST_MATCH:
+        mine = _version_of(here, pkg)
+        theirs = {addr: _version_of(info, pkg) for addr, info in versions["workers"].items()}
+        if pkg in ("dask", "distributed", "python"):
+            theirs["the scheduler"] = _version_of(versions["scheduler"], pkg)
+        odd = sorted((v, addr) for addr, v in theirs.items() if v != mine)
+        if odd:
+            v, addr = odd[0]
+            more = f" and {len(odd) - 1} more" if len(odd) > 1 else ""
+            found.append(f"{pkg} {v} on {addr}{more} (here {mine})")
+    if found:
+        raise ClusterError(f"{named}: versions differ from this process's: "
+                           + "; ".join(found) + "; install the same versions everywhere")
+
+
+def _input_problem(sources: list[str]) -> str | None:
+    """Return why this process cannot read ``sources`` (run on each worker), or None."""
+    import glob
+
+    for source in sources[:8]:
+        try:
+            if is_url(source) and source.rstrip("/").endswith(".zarr"):
+                import fsspec
+
+                fs, path = fsspec.core.url_to_fs(source)
+                ok = bool(fs.exists(path))
+            elif is_url(source) or source.startswith("/vsi"):
+                import rasterio
+
+                set_gdal_http_retries()
+                with rasterio.open(source):
+                    ok = True
+            elif any(ch in source for ch in "*?["):
+                ok = bool(glob.glob(source))
+            else:
+                ok = os.path.exists(source)
+        except Exception as exc:  # rasterio, botocore, OSError: the cause, in its words
+            return f"{source}: {first_line(exc)}"
+        if not ok:
+            return f"{source}: no such file (working directory {os.getcwd()})"
+    return None
+
+
+def _check_input(client: Any, sources: list[str]) -> None:
+    """Raise :class:`InputError` if a worker cannot read the input."""
+    if not sources:
+        return
+    problems = client.run(_input_problem, sources)
+    for addr, problem in sorted(problems.items()):
+        if problem is not None:
+            from ._secrets import redact
+
+            raise InputError(redact(
+                f"{problem}: not readable from the cluster's worker {addr}; the workers "
+                "must see the input at the same path (a shared file system, an absolute "
+                "path) or URL"))
 
 
 def _local_cluster(cfg: ComputeConfig, env: dict[str, str]) -> Any:
@@ -181,6 +447,30 @@ def _warm_worker() -> None:
              np.ones(1, np.float32), 255, out)
 
 
+def _env_plugin(env: dict[str, str]) -> Any:
+    """Return a worker plugin that sets ``env`` in each worker's environment.
+
+    GDAL reads its configuration (``AWS_S3_ENDPOINT``, ``GDAL_HTTP_MAX_RETRY`` ...) from
+    the environment when it opens a file, and botocore its credentials: both see
+    these in every task that runs after the plugin. The values travel to the workers
+    over the cluster's comms (credentials included: use TLS between machines you do
+    not trust); they are never logged.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class Env(WorkerPlugin):
+        def __init__(self, env: dict[str, str]) -> None:
+            self.env = env
+
+        def __repr__(self) -> str:  # the values are secrets
+            return f"Env({sorted(self.env)})"
+
+        def setup(self, worker: Any) -> None:
+            os.environ.update(self.env)
+
+    return Env(env)
+
+
 def _warm_up_plugin() -> Any:
     """Return a worker plugin that runs :func:`_warm_worker` as each worker starts.
 
@@ -208,7 +498,8 @@ def local_while_workers_warm(client: Any, cfg: ComputeConfig) -> Iterator[None]:
     then waits for every worker. A cluster reached by its address is used as is (its
     workers may see other files than this process).
     """
-    if client is None or getattr(client, "cluster", None) is None:
+    if (client is None or getattr(client, "cluster", None) is None
+            or cfg.scheduler in JOBQUEUE):  # jobs start when the queue says
         yield
         return
     with dask.config.set(scheduler=dask.threaded.get, num_workers=n_workers(cfg)):

@@ -144,6 +144,54 @@ class ComputeConfig(_Strict):
     memory_limit: str | None = None
     gdal_cachemax: int = Field(64, ge=8)
     dashboard: bool = False
+    # a running cluster's scheduler file (`dask scheduler --scheduler-file F`), instead
+    # of its address; the scheduler then reads `file`
+    scheduler_file: str | None = None
+    connect_timeout: float = Field(30.0, gt=0)  # seconds for a cluster's scheduler to answer
+    # outputs on object storage (s3://...) are staged here, then uploaded; null:
+    # .tileseg-staging in the current directory
+    staging_dir: str | None = None
+    # scheduler: slurm | pbs: workers run as batch jobs that dask-jobqueue submits (the
+    # [cluster] extra); its options, e.g. {cores: 16, memory: 64GiB, processes: 4,
+    # walltime: "02:00:00", queue: normal, account: proj}; n_workers: workers in all
+    # (null: one job)
+    jobqueue: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("jobqueue")
+    @classmethod
+    def _jobqueue(cls, v: dict[str, Any]) -> dict[str, Any]:
+        known = ("cores", "memory", "processes", "queue", "account", "project", "walltime",
+                 "resource_spec", "job_cpu", "job_mem", "job_name", "interface", "protocol",
+                 "local_directory", "log_directory", "job_extra_directives",
+                 "job_directives_skip", "job_script_prologue", "worker_extra_args",
+                 "python", "shebang", "death_timeout", "scheduler_options")
+        for key in v:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown dask-jobqueue option {key!r}{hint}; expected "
+                                 "one of " + ", ".join(known))
+        return v
+
+    @model_validator(mode="after")
+    def _jobqueue_needs_a_queue(self) -> ComputeConfig:
+        if self.jobqueue and self.scheduler not in ("slurm", "pbs"):
+            raise ValueError(f"jobqueue: options of scheduler slurm or pbs, not of "
+                             f"{self.scheduler}")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheduler_file(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("scheduler_file"):
+            if data.get("scheduler", "file") not in ("file", "threads"):
+                raise ValueError("give scheduler (an address) or scheduler_file, "
+                                 f"not both (got scheduler {data['scheduler']!r})")
+            data = {**data, "scheduler": "file"}
+        elif isinstance(data, Mapping) and data.get("scheduler") == "file":
+            raise ValueError("scheduler: file needs scheduler_file (the path that "
+                             "`dask scheduler --scheduler-file` wrote)")
+        return data
 
     @field_validator("memory_limit")
     @classmethod
@@ -163,10 +211,10 @@ class ComputeConfig(_Strict):
     @field_validator("scheduler")
     @classmethod
     def _scheduler(cls, v: str) -> str:
-        if v in ("threads", "processes", "synchronous") or "://" in v:
+        if v in ("threads", "processes", "synchronous", "file", "slurm", "pbs") or "://" in v:
             return v
-        raise ValueError("expected threads, processes, synchronous or a scheduler address "
-                         "such as tcp://host:8786")
+        raise ValueError("expected threads, processes, synchronous, slurm, pbs or a scheduler "
+                         "address such as tcp://host:8786 (or give compute.scheduler_file)")
 
 
 class MajorityConfig(_Strict):

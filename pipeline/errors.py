@@ -18,6 +18,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "OutputLockedError",
+    "ClusterError",
     "first_line",
     "reading",
     "writing",
@@ -48,6 +49,14 @@ class OutputExistsError(PipelineError, FileExistsError):
 
 class OutputLockedError(PipelineError):
     """Another run holds the output's lock (one writer per output)."""
+
+
+class ClusterError(PipelineError):
+    """The Dask cluster cannot run the job.
+
+    A scheduler file that cannot be read, a scheduler that does not answer, workers
+    whose versions differ from the client's.
+    """
 
 
 class OutputError(PipelineError):

@@ -139,7 +139,9 @@ def build_report(
 def write_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write the report as indented JSON."""
     path = Path(path)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    from ._secrets import redact
+
+    path.write_text(redact(json.dumps(report, indent=2)) + "\n")  # no credential
     return path
 
 

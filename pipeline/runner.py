@@ -10,6 +10,7 @@ that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -32,10 +33,11 @@ from .cluster import (
     predict,
     predict_confidence,
 )
-from .compute import dask_context, local_while_workers_warm, n_workers
+from .compute import JOBQUEUE, dask_context, job_script, local_while_workers_warm, n_workers
 from .config import RunConfig
-from .errors import OutputExistsError, reading
+from .errors import ConfigError, OutputExistsError, reading
 from .io import open_image
+from .io._remote import RemoteOutput, is_url
 from .io._write import regular_chunks
 from .postprocess import majority_filter
 from .report import build_report, describe_image, write_report
@@ -76,8 +78,8 @@ log = logging.getLogger(__name__)
 class RunResult:
     """What a run wrote."""
 
-    output: Path
-    outputs: list[Path]
+    output: Path | str  # a URL (str) for an output on object storage
+    outputs: list[Path] | list[str]
     model: ClusterModel
     report: dict[str, Any] = field(repr=False)
 
@@ -94,9 +96,12 @@ def plan(config: RunConfig) -> dict[str, Any]:
         "features": [str(n) for n in opened.features["feature"].values],
         "cluster": config.cluster.model_dump(),
         "scheduler": config.compute.scheduler,
+        **({"job_script": job_script(config.compute)}  # slurm, pbs: what is submitted
+           if config.compute.scheduler in JOBQUEUE else {}),
         "workers": n_workers(config.compute),
-        "output": str(out),
-        "output_exists": out.exists(),
+        "output": str(config.output),
+        "output_exists": (RemoteOutput(config.output).exists() if is_url(config.output)
+                          else out.exists()),
         "formats": list(opened.formats),
         "writes": describe_formats(opened.formats, stems)
         + (["segments.parquet"] if pp.segments else [])
@@ -191,12 +196,14 @@ def run(
         output (:class:`~pipeline.errors.OutputError`).
     """
     timings = Timings()
-    output = Path(config.output)
+    output, remote = _output_of(config, overwrite)
     with hold_output(output, overwrite=overwrite, resume=resume) as job:
+        job.remote = remote  # object storage: staged here, uploaded at the swap
         with timings.stage("open"):
             opened = open_input(config)
         log.info("config: %s", config.to_dict())
-        with dask_context(config.compute) as client, reading(opened.image.attrs["source"]):
+        with (dask_context(config.compute, sources=config.input) as client,
+              reading(opened.image.attrs["source"])):
             ctx = RunContext(config, opened, timings, client, progress)
             # --resume: a killed run's manifest must match (else exit 2, its staging
             # kept); its saved model is loaded unless the figures need the sample
@@ -243,9 +250,38 @@ def run(
                     log.info("resumed: %d of %d chunks reused", ledger.reused,
                              ledger.total)
                 write_report(report, staging / "report.json")
+    if remote is not None:  # --- object storage
+        with contextlib.suppress(OSError):
+            output.parent.rmdir()  # the staging directory, when no other run uses it
+        log.info("wrote %s", ", ".join(f"{remote.url}/{n}" for n in names))
+        return RunResult(output=remote.url, outputs=[f"{remote.url}/{n}" for n in names],
+                         model=model, report=report)
     outputs = [output / n for n in names]
     log.info("wrote %s", ", ".join(str(p) for p in outputs))
     return RunResult(output=output, outputs=outputs, model=model, report=report)
+
+
+def _local_only(config: RunConfig, command: str) -> Path:
+    """Return the output directory of a command that writes only local directories."""
+    if is_url(config.output):
+        raise ConfigError(f"output: {config.output}: {command} writes a local directory; "
+                          "give a path (run and predict write to object storage)")
+    return Path(config.output)
+
+
+def _output_of(config: RunConfig, overwrite: bool) -> tuple[Path, RemoteOutput | None]:
+    """Return the local output a run writes, and the output on object storage it stands for.
+
+    An ``s3://`` (or other fsspec URL) output is refused at once if it exists (without
+    ``overwrite``) or its prefix cannot be written; it is staged under
+    ``compute.staging_dir`` and uploaded when complete (:mod:`pipeline.io._remote`).
+    """
+    if not is_url(config.output):
+        return Path(config.output), None
+    remote = RemoteOutput(config.output, config.compute.staging_dir)
+    remote.refuse_existing(overwrite)
+    remote.check_writable()
+    return remote.local, remote
 
 
 def fit_model(config: RunConfig, *, overwrite: bool = False
@@ -261,7 +297,7 @@ def fit_model(config: RunConfig, *, overwrite: bool = False
     OutputExistsError
         If ``output/model.json`` exists and ``overwrite`` is false.
     """
-    output = Path(config.output)
+    output = _local_only(config, "tileseg fit")
     with output_lock(output):
         if (output / "model.json").exists() and not overwrite:
             raise OutputExistsError(f"{output / 'model.json'}: a model exists; pass "
@@ -319,7 +355,7 @@ def elbow_model(config: RunConfig, ks: Any, *, sample_size: int | None = None,
     OutputExistsError
         If ``output/elbow.json`` exists and ``overwrite`` is false.
     """
-    output = Path(config.output)
+    output = _local_only(config, "tileseg elbow")
     with output_lock(output):
         if (output / "elbow.json").exists() and not overwrite:
             raise OutputExistsError(f"{output / 'elbow.json'}: exists; pass --overwrite to "

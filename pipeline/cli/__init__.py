@@ -32,7 +32,9 @@ class _Group(click.Group):
         except PipelineError as exc:
             if ctx.meta.get("tileseg.verbose"):
                 raise
-            click.echo(f"tileseg: error: {exc}", err=True)
+            from .._secrets import redact
+
+            click.echo(f"tileseg: error: {redact(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # pipeline._signals.Interrupted, or Ctrl-C
             signum = getattr(exc, "signum", 2)

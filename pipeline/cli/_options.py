@@ -20,6 +20,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         force=True)
+    from .._secrets import redact_logs
+
+    redact_logs()  # no credential in any log record (rasterio's and botocore's included)
     logging.getLogger("pipeline").setLevel(level)
     # the in-process scheduler of a LocalCluster logs every worker at INFO
     noisy = level if verbose > 1 else max(level, logging.WARNING)

@@ -19,6 +19,7 @@ from typing import Any
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
+from .._secrets import redact
 from ..errors import InputError
 from ._faults import guard_reads
 from ._gdal import GDAL_TYPES, gdal_overview, read_gdal
@@ -39,7 +40,7 @@ def _expand_sources(source: SomeSource) -> list[str]:
     paths: list[str] = []
     for item in items:
         text = os.fspath(item)
-        if any(ch in text for ch in "*?["):
+        if "://" not in text and any(ch in text for ch in "*?["):  # URLs: ? is a query
             matches = sorted(glob.glob(text))
             if not matches:
                 raise InputError(f"{text}: no file matches this pattern")
@@ -221,6 +222,7 @@ def open_with_geometry(
     reader = _reader_for(paths)
     parts = "tiles" if reader.kind == "gdal" else "files"
     label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} {parts})"
+    label = redact(label)  # a signed URL's signature, a URL's password
     da, geometry = reader.open(paths, chunks, level)
     if nodata is not None:
         da = da.rio.write_nodata(nodata, encoded=False)

@@ -156,6 +156,9 @@ class Job:
         self.overwrite = overwrite
         self.resume = resume
         self.holder = holder
+        # an output on object storage (pipeline.io._remote.RemoteOutput): `output` is
+        # its local stand-in, and the swap uploads the staged files instead of a rename
+        self.remote: Any = None
 
     def _public(self, path: str) -> str:
         """Return a path in the staging directory as the user will see it (in ``output``)."""
@@ -219,6 +222,10 @@ class Job:
             raise
 
     def _swap(self) -> None:
+        if self.remote is not None:  # --- object storage: upload, report.json last
+            self.remote.commit(self.files, self.overwrite)
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
         with deferred(swallow=True):
             if _exists(self.output):
                 if not (self.overwrite or (self.keep is not None
