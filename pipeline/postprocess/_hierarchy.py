@@ -1,24 +1,27 @@
 """Hierarchical region merging over the global segment adjacency graph.
 
 Multiresolution segmentation in the sense of Baatz & Schaepe (2000) and of Ward's
-agglomerative clustering, restricted to touching regions, and exact for any chunking:
+agglomerative clustering, restricted to touching regions, and exact for any chunking.
+Everything the costs need is an exact integer summary of the leaves (the segments
+after ``min_size``), whatever the chunks:
 
-1. :func:`merge_stats_tasks` (lazy, only where the criterion needs them): per chunk,
-   with a one-pixel halo, each leaf segment's perimeter (pixel faces on its border,
-   the image's edge and nodata included) and exact fixed-point sums of its squared
-   features, and for every pair of 4-adjacent (6-adjacent) leaves the exact sum of the
-   feature contrast across their border. Every face is counted by the chunk of its
-   first pixel only, so the sums do not depend on the chunks.
-2. :func:`build_hierarchy` (pure, in memory): starting from the leaves (the segments
-   after ``min_size``), the cheapest pair of touching regions is merged, again and
-   again, until one region per connected part is left. Every merge is recorded
-   (:class:`Hierarchy`); costs are computed in float64 from the exact integer
-   summaries in a fixed order, so the merges are the same for any chunking and any
-   number of workers. Ties go to the pair with the lower node ID, then the lower
-   second ID (leaves are numbered like the segments, by their first pixel; merged
-   regions take the next IDs in merge order).
-3. :func:`cut_hierarchy`: the regions after the first ``K`` merges (``regions: N`` or
-   ``threshold: T``), numbered by their first pixel.
+- pixel counts, feature sums, bounding boxes and the adjacency with its border lengths
+  come from the segments stage itself; ``baatz_schape`` also sums the squared
+  standardised features there (extra summed features), which give each leaf's
+  within-leaf sum of squares, and a leaf's perimeter is the sum of its border lengths
+  with other leaves;
+- ``boundary`` needs the feature contrast across every border: :func:`contrast_tasks`
+  (lazy) sums it per chunk with a one-pixel halo, each pixel face counted by the chunk
+  of its first pixel only, in fixed point.
+
+:func:`build_hierarchy` (pure, in memory) then merges the cheapest pair of touching
+regions, again and again, until one region per connected part is left; every merge
+is recorded (:class:`Hierarchy`). Costs are computed in float64 from those summaries in
+a fixed order, so the merges are the same for any chunking and any number of workers.
+Ties go to the pair with the lower node ID, then the lower second ID (leaves are
+numbered like the segments, by their first pixel; merged regions take the next IDs in
+merge order). :func:`cut_hierarchy` gives the regions after the first ``K`` merges
+(``regions: N`` or ``threshold: T``), numbered by their first pixel.
 
 scikit-image's RAG merging (``skimage.graph.merge_hierarchical``) works on one
 in-memory label image and has neither the Baatz-Schaepe criterion nor deterministic
@@ -39,69 +42,55 @@ import xarray as xr
 from numba import types
 from numba.typed import Dict, List
 
-__all__ = ["CONTRAST_BITS", "Hierarchy", "MergeStats", "build_hierarchy", "cut_hierarchy",
-           "merge_stats_tasks", "reduce_merge_stats"]
+__all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_tasks",
+           "cut_hierarchy", "leaf_perimeters", "majority_class", "reduce_contrast",
+           "region_index"]
 
-#: fixed-point bits of the squared features and the border contrasts summed per chunk
+#: fixed-point bits of the border contrasts summed per chunk
 CONTRAST_BITS = 16
 _ONE = float(2**CONTRAST_BITS)
 
 
 @numba.njit(cache=True, nogil=True)
-def _stats_kernel(ids, feats, local, n_local, lo, hi, offset, scale,  # pragma: no cover
-                  want_feats):
-    """Perimeters, squared-feature sums and border contrasts of one chunk (with halo).
+def _contrast_kernel(ids, feats, lo, hi, offset, scale):  # pragma: no cover - compiled
+    """Feature contrast across every face between two leaves of one chunk (with halo).
 
     ``ids`` (z, y, x) with a one-voxel halo where ``lo``/``hi`` say so (per axis);
-    ``local`` maps each interior voxel to its leaf's row (-1 for nodata).
+    a face is counted by its first voxel (the one with the lower index), which lies in
+    the chunk's interior. Returns ``(a, b, contrast)`` per face, ``a < b``.
     """
     nz, ny, nx = ids.shape
     nf = feats.shape[0]
-    perim = np.zeros(n_local, dtype=np.int64)
-    sumsq = np.zeros((n_local, nf), dtype=np.int64)
     cap = 3 * (nz - lo[0] - hi[0]) * (ny - lo[1] - hi[1]) * (nx - lo[2] - hi[2]) + 1
     ea = np.empty(cap, dtype=np.int64)
     eb = np.empty(cap, dtype=np.int64)
     ec = np.empty(cap, dtype=np.int64)
     ne = 0
-    fp = np.empty(nf)
     for z in range(lo[0], nz - hi[0]):
         for y in range(lo[1], ny - hi[1]):
             for x in range(lo[2], nx - hi[2]):
                 a = ids[z, y, x]
                 if a == 0:
                     continue
-                r = local[z - lo[0], y - lo[1], x - lo[2]]
-                if want_feats:
-                    for f in range(nf):
-                        fp[f] = (np.float64(feats[f, z, y, x]) - offset[f]) / scale[f]
-                        sumsq[r, f] += np.int64(np.rint(fp[f] * fp[f] * 65536.0))
                 for axis in range(3):
-                    for step in (-1, 1):
-                        zz = z + step if axis == 0 else z
-                        yy = y + step if axis == 1 else y
-                        xx = x + step if axis == 2 else x
-                        if (zz < 0 or zz >= nz or yy < 0 or yy >= ny or xx < 0 or xx >= nx):
-                            # outside the image (a halo exists wherever it is not)
-                            if (axis == 0 and nz > 1) or axis > 0:
-                                perim[r] += 1
-                            continue
-                        b = ids[zz, yy, xx]
-                        if b == a:
-                            continue
-                        perim[r] += 1
-                        if step == 1 and b != 0:
-                            c = 0.0
-                            if want_feats:
-                                for f in range(nf):
-                                    d = fp[f] - (np.float64(feats[f, zz, yy, xx]) - offset[f]) \
-                                        / scale[f]
-                                    c += d * d
-                            ea[ne] = min(a, b)
-                            eb[ne] = max(a, b)
-                            ec[ne] = np.int64(np.rint(math.sqrt(c) * 65536.0))
-                            ne += 1
-    return perim, sumsq, ea[:ne], eb[:ne], ec[:ne]
+                    zz = z + 1 if axis == 0 else z
+                    yy = y + 1 if axis == 1 else y
+                    xx = x + 1 if axis == 2 else x
+                    if zz >= nz or yy >= ny or xx >= nx:
+                        continue  # the image's far edge (a halo exists wherever it is not)
+                    b = ids[zz, yy, xx]
+                    if b == a or b == 0:
+                        continue
+                    c = 0.0
+                    for f in range(nf):
+                        d = ((np.float64(feats[f, z, y, x]) - offset[f]) / scale[f]
+                             - (np.float64(feats[f, zz, yy, xx]) - offset[f]) / scale[f])
+                        c += d * d
+                    ea[ne] = min(a, b)
+                    eb[ne] = max(a, b)
+                    ec[ne] = np.int64(np.rint(math.sqrt(c) * 65536.0))
+                    ne += 1
+    return ea[:ne], eb[:ne], ec[:ne]
 
 
 def _combine(a: np.ndarray, b: np.ndarray, *values: np.ndarray
@@ -117,101 +106,77 @@ def _combine(a: np.ndarray, b: np.ndarray, *values: np.ndarray
     return a[idx], b[idx], [np.add.reduceat(v[order], idx) for v in values]
 
 
-def _chunk_stats(ids: np.ndarray, feats: np.ndarray | None, lo: tuple[int, ...],
-                 hi: tuple[int, ...], offset: np.ndarray, scale: np.ndarray) -> tuple:
-    ids3 = ids.reshape((1,) * (3 - ids.ndim) + ids.shape).astype(np.int64, copy=False)
-    lo3 = np.array((0,) * (3 - ids.ndim) + tuple(lo), dtype=np.int64)
-    hi3 = np.array((0,) * (3 - ids.ndim) + tuple(hi), dtype=np.int64)
-    inner = ids3[lo3[0]:ids3.shape[0] - hi3[0], lo3[1]:ids3.shape[1] - hi3[1],
-                 lo3[2]:ids3.shape[2] - hi3[2]]
-    uniq, inverse = np.unique(inner, return_inverse=True)
-    local = inverse.reshape(inner.shape).astype(np.int64)
-    if uniq.size and uniq[0] == 0:
-        local -= 1  # nodata: -1, never read
-    else:
-        uniq = np.concatenate([[0], uniq])
-    f3: np.ndarray
-    if feats is None:
-        f3 = np.zeros((0, 1, 1, 1), dtype=np.float32)
-        want = False
-    else:
-        f3 = feats.reshape((feats.shape[0],) + ids3.shape)
-        want = True
-    perim, sumsq, ea, eb, ec = _stats_kernel(ids3, f3, local, uniq.size - 1, lo3, hi3,
-                                             np.asarray(offset, np.float64),
-                                             np.asarray(scale, np.float64), want)
+def _chunk_contrast(ids: np.ndarray, feats: np.ndarray, lo: tuple[int, ...],
+                    hi: tuple[int, ...], offset: np.ndarray, scale: np.ndarray) -> tuple:
+    lead = (1,) * (3 - ids.ndim)
+    ids3 = ids.reshape(lead + ids.shape).astype(np.int64, copy=False)
+    f3 = feats.reshape((feats.shape[0],) + ids3.shape)
+    ea, eb, ec = _contrast_kernel(ids3, f3, np.array((0,) * len(lead) + tuple(lo), np.int64),
+                                  np.array((0,) * len(lead) + tuple(hi), np.int64),
+                                  offset, scale)
     ea, eb, (ec, en) = _combine(ea, eb, ec, np.ones(ea.size, dtype=np.int64))
-    return uniq[1:].astype(np.int64), perim, sumsq, ea, eb, ec, en
+    return ea, eb, ec, en
 
 
-def merge_stats_tasks(leaves: xr.DataArray, features: xr.DataArray | None,
-                      offset: Any = None, scale: Any = None) -> list[Any]:
-    """Lazy per-chunk merge summaries of a leaf-segment raster (see the module).
+def contrast_tasks(leaves: xr.DataArray, features: xr.DataArray, offset: Any,
+                   scale: Any) -> list[Any]:
+    """Lazy per-chunk sums of the feature contrast across the borders between leaves.
+
+    The contrast of a face is the Euclidean distance of its two pixels' standardised
+    features ``(x - offset) / scale``, summed in fixed point (``2**CONTRAST_BITS``).
 
     Parameters
     ----------
     leaves : DataArray, (y, x) or (z, y, x), integer
-        Segment IDs (0: nodata), Dask-backed.
-    features : DataArray, (feature, ...spatial), optional
-        Per-pixel features, standardised as ``(x - offset) / scale``; without them only
-        the perimeters are summed.
+        Leaf IDs (0: nodata), Dask-backed.
+    features : DataArray, (feature, ...spatial)
+        Per-pixel features on the same grid.
 
     Returns
     -------
     list of Delayed
-        One tuple per chunk, for :func:`reduce_merge_stats`.
+        One ``(a, b, contrast_sum, faces)`` per chunk, for :func:`reduce_contrast`.
     """
     ids = leaves.data if isinstance(leaves.data, da.Array) else da.asarray(leaves.data)
     nd = ids.ndim
-    depth = {ax: 1 for ax in range(nd)}
-    halo = da.overlap.overlap(ids, depth=depth, boundary="none")
+    halo = da.overlap.overlap(ids, depth={ax: 1 for ax in range(nd)}, boundary="none")
     id_blocks = halo.to_delayed(optimize_graph=False).ravel()
-    nf = 0 if features is None else int(features.shape[0])
-    off = np.zeros(nf) if offset is None else np.asarray(offset, np.float64)
-    scl = np.ones(nf) if scale is None else np.asarray(scale, np.float64)
-    if features is not None:
-        fd = features.data if isinstance(features.data, da.Array) else da.asarray(features.data)
-        fd = fd.rechunk((-1,) + ids.chunks)
-        fhalo = da.overlap.overlap(fd, depth={0: 0, **{ax + 1: 1 for ax in range(nd)}},
-                                   boundary="none")
-        f_blocks = fhalo.to_delayed(optimize_graph=False).reshape(-1)
-    task = dask.delayed(_chunk_stats, pure=True)
+    fd = features.data if isinstance(features.data, da.Array) else da.asarray(features.data)
+    fd = fd.rechunk((-1,) + ids.chunks)
+    fhalo = da.overlap.overlap(fd, depth={0: 0, **{ax + 1: 1 for ax in range(nd)}},
+                               boundary="none")
+    f_blocks = fhalo.to_delayed(optimize_graph=False).reshape(-1)
+    off = np.asarray(offset, np.float64)
+    scl = np.asarray(scale, np.float64)
+    task = dask.delayed(_chunk_contrast, pure=True)
     out = []
     for n, index in enumerate(np.ndindex(*ids.numblocks)):
         lo = tuple(int(i > 0) for i in index)
         hi = tuple(int(i < nb - 1) for i, nb in zip(index, ids.numblocks, strict=True))
-        fb = None if features is None else f_blocks[n]
-        out.append(task(id_blocks[n], fb, lo, hi, off, scl))
+        out.append(task(id_blocks[n], f_blocks[n], lo, hi, off, scl))
     return out
 
 
-@dataclass
-class MergeStats:
-    """What :func:`reduce_merge_stats` sums over the chunks (leaf row ``i`` is ID ``i+1``).
+def reduce_contrast(parts: list[tuple]) -> tuple[np.ndarray, ...]:
+    """Add up the computed :func:`contrast_tasks`: ``(a, b, contrast_sum, faces)``.
 
-    ``perimeter``: pixel (voxel) faces on each leaf's border; ``sumsq``: exact
-    fixed-point sums of its squared standardised features (``/ 2**CONTRAST_BITS``);
-    ``contrast``: ``(a, b, sum, pairs)`` for 4-adjacent (6-adjacent) leaves ``a < b``,
-    the fixed-point sum of the Euclidean feature distance over their facing pixels.
+    Integers: any order of addition gives the same sums.
     """
-
-    perimeter: np.ndarray
-    sumsq: np.ndarray
-    contrast: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def reduce_merge_stats(parts: list[tuple], n_leaves: int, n_features: int) -> MergeStats:
-    """Add up the computed :func:`merge_stats_tasks` (integers: any order gives the same)."""
-    perim = np.zeros(n_leaves, dtype=np.int64)
-    sumsq = np.zeros((n_leaves, n_features), dtype=np.int64)
-    for ids, p, s, *_ in parts:
-        np.add.at(perim, ids - 1, p)
-        if s.shape[1]:
-            np.add.at(sumsq, ids - 1, s)
     cat = [np.concatenate([p[k] for p in parts]) if parts else np.empty(0, np.int64)
-           for k in (3, 4, 5, 6)]
+           for k in range(4)]
     a, b, (c, n) = _combine(cat[0], cat[1], cat[2], cat[3])
-    return MergeStats(perim, sumsq, (a, b, c, n))
+    return a, b, c, n
+
+
+def leaf_perimeters(edges: tuple[np.ndarray, ...], n_leaves: int) -> np.ndarray:
+    """Each leaf's perimeter: its border length with other leaves (pixel faces).
+
+    The image's edge and nodata do not count: a region they cut is not taken for less
+    compact or smooth for it.
+    """
+    a, b, length = (np.asarray(x, dtype=np.int64) for x in edges[:3])
+    return (np.bincount(a - 1, weights=length, minlength=n_leaves)
+            + np.bincount(b - 1, weights=length, minlength=n_leaves))
 
 
 @dataclass
@@ -280,7 +245,7 @@ def _terms(i, cnt, ssq, per, blo, bhi, ndim):  # pragma: no cover - compiled
     colour = 0.0
     for f in range(ssq.shape[1]):
         colour += math.sqrt(ssq[i, f] / ni) * ni
-    root = 0.5 if ndim == 2 else 1.0 / 3.0
+    root = 0.5 if ndim == 2 else 2.0 / 3.0  # n l / n^root
     return colour, per[i] * ni ** (1.0 - root), ni * per[i] / _box(blo[i], bhi[i], ndim)
 
 
@@ -307,7 +272,7 @@ def _cost(i, j, slot, cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, sha
         per_m = per[i] + per[j] - 2.0 * elen[slot]
         lo = np.minimum(blo[i], blo[j])
         hi = np.maximum(bhi[i], bhi[j])
-        root = 0.5 if ndim == 2 else 1.0 / 3.0
+        root = 0.5 if ndim == 2 else 2.0 / 3.0  # n l / n^root
         h_colour = colour_m - ci - cj
         h_compact = per_m * nm ** (1.0 - root) - pi - pj
         h_smooth = nm * per_m / _box(lo, hi, ndim) - si - sj
@@ -515,8 +480,9 @@ def _merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, 
 
 def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarray, ...], *,
                     criterion: str = "ward", shape: float = 0.1, compactness: float = 0.5,
-                    boundary: float = 0.0, stats: MergeStats | None = None,
-                    bbox: tuple[np.ndarray, np.ndarray] | None = None) -> Hierarchy:
+                    boundary: float = 0.0, ssq: np.ndarray | None = None,
+                    bbox: tuple[np.ndarray, np.ndarray] | None = None,
+                    contrast: tuple[np.ndarray, ...] | None = None) -> Hierarchy:
     """Merge touching regions, cheapest first, down to one region per connected part.
 
     Parameters
@@ -532,13 +498,16 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarra
         within-region sum of squares. ``baatz_schape``: ``(1 - shape) h_colour +
         shape (compactness h_compact + (1 - compactness) h_smooth)``, where
         ``h_colour = sum_f (n sd_f)_merged - (n sd_f)_a - (n sd_f)_b``, ``h_compact``
-        the same change of ``perimeter * sqrt(n)`` (``n ** (1/3)`` in a volume) and
+        the same change of ``perimeter * sqrt(n)`` (``surface * n ** (1/3)`` in a volume) and
         ``h_smooth`` of ``n * perimeter / bbox perimeter`` (the box's surface in a
-        volume). Needs ``stats`` and ``bbox``.
+        volume); perimeters are border lengths with other regions
+        (:func:`leaf_perimeters`). Needs ``ssq`` and ``bbox``.
+    ssq : ndarray, (n, feature), optional
+        Within-leaf sums of squared deviations of the standardised features.
     boundary : float
         Weight of the mean feature contrast ``g`` across the shared border: a positive
         cost is multiplied by ``1 + boundary * g``, a negative one divided by it.
-        Needs ``stats``.
+        Needs ``contrast`` (:func:`reduce_contrast`).
     """
     n = int(count.size)
     nf = means.shape[1] if means.ndim == 2 else 0
@@ -547,39 +516,38 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarra
     cnt[:n] = count
     mu = np.zeros((total, nf))
     mu[:n] = means
-    baatz = criterion == "baatz_schape"
     if criterion not in ("ward", "baatz_schape"):
         raise ValueError(f"criterion must be ward or baatz_schape, got {criterion!r}")
-    if (baatz or boundary > 0) and stats is None:
-        raise ValueError(f"{criterion} with boundary={boundary} needs the merge stats")
-    ssq = np.zeros((total, nf))
-    per = np.zeros(total)
-    blo = bhi = None
+    baatz = criterion == "baatz_schape"
+    if baatz and (ssq is None or bbox is None):
+        raise ValueError("baatz_schape needs the leaves' ssq and bbox")
+    if boundary > 0 and contrast is None:
+        raise ValueError("boundary > 0 needs the border contrasts")
+    a, b, length = (np.asarray(x, dtype=np.int64) for x in edges[:3])
     ndim = 2
+    s2 = np.zeros((total, nf))
+    per = np.zeros(total)
+    blo = bhi = np.zeros((total, 2), dtype=np.int64)
     if baatz:
-        assert stats is not None and bbox is not None
-        # within-leaf sums of squares from the exact sums: sum x^2 - n mean^2
-        ssq[:n] = np.maximum(stats.sumsq / _ONE - count[:, None] * means**2, 0.0)
-        per[:n] = stats.perimeter
+        assert ssq is not None and bbox is not None
+        s2[:n] = ssq
+        per[:n] = leaf_perimeters(edges, n)
         ndim = bbox[0].shape[1]
         blo = np.zeros((total, ndim), dtype=np.int64)
         bhi = np.zeros((total, ndim), dtype=np.int64)
         blo[:n], bhi[:n] = bbox
-    a, b, length = (np.asarray(x, dtype=np.int64) for x in edges[:3])
     esum = np.zeros(a.size)
     epairs = np.zeros(a.size)
-    if stats is not None and boundary > 0 and stats.contrast[0].size:
-        ca, cb, csum, cpairs = stats.contrast
+    if boundary > 0 and contrast is not None and contrast[0].size:
+        ca, cb, csum, cpairs = contrast
         key = a * (n + 1) + b
         ckey = ca * (n + 1) + cb
         pos = np.minimum(np.searchsorted(ckey, key), ckey.size - 1)
         hit = ckey[pos] == key
         esum = np.where(hit, csum[pos], 0).astype(np.float64) / _ONE
         epairs = np.where(hit, cpairs[pos], 0).astype(np.float64)
-    if blo is None or bhi is None:
-        blo = bhi = np.zeros((total, ndim), dtype=np.int64)
     out_a, out_b, out_c, out_s = _merge_loop(
-        n, cnt, mu, ssq, per, blo, bhi, a - 1, b - 1, length.astype(np.float64), esum,
+        n, cnt, mu, s2, per, blo, bhi, a - 1, b - 1, length.astype(np.float64), esum,
         epairs, baatz, float(shape), float(compactness), float(boundary), ndim)
     return Hierarchy(n, out_a + 1, out_b + 1, out_c, out_s)
 

@@ -86,7 +86,7 @@ def _mean(hi, lo, count, g, sum_offset, sum_scale, out):  # pragma: no cover - c
 
 @numba.njit(cache=True, nogil=True)
 def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  # pragma: no cover
-                  min_pixels, levels):
+                  min_pixels, levels, n_similar):
     """Merge small groups, smallest first (ties: lowest ID), into the closest neighbour.
 
     ``parent`` is a union-find forest whose roots are the groups; a group is named by
@@ -164,7 +164,7 @@ def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  
             for t in range(nt):
                 h = touched[t]
                 d = 0.0  # squared distance of the mean feature vectors
-                for f in range(nf):
+                for f in range(n_similar):
                     d += (mean[g, f] - mean[h, f]) * (mean[g, f] - mean[h, f])
                 if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
                         or (d == best_d and acc[h] == acc[best] and h < best)):
@@ -190,7 +190,8 @@ def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  
 
 
 def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
-                         keep_edges: bool = False) -> SegmentIndex:
+                         keep_edges: bool = False, n_similar: int | None = None
+                         ) -> SegmentIndex:
     """Merge every segment smaller than ``min_pixels`` into its most similar neighbour.
 
     Smallest segments first (ties: lowest ID); the neighbour with the closest mean
@@ -225,6 +226,9 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
     SegmentIndex
         New statistics, lookup tables composed with the merge, and no edges (unless
         ``keep_edges``).
+    n_similar : int, optional
+        Only the first ``n_similar`` summed features measure similarity; the others are
+        carried along (summed) only (region merging sums the squared features too).
 
     Raises
     ------
@@ -257,7 +261,8 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
     levels = int(min(min_pixels, count[ids].sum() + 1))
     parent = _merge_kernel(count, hi, lo, np.asarray(stats.sum_offset, np.float64),
                            np.asarray(stats.sum_scale, np.float64), ptr, dst, blen, ids,
-                           int(min_pixels), levels)
+                           int(min_pixels), levels,
+                           hi.shape[1] if n_similar is None else int(n_similar))
     # a group is numbered by its first pixel: the lowest ID among its members
     roots = np.flatnonzero(parent == np.arange(n))
     group_min = _min_by_group(parent, n, np.arange(n, dtype=np.int64))

@@ -8,6 +8,7 @@ table (local label -> global ID) per chunk, gathered in a :class:`SegmentIndex`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -111,6 +112,14 @@ class SegmentStats:
         """Mean of each (offset and scaled) feature, shape (n, feature), float64."""
         sums = _words_to_float(self.hi, self.lo) / np.maximum(self.count, 1)[:, None]
         return (sums - self.sum_offset) / self.sum_scale
+
+    def first_features(self, k: int) -> SegmentStats:
+        """Return the same statistics with only the first ``k`` summed features."""
+        return dataclasses.replace(
+            self, hi=np.ascontiguousarray(self.hi[:, :k]),
+            lo=np.ascontiguousarray(self.lo[:, :k]),
+            sum_offset=np.asarray(self.sum_offset)[:k],
+            sum_scale=np.asarray(self.sum_scale)[:k])
 
     def reduce(self, group: np.ndarray, n_groups: int) -> SegmentStats:
         """Statistics of groups of segments; ``group[i]`` in ``0..n_groups-1``.

@@ -54,35 +54,35 @@ class MergedRegions:
                 "seconds": round(self.seconds, 3)}
 
 
-def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataArray
-                 ) -> MergedRegions:
+def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataArray,
+                 ssq: np.ndarray | None = None) -> MergedRegions:
     """Build the hierarchy of ``leaves`` (a SegmentIndex with every contact) and cut it.
 
-    Computes the merge statistics' pass where the criterion needs it.
+    ``ssq``: the leaves' within sums of squares (``baatz_schape``). With ``boundary``,
+    computes the border contrasts in one pass over the leaves and the features.
     """
     from ..postprocess._hierarchy import (
         build_hierarchy,
+        contrast_tasks,
         cut_hierarchy,
-        merge_stats_tasks,
-        reduce_merge_stats,
+        reduce_contrast,
         region_index,
     )
 
     cfg = ctx.config.postprocess.merge
     assert cfg is not None and leaves.edges is not None
     t = time.perf_counter()
-    stats = None
-    if cfg.criterion == "baatz_schape" or cfg.boundary > 0:
-        features = ctx.opened.features
-        with ctx.timings.stage("merge_stats"):
-            (parts,) = dask.compute(merge_stats_tasks(leaf_raster, features, model.mean,
-                                                      model.scale))
-        stats = reduce_merge_stats(list(parts), leaves.n_segments, int(features.shape[0]))
+    contrast = None
+    if cfg.boundary > 0:
+        with ctx.timings.stage("merge_contrast"):
+            (parts,) = dask.compute(contrast_tasks(leaf_raster, ctx.opened.features,
+                                                   model.mean, model.scale))
+        contrast = reduce_contrast(list(parts))
     leaf_stats = leaves.stats
     hierarchy = build_hierarchy(
         leaf_stats.count.astype(np.int64), leaf_stats.means(), leaves.edges,
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
-        boundary=cfg.boundary, stats=stats, bbox=leaf_stats.bbox())
+        boundary=cfg.boundary, ssq=ssq, bbox=leaf_stats.bbox(), contrast=contrast)
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)
     regions = region_index(leaves, region, n_regions)

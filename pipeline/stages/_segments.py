@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array as da
+import numpy as np
 import xarray as xr
 
 from ..cluster import raw_bands
@@ -97,11 +100,18 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     min_px = min_pixels(pp.min_size, geometry, transform)
     features, image = opened.features, opened.raw
     bands = raw_bands(features, image)
+    summed, offset, scale = (features if bands is None else image), model.mean, model.scale
     # region merging needs every contact, not only those of small segments
     contacts = _EVERY_CONTACT if pp.merge is not None else min_px
-    tasks = segment_tasks(labels, features if bands is None else image, bands=bands,
+    n_features = int(features.shape[0])
+    if pp.merge is not None and pp.merge.criterion == "baatz_schape":
+        # baatz_schape's colour term needs each leaf's sum of squares: the squared
+        # standardised features are summed with the features, in the same pass
+        summed, offset, scale = squared_too(features, model.mean, model.scale)
+        bands = None
+    tasks = segment_tasks(labels, summed, bands=bands,
                           connectivity=pp.segments.for_ndim(geometry.ndim),
-                          min_pixels=contacts, offset=model.mean, scale=model.scale)
+                          min_pixels=contacts, offset=offset, scale=scale)
     # the resolve and merge kernels load from numba's cache (~0.8 s of one core) in a
     # thread while the pass runs, not after it, when resolving is the only work left
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -122,7 +132,14 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     del pieces, joins  # the per-piece summaries: as large as the table, not needed now
     n_found = index.n_segments
     if min_px is not None:
-        index = merge_small_segments(index, min_px, keep_edges=pp.merge is not None)
+        index = merge_small_segments(index, min_px, keep_edges=pp.merge is not None,
+                                     n_similar=n_features)
+    ssq = None
+    if index.stats.hi.shape[1] > n_features:  # the squared features: within sums of squares
+        means = index.stats.means()
+        count = index.stats.count.astype(np.float64)[:, None]
+        ssq = np.maximum(count * (means[:, n_features:] - means[:, :n_features] ** 2), 0.0)
+        index = dataclasses.replace(index, stats=index.stats.first_features(n_features))
     class_map = labels if read_back is None else read_back()
     summary: dict[str, Any] = {"connectivity": index.connectivity, "found": n_found,
                "min_pixels": min_px, "segments": index.n_segments}
@@ -132,7 +149,7 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     if pp.merge is not None:
         leaves = index
         rasters["leaves"] = relabel_segments(class_map, leaves)
-        hierarchy = region_merge(ctx, model, leaves, rasters["leaves"])
+        hierarchy = region_merge(ctx, model, leaves, rasters["leaves"], ssq)
         index = hierarchy.regions
         summary["merge"] = hierarchy.summary()
         summary["segments"] = index.n_segments
@@ -142,6 +159,23 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
     return Segments(index=index, table=table, summary=summary, hierarchy=hierarchy,
                     leaves=leaves)
+
+
+def squared_too(features: xr.DataArray, mean: Any, scale: Any
+                ) -> tuple[xr.DataArray, np.ndarray, np.ndarray]:
+    """Features followed by their squared standardised values (lazy), and their units.
+
+    Summed by the segment tasks as ``(x - offset) / scale``: the features in the
+    model's units, then ``((x - mean) / scale) ** 2`` as they are.
+    """
+    nf = int(features.shape[0])
+    m = np.asarray(mean, np.float64).reshape((nf,) + (1,) * (features.ndim - 1))
+    s = np.asarray(scale, np.float64).reshape(m.shape)
+    data = features.data
+    squares = (((data - m.astype(np.float32)) / s.astype(np.float32)) ** 2).astype(np.float32)
+    both = xr.DataArray(da.concatenate([data, squares], axis=0), dims=features.dims)
+    return (both, np.concatenate([np.asarray(mean, np.float64), np.zeros(nf)]),
+            np.concatenate([np.asarray(scale, np.float64), np.ones(nf)]))
 
 
 def table_of(stats: Any, model: Any, geometry: Geometry, transform: Any) -> Any:
