@@ -52,32 +52,46 @@ _ONE = float(2**CONTRAST_BITS)
 
 
 @numba.njit(cache=True, nogil=True)
-def _contrast_kernel(ids, feats, lo, hi, offset, scale):  # pragma: no cover - compiled
-    """Feature contrast across every face between two leaves of one chunk (with halo).
+def _contrast_kernel(ids, feats, axes, offset, scale):  # pragma: no cover - compiled
+    """Feature contrast across the faces between two leaves, along ``axes``.
 
-    ``ids`` (z, y, x) with a one-voxel halo where ``lo``/``hi`` say so (per axis);
-    a face is counted by its first voxel (the one with the lower index), which lies in
-    the chunk's interior. Returns ``(a, b, contrast)`` per face, ``a < b``.
+    ``ids`` (z, y, x); a face is counted from its first voxel (the lower index) to the
+    next one along an axis whose flag in ``axes`` is set. Returns ``(a, b, contrast)``
+    per face, ``a < b``, the contrast in fixed point (``2**16``).
     """
     nz, ny, nx = ids.shape
     nf = feats.shape[0]
-    cap = 3 * (nz - lo[0] - hi[0]) * (ny - lo[1] - hi[1]) * (nx - lo[2] - hi[2]) + 1
+    cap = 0  # first count the faces between leaves: borders are a small part of a chunk
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                a = ids[z, y, x]
+                if a == 0:
+                    continue
+                if axes[0] and z + 1 < nz and ids[z + 1, y, x] != a and ids[z + 1, y, x] != 0:
+                    cap += 1
+                if axes[1] and y + 1 < ny and ids[z, y + 1, x] != a and ids[z, y + 1, x] != 0:
+                    cap += 1
+                if axes[2] and x + 1 < nx and ids[z, y, x + 1] != a and ids[z, y, x + 1] != 0:
+                    cap += 1
     ea = np.empty(cap, dtype=np.int64)
     eb = np.empty(cap, dtype=np.int64)
     ec = np.empty(cap, dtype=np.int64)
     ne = 0
-    for z in range(lo[0], nz - hi[0]):
-        for y in range(lo[1], ny - hi[1]):
-            for x in range(lo[2], nx - hi[2]):
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
                 a = ids[z, y, x]
                 if a == 0:
                     continue
                 for axis in range(3):
+                    if not axes[axis]:
+                        continue
                     zz = z + 1 if axis == 0 else z
                     yy = y + 1 if axis == 1 else y
                     xx = x + 1 if axis == 2 else x
                     if zz >= nz or yy >= ny or xx >= nx:
-                        continue  # the image's far edge (a halo exists wherever it is not)
+                        continue
                     b = ids[zz, yy, xx]
                     if b == a or b == 0:
                         continue
@@ -106,16 +120,41 @@ def _combine(a: np.ndarray, b: np.ndarray, *values: np.ndarray
     return a[idx], b[idx], [np.add.reduceat(v[order], idx) for v in values]
 
 
-def _chunk_contrast(ids: np.ndarray, feats: np.ndarray, lo: tuple[int, ...],
-                    hi: tuple[int, ...], offset: np.ndarray, scale: np.ndarray) -> tuple:
-    lead = (1,) * (3 - ids.ndim)
-    ids3 = ids.reshape(lead + ids.shape).astype(np.int64, copy=False)
-    f3 = feats.reshape((feats.shape[0],) + ids3.shape)
-    ea, eb, ec = _contrast_kernel(ids3, f3, np.array((0,) * len(lead) + tuple(lo), np.int64),
-                                  np.array((0,) * len(lead) + tuple(hi), np.int64),
-                                  offset, scale)
+def _faces(ids: np.ndarray, feats: np.ndarray, axes: tuple[bool, ...], offset: np.ndarray,
+           scale: np.ndarray) -> tuple:
+    """Return ``(a, b, contrast_sum, faces)`` of the faces of ``ids`` along ``axes``."""
+    lead = 3 - ids.ndim
+    ids3 = ids.reshape((1,) * lead + ids.shape).astype(np.int64, copy=False)
+    f3 = np.ascontiguousarray(feats).reshape((feats.shape[0],) + ids3.shape)
+    flags = np.array((False,) * lead + tuple(axes), dtype=np.bool_)
+    ea, eb, ec = _contrast_kernel(np.ascontiguousarray(ids3), f3, flags, offset, scale)
     ea, eb, (ec, en) = _combine(ea, eb, ec, np.ones(ea.size, dtype=np.int64))
     return ea, eb, ec, en
+
+
+def _chunk_contrast(ids: np.ndarray, feats: np.ndarray, offset: np.ndarray,
+                    scale: np.ndarray) -> tuple[tuple, list]:
+    """Return a chunk's own faces, and its first and last planes along each axis."""
+    inner = _faces(ids, feats, (True,) * ids.ndim, offset, scale)
+    planes = []
+    for ax in range(ids.ndim):
+        first = [slice(None)] * ids.ndim
+        last = [slice(None)] * ids.ndim
+        first[ax] = slice(0, 1)
+        last[ax] = slice(ids.shape[ax] - 1, ids.shape[ax])
+        planes.append(((ids[tuple(first)].copy(), feats[(slice(None), *first)].copy()),
+                       (ids[tuple(last)].copy(), feats[(slice(None), *last)].copy())))
+    return inner, planes
+
+
+def _join_contrast(mine: tuple[tuple, list], after: tuple[tuple, list], axis: int,
+                   offset: np.ndarray, scale: np.ndarray) -> tuple:
+    """Return the faces between a chunk's last plane and the next chunk's first plane."""
+    ids_a, f_a = mine[1][axis][1]
+    ids_b, f_b = after[1][axis][0]
+    ids = np.concatenate([ids_a, ids_b], axis=axis)
+    feats = np.concatenate([f_a, f_b], axis=axis + 1)
+    return _faces(ids, feats, tuple(ax == axis for ax in range(ids.ndim)), offset, scale)
 
 
 def contrast_tasks(leaves: xr.DataArray, features: xr.DataArray, offset: Any,
@@ -124,6 +163,9 @@ def contrast_tasks(leaves: xr.DataArray, features: xr.DataArray, offset: Any,
 
     The contrast of a face is the Euclidean distance of its two pixels' standardised
     features ``(x - offset) / scale``, summed in fixed point (``2**CONTRAST_BITS``).
+    Each chunk sums its own faces and hands its first and last planes (rows and
+    columns) to small join tasks, which sum the faces between neighbouring chunks: no
+    task holds more than one chunk, and no chunk waits in memory for its neighbours.
 
     Parameters
     ----------
@@ -135,25 +177,26 @@ def contrast_tasks(leaves: xr.DataArray, features: xr.DataArray, offset: Any,
     Returns
     -------
     list of Delayed
-        One ``(a, b, contrast_sum, faces)`` per chunk, for :func:`reduce_contrast`.
+        ``(a, b, contrast_sum, faces)`` tuples, for :func:`reduce_contrast`.
     """
     ids = leaves.data if isinstance(leaves.data, da.Array) else da.asarray(leaves.data)
-    nd = ids.ndim
-    halo = da.overlap.overlap(ids, depth={ax: 1 for ax in range(nd)}, boundary="none")
-    id_blocks = halo.to_delayed(optimize_graph=False).ravel()
     fd = features.data if isinstance(features.data, da.Array) else da.asarray(features.data)
     fd = fd.rechunk((-1,) + ids.chunks)
-    fhalo = da.overlap.overlap(fd, depth={0: 0, **{ax + 1: 1 for ax in range(nd)}},
-                               boundary="none")
-    f_blocks = fhalo.to_delayed(optimize_graph=False).reshape(-1)
+    id_blocks = ids.to_delayed(optimize_graph=False)
+    f_blocks = fd.to_delayed(optimize_graph=False)[0]
     off = np.asarray(offset, np.float64)
     scl = np.asarray(scale, np.float64)
-    task = dask.delayed(_chunk_contrast, pure=True)
+    chunk = dask.delayed(_chunk_contrast, pure=True)
+    join = dask.delayed(_join_contrast, pure=True)
+    done = {index: chunk(id_blocks[index], f_blocks[index], off, scl)
+            for index in np.ndindex(*ids.numblocks)}
     out = []
-    for n, index in enumerate(np.ndindex(*ids.numblocks)):
-        lo = tuple(int(i > 0) for i in index)
-        hi = tuple(int(i < nb - 1) for i, nb in zip(index, ids.numblocks, strict=True))
-        out.append(task(id_blocks[n], f_blocks[n], lo, hi, off, scl))
+    for index, task in done.items():
+        out.append(task[0])
+        for ax in range(ids.ndim):
+            nxt = tuple(i + (d == ax) for d, i in enumerate(index))
+            if nxt[ax] < ids.numblocks[ax]:
+                out.append(join(task, done[nxt], ax, off, scl))
     return out
 
 
