@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--formats", default="cog", help="comma-separated, e.g. cog,zarr")
     ap.add_argument("--segments", action="store_true", help="with segments and min_size 16")
     args = ap.parse_args()
-    scene = ensure_scene(SceneParams(size=args.size, tile=512))
+    scene, _ = ensure_scene(SceneParams(size=args.size, tile=512))
     work = Path(tempfile.mkdtemp(prefix="tileseg-client-share-"))
     sched_file = work / "scheduler.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -305,6 +305,11 @@ class InstancesConfig(_Strict):
     # distance: seeded watershed of the distance transform; intensity: of the features
     method: Literal["distance", "intensity"] = "distance"
     min_distance: int = Field(3, ge=1)  # pixels (voxels) between two seeds, at least
+    # Gaussian sigma (pixels) applied within each object before seeding; 0: none
+    smoothing: float = Field(2.0, ge=0, le=16)
+    # objects longer than this (pixels, voxels) along an axis stay one instance; a task
+    # reads at most its chunk plus this much on each side
+    max_extent: int = Field(256, ge=4, le=4096)
 
 
 def _submodel(model: type[BaseModel], v: Any) -> BaseModel:

@@ -66,6 +66,7 @@ from .stages import (
     write_figures,
     write_stage,
 )
+from .stages._instances import instance_class
 from .stages._staging import _version
 
 __all__ = ["run", "plan", "RunResult", "staged_output", "fit_model", "predict_model",
@@ -106,6 +107,8 @@ def plan(config: RunConfig) -> dict[str, Any]:
         "writes": describe_formats(opened.formats, stems)
         + (["segments.parquet"] if pp.segments else [])
         + (["hierarchy.parquet", "leaves.zarr"] if pp.merge else [])
+        + (describe_formats(opened.formats, ["instances"]) + ["instances.parquet"]
+           if pp.instances else [])
         + (["polygons.gpkg", "polygons.parquet"] if pp.polygons else [])
         + (describe_formats(opened.formats, ["confidence"])
            if config.cluster.confidence else [])
@@ -145,6 +148,8 @@ def _report(ctx: RunContext, fitted: Fitted, written: Any, names: list[str]
         report["elbow"] = fitted.elbow.to_dict()
     if written.segments is not None:
         report["segments"] = written.segments.summary
+    if getattr(written, "instances", None) is not None:  # postprocess.instances
+        report["instances"] = written.instances.summary
     if ctx.opened.mask is not None:
         report["mask"] = ctx.opened.mask.report()
     faults = ctx.opened.image.attrs.get("input_faults")  # input_errors: nodata
@@ -219,6 +224,7 @@ def run(
                     fitted = (fit_stage(config, opened.features, opened.mask)
                               if model is None else given_model(config, model))
             model = fitted.model
+            instance_class(config, model)  # postprocess.instances: a bad class fails here
             rasters = _rasters(ctx, model)
             check_space(output, output_bytes(rasters, opened.formats,
                                              config.postprocess.segments is not None))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import RunConfig, apply_overrides, load_config, parse_config
@@ -92,10 +94,20 @@ def test_config_token_is_stable():
     assert isinstance(a, RunConfig)
 
 
-@pytest.mark.parametrize("name", ["brain_mri", "ct", "wsi_he", "sentinel2"])
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
 def test_example_configs_parse(name):
-    cfg = load_config(f"configs/{name}.yaml")
+    cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.output and cfg.features
+
+
+def test_photo_config_takes_the_checked_overrides():
+    for n in (2, 64):
+        cfg = load_config(CONFIGS / "photo.yaml", [f"postprocess.merge.regions={n}",
+                                                 "input=x.jpg", "output=o"])
+        assert cfg.postprocess.merge is not None and cfg.postprocess.merge.regions == n
 
 
 def test_volume_keys_validated():

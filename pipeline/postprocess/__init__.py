@@ -26,12 +26,37 @@ _WHERE = {
     "chunk_polygons": "_vectorize",
     "dissolve_polygons": "_vectorize",
     "polygons_frame": "_vectorize",
+    # postprocess.instances
+    "InstanceIndex": "_instance_tasks",
+    "InstanceObjects": "_instances",
+    "InstanceTasks": "_instance_tasks",
+    "auto_class": "_instances",
+    "instance_table": "_instances",
+    "instance_tasks": "_instance_tasks",
+    "relabel_instances": "_instance_tasks",
+    "resolve_instances": "_instance_tasks",
+    "select_objects": "_instances",
+    "split_object": "_instances",
 }
 
 __all__: list[str] = sorted(_WHERE)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._chunk_tasks import SegmentTasks  # noqa: F401
+    from ._instance_tasks import (  # noqa: F401
+        InstanceIndex,
+        InstanceTasks,
+        instance_tasks,
+        relabel_instances,
+        resolve_instances,
+    )
+    from ._instances import (  # noqa: F401
+        InstanceObjects,
+        auto_class,
+        instance_table,
+        select_objects,
+        split_object,
+    )
     from ._majority import majority_filter  # noqa: F401
     from ._merge import (  # noqa: F401
         load_kernels,

@@ -231,6 +231,7 @@ class Written:
     files: list[Path]
     writers: dict[str, LabelWriter]
     segments: Any  # stages.Segments or None
+    instances: Any = None  # stages.Instances or None (postprocess.instances)
 
 
 def _segment_pass(ctx: RunContext, model: Any, staging: Path,
@@ -345,6 +346,15 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
     timings["label_write"] = time.perf_counter() - t - cog_wait - (
         timings.get("segments", 0.0) + timings.get("segments_raster", 0.0)
         if one_pass else 0.0)
+    # --- postprocess.instances: split from the finished segment raster (its own
+    # writer joins the others, closed below; stages/_instances.py)
+    instances = None
+    if segments is not None and config.postprocess.instances is not None:
+        from ._instances import instances_stage
+
+        instances = instances_stage(ctx, model, segments, rasters["segments"], writers,
+                                    staging)
+    # --- end of postprocess.instances
     t = time.perf_counter()
     seg_files: list[Path] | None = None
     if segments is not None and not config.postprocess.polygons:
@@ -361,4 +371,6 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
     if segments is not None:
         files += seg_files if seg_files is not None else write_segments(
             segments, rasters["segments"], writers["segments"], staging, config, timings)
-    return Written(files, writers, segments)
+    if instances is not None:
+        files += instances.files
+    return Written(files, writers, segments, instances)
