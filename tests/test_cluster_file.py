@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import xarray as xr
 from click.testing import CliRunner
 
 from pipeline.cli import main
@@ -99,6 +100,23 @@ def test_scheduler_file_run_equals_threads_run(cluster, scene, tmp_path):
         np.testing.assert_array_equal(_read(tmp_path / "f" / name),
                                       _read(tmp_path / "t" / name))
     assert by_file.report["segments"] == threads.report["segments"]
+
+
+def test_workers_that_see_the_staging_write_the_zarr_chunks(cluster, scene, tmp_path,
+                                                             caplog):
+    """A cluster reached by its scheduler file, on this machine's file system: the
+    workers write the Zarr chunks themselves (the client keeps only the GeoTIFF)."""
+    base = {**_base(scene), "formats": ["cog", "zarr"]}
+    threads = run(parse_config({**base, "output": str(tmp_path / "t")}))
+    with caplog.at_level("INFO", logger="pipeline.runner"):
+        by_file = run(parse_config({**base, "output": str(tmp_path / "f"), "chunks": 96,
+                                    "compute": {"scheduler_file": str(cluster)}}))
+    assert any("they write the Zarr chunks" in r.getMessage() for r in caplog.records)
+    for name in ("labels", "segments"):
+        a, b = (xr.open_zarr(d / f"{name}.zarr")[name].values for d in (threads.output,
+                                                                          by_file.output))
+        np.testing.assert_array_equal(a, b)
+    assert not list((tmp_path / "f").rglob(".probe-*"))
 
 
 def test_gdal_and_aws_settings_reach_workers_started_elsewhere(cluster, scene, tmp_path,

@@ -296,7 +296,8 @@ class LabelWriter:
         send every block back, and this process writes the Zarr chunks too.
         """
         remote_zarr = shared and self._zarr is not None
-        return {"zarr": (str(self._zarr_path), self.stem, self._token)
+        # absolute: a worker of a cluster on a shared file system runs elsewhere
+        return {"zarr": (str(self._zarr_path.resolve()), self.stem, self._token)
                 if remote_zarr else None,
                 "tif": (self._streaming() or bool(self._sinks)
                         or (self._zarr is not None and not remote_zarr)),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,9 @@ from ._context import RunContext
 from ._resume import Ledger, crc, region_key
 
 __all__ = ["Progress", "Written", "make_writer", "stage_progress", "store_rasters",
-           "write_stage"]
+           "workers_share_files", "write_stage"]
+
+log = logging.getLogger("pipeline.runner")
 
 
 @contextlib.contextmanager
@@ -88,6 +92,41 @@ def _store_parts(blocks: list[np.ndarray], region: tuple[slice, ...],
     return [store_part(b, region, r) for b, r in zip(blocks, remotes, strict=True)]
 
 
+def workers_share_files(client: Any, writers: list[Any]) -> bool:
+    """Whether every worker of ``client`` sees the writers' directory, as this process does.
+
+    A cluster this process started shares its files. Otherwise a probe file with a
+    random token is written into the staging directory and every worker is asked to
+    read it back at the same absolute path (a cluster on a shared file system).
+    """
+    if getattr(client, "cluster", None) is not None:
+        return True
+    directory = next((getattr(w, "directory", None) for w in writers), None)
+    if directory is None:
+        return False
+    token = uuid.uuid4().hex
+    probe = Path(directory).resolve() / f".probe-{token}"
+    try:
+        probe.write_text(token)
+        seen = client.run(_sees, str(probe), token)
+    except Exception:  # noqa: BLE001 - any failure means: do not rely on it
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    shared = bool(seen) and all(seen.values())
+    log.info("workers %s the staging directory: %s", "share" if shared else "do not see",
+             "they write the Zarr chunks" if shared else "blocks come back to be written")
+    return shared
+
+
+def _sees(path: str, token: str) -> bool:
+    """On a worker: whether ``path`` holds ``token``."""
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
 def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
                   client: Any, progress: Progress, *, compute: bool = True,
                   skip: frozenset[Any] | set[Any] = frozenset()) -> Any:
@@ -130,9 +169,9 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
 
     regions = _regions(arrays[0])
     per_array = [a.to_delayed(optimize_graph=True).ravel().tolist() for a in arrays]
-    # workers of a cluster we started share this machine's files: they write the Zarr
-    # chunks; a cluster reached by its address may not, so blocks come back here
-    shared = getattr(client, "cluster", None) is not None
+    # workers that see this run's staging directory (a cluster we started, or one on
+    # a shared file system) write the Zarr chunks themselves; others send blocks here
+    shared = workers_share_files(client, [writers[n] for n in names])
     remotes = [writers[n].remote(shared) for n in names]
     share = dask.delayed(_store_parts, pure=True)
     blocks = [share(list(t), region, remotes)
