@@ -439,6 +439,10 @@ def _warm_worker() -> None:
     """Import the pipeline's block code and load its numba kernels (in a worker)."""
     import numpy as np
 
+    from .cli._options import quiet_pixel_grids
+
+    quiet_pixel_grids()  # a worker's warnings reach the run's stderr too
+
     from .cluster._predict import _nearest
     from .io import _write  # noqa: F401  (the writers' code, rasterio, zarr on demand)
 

@@ -138,3 +138,25 @@ def test_demo_small(tmp_path):
         assert (tmp_path / "demo" / name).exists(), name
     res = _invoke("demo", "--output", tmp_path / "demo", "--size", "256")
     assert res.exit_code == 2 and "--overwrite" in res.stderr
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_a_picture_without_map_coordinates_runs_quietly(tmp_path, scheduler):
+    """A PNG has no georeferencing: tileseg works in pixels, and says nothing about it."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    picture = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    picture[16:40, 16:40] = 250
+    iio.imwrite(tmp_path / "p.png", picture)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "input": str(tmp_path / "p.png"), "output": str(tmp_path / "out"),
+        "features": ["lab"], "cluster": {"k": 2, "seed": 0},
+        "postprocess": {"instances": {"class": "auto"}},
+        "compute": {"scheduler": scheduler, "n_workers": 1}}))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(cfg), "-q"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert (tmp_path / "out" / "instances.tif").exists()

@@ -28,6 +28,20 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     noisy = level if verbose > 1 else max(level, logging.WARNING)
     for name in ("distributed", "bokeh", "tornado"):
         logging.getLogger(name).setLevel(noisy)
+    quiet_pixel_grids()
+
+
+def quiet_pixel_grids() -> None:
+    """Silence rasterio's NotGeoreferencedWarning, here and in workers.
+
+    Images without map coordinates (PNG, slides, microscopy) are worked on in pixels
+    on purpose: the warning would only be noise on every run.
+    """
+    import warnings
+
+    # by message: importing rasterio here would slow down `tileseg --help`
+    for text in ("Dataset has no geotransform", "The given matrix is equal to Affine.identity"):
+        warnings.filterwarnings("ignore", message=text)
 
 
 def verbosity(func: Callable[..., Any]) -> Callable[..., Any]:
