@@ -427,7 +427,9 @@ def _local_cluster(cfg: ComputeConfig, env: dict[str, str]) -> Any:
         n_workers=0,  # added by the caller's `scale`, without waiting for them
         threads_per_worker=cfg.threads_per_worker,
         processes=True,
-        dashboard_address=":0" if cfg.dashboard else None,
+        # a free port either way: the scheduler's HTTP server starts even without the
+        # dashboard, and a busy 8787 (another run, a notebook) would print a warning
+        dashboard_address=":0",
         scheduler_kwargs={"dashboard": cfg.dashboard},
         memory_limit=cfg.memory_limit or "auto",
         env=env,
