@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -347,22 +348,15 @@ class PostprocessConfig(_Strict):
     # split touching objects of one class (instances.*, instances.parquet)
     instances: InstancesConfig | None = None
 
-    @field_validator("merge", mode="before")
+    @field_validator("segments", "merge", "instances", mode="before")
     @classmethod
-    def _merge(cls, v: Any) -> Any:
-        return v if v is None or isinstance(v, MergeConfig) else _submodel(MergeConfig, v)
-
-    @field_validator("instances", mode="before")
-    @classmethod
-    def _instances(cls, v: Any) -> Any:
-        if v is None or isinstance(v, InstancesConfig):
+    def _nested(cls, v: Any, info: ValidationInfo) -> Any:
+        models: dict[str, type[BaseModel]] = {
+            "segments": SegmentsConfig, "merge": MergeConfig, "instances": InstancesConfig}
+        model = models[str(info.field_name)]
+        if v is None or isinstance(v, model):
             return v
-        return _submodel(InstancesConfig, {} if v is True else v)
-
-    @field_validator("segments", mode="before")
-    @classmethod
-    def _segments(cls, v: Any) -> Any:
-        return v if v is None or isinstance(v, SegmentsConfig) else _submodel(SegmentsConfig, v)
+        return _submodel(model, {} if v is True else v)  # true: the defaults
 
     @field_validator("min_size", mode="before")
     @classmethod

@@ -89,17 +89,23 @@ def _combine_pairs(a: np.ndarray, b: np.ndarray, length: np.ndarray, n: int | No
     """
     if n is not None and a.size:
         return _combine_kernel(np.minimum(a, b), np.maximum(a, b), length, int(n))
-    lo = np.minimum(a, b).astype(np.int64, copy=False)
-    hi = np.maximum(a, b).astype(np.int64, copy=False)
-    length = length.astype(np.int64, copy=False)
-    if lo.size == 0:
-        return lo, hi, length
-    order = np.lexsort((hi, lo))
-    lo, hi, length = lo[order], hi[order], length[order]
-    start = np.ones(lo.size, dtype=bool)
-    start[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    lo, hi, (length,) = _sum_by_pair(np.minimum(a, b).astype(np.int64, copy=False),
+                                     np.maximum(a, b).astype(np.int64, copy=False),
+                                     length.astype(np.int64, copy=False))
+    return lo, hi, length
+
+
+def _sum_by_pair(a: np.ndarray, b: np.ndarray, *values: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Sort the pairs ``(a, b)``, merge duplicates and sum each of ``values`` over them."""
+    if a.size == 0:
+        return a, b, list(values)
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    start = np.ones(a.size, dtype=bool)
+    start[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
     idx = np.flatnonzero(start)
-    return lo[idx], hi[idx], np.add.reduceat(length, idx)
+    return a[idx], b[idx], [np.add.reduceat(v[order], idx) for v in values]
 
 
 def _no_edges() -> tuple[np.ndarray, ...]:

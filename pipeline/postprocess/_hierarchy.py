@@ -42,9 +42,11 @@ import xarray as xr
 from numba import types
 from numba.typed import Dict, List
 
+from ._chunk_tasks import _sum_by_pair
+
 __all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_tasks",
            "cut_hierarchy", "leaf_perimeters", "majority_class", "reduce_contrast",
-           "region_index"]
+           "region_index", "region_stats", "region_table", "regions_of_leaves"]
 
 #: fixed-point bits of the border contrasts summed per chunk
 CONTRAST_BITS = 16
@@ -52,31 +54,16 @@ _ONE = float(2**CONTRAST_BITS)
 
 
 @numba.njit(cache=True, nogil=True)
-def _contrast_kernel(ids, feats, axes, offset, scale):  # pragma: no cover - compiled
+def _contrast_kernel(ids, feats, axes, offset, scale, ea, eb, ec, fill):  # pragma: no cover
     """Feature contrast across the faces between two leaves, along ``axes``.
 
     ``ids`` (z, y, x); a face is counted from its first voxel (the lower index) to the
-    next one along an axis whose flag in ``axes`` is set. Returns ``(a, b, contrast)``
-    per face, ``a < b``, the contrast in fixed point (``2**16``).
+    next one along an axis whose flag in ``axes`` is set. Returns the number of faces;
+    with ``fill``, also writes ``(a, b, contrast)`` per face into ``ea``, ``eb``,
+    ``ec`` (``a < b``, the contrast in fixed point, ``2**16``). Called once to count
+    (borders are a small part of a chunk), then once to fill buffers of that size.
     """
     nz, ny, nx = ids.shape
-    nf = feats.shape[0]
-    cap = 0  # first count the faces between leaves: borders are a small part of a chunk
-    for z in range(nz):
-        for y in range(ny):
-            for x in range(nx):
-                a = ids[z, y, x]
-                if a == 0:
-                    continue
-                if axes[0] and z + 1 < nz and ids[z + 1, y, x] != a and ids[z + 1, y, x] != 0:
-                    cap += 1
-                if axes[1] and y + 1 < ny and ids[z, y + 1, x] != a and ids[z, y + 1, x] != 0:
-                    cap += 1
-                if axes[2] and x + 1 < nx and ids[z, y, x + 1] != a and ids[z, y, x + 1] != 0:
-                    cap += 1
-    ea = np.empty(cap, dtype=np.int64)
-    eb = np.empty(cap, dtype=np.int64)
-    ec = np.empty(cap, dtype=np.int64)
     ne = 0
     for z in range(nz):
         for y in range(ny):
@@ -95,29 +82,17 @@ def _contrast_kernel(ids, feats, axes, offset, scale):  # pragma: no cover - com
                     b = ids[zz, yy, xx]
                     if b == a or b == 0:
                         continue
-                    c = 0.0
-                    for f in range(nf):
-                        d = ((np.float64(feats[f, z, y, x]) - offset[f]) / scale[f]
-                             - (np.float64(feats[f, zz, yy, xx]) - offset[f]) / scale[f])
-                        c += d * d
-                    ea[ne] = min(a, b)
-                    eb[ne] = max(a, b)
-                    ec[ne] = np.int64(np.rint(math.sqrt(c) * 65536.0))
+                    if fill:
+                        c = 0.0
+                        for f in range(feats.shape[0]):
+                            d = ((np.float64(feats[f, z, y, x]) - offset[f]) / scale[f]
+                                 - (np.float64(feats[f, zz, yy, xx]) - offset[f]) / scale[f])
+                            c += d * d
+                        ea[ne] = min(a, b)
+                        eb[ne] = max(a, b)
+                        ec[ne] = np.int64(np.rint(math.sqrt(c) * 65536.0))
                     ne += 1
-    return ea[:ne], eb[:ne], ec[:ne]
-
-
-def _combine(a: np.ndarray, b: np.ndarray, *values: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Sum the values of equal ``(a, b)`` pairs; pairs sorted."""
-    if a.size == 0:
-        return a, b, [v for v in values]
-    order = np.lexsort((b, a))
-    a, b = a[order], b[order]
-    start = np.ones(a.size, dtype=bool)
-    start[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    idx = np.flatnonzero(start)
-    return a[idx], b[idx], [np.add.reduceat(v[order], idx) for v in values]
+    return ne
 
 
 def _faces(ids: np.ndarray, feats: np.ndarray, axes: tuple[bool, ...], offset: np.ndarray,
@@ -127,8 +102,12 @@ def _faces(ids: np.ndarray, feats: np.ndarray, axes: tuple[bool, ...], offset: n
     ids3 = ids.reshape((1,) * lead + ids.shape).astype(np.int64, copy=False)
     f3 = np.ascontiguousarray(feats).reshape((feats.shape[0],) + ids3.shape)
     flags = np.array((False,) * lead + tuple(axes), dtype=np.bool_)
-    ea, eb, ec = _contrast_kernel(np.ascontiguousarray(ids3), f3, flags, offset, scale)
-    ea, eb, (ec, en) = _combine(ea, eb, ec, np.ones(ea.size, dtype=np.int64))
+    ids3 = np.ascontiguousarray(ids3)
+    none = np.empty(0, dtype=np.int64)
+    n = _contrast_kernel(ids3, f3, flags, offset, scale, none, none, none, False)
+    ea, eb, ec = (np.empty(n, dtype=np.int64) for _ in range(3))
+    _contrast_kernel(ids3, f3, flags, offset, scale, ea, eb, ec, True)
+    ea, eb, (ec, en) = _sum_by_pair(ea, eb, ec, np.ones(n, dtype=np.int64))
     return ea, eb, ec, en
 
 
@@ -207,7 +186,7 @@ def reduce_contrast(parts: list[tuple]) -> tuple[np.ndarray, ...]:
     """
     cat = [np.concatenate([p[k] for p in parts]) if parts else np.empty(0, np.int64)
            for k in range(4)]
-    a, b, (c, n) = _combine(cat[0], cat[1], cat[2], cat[3])
+    a, b, (c, n) = _sum_by_pair(cat[0], cat[1], cat[2], cat[3])
     return a, b, c, n
 
 
@@ -293,9 +272,15 @@ def _terms(i, cnt, ssq, per, blo, bhi, ndim):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _cost(i, j, slot, cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, shape,
-          compact, boundary, ndim):  # pragma: no cover - compiled
-    """Return the fusion cost of nodes ``i`` and ``j`` sharing the border of edge ``slot``."""
+def _cost(i, j, slot, nodes):  # pragma: no cover - compiled
+    """Return the fusion cost of nodes ``i`` and ``j`` sharing the border of edge ``slot``.
+
+    ``nodes``: the node and edge arrays and the criterion's weights, as
+    :func:`_merge_loop` packs them. Callers pass the lower node first, so a pair has
+    one cost, bit for bit, whichever side asks.
+    """
+    cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, shape, compact, boundary, \
+        ndim = nodes
     ni = cnt[i]
     nj = cnt[j]
     nm = ni + nj
@@ -395,6 +380,25 @@ def _remove(heap, pos, size, u, best_c, best_n):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _offer(u, g, c, best_c, best_n):  # pragma: no cover - compiled
+    """Make ``g``, at cost ``c``, the best neighbour of ``u`` where it beats the current."""
+    b = best_n[u]
+    if b < 0 or _less(c, min(u, g), max(u, g), best_c[u], min(u, b), max(u, b)):
+        best_c[u] = c
+        best_n[u] = g
+        return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _rescan(u, adj_u, nodes, best_c, best_n):  # pragma: no cover - compiled
+    """Find the best neighbour of ``u`` among all of its neighbours again."""
+    best_n[u] = -1
+    for g, e in adj_u.items():
+        _offer(u, g, _cost(min(u, g), max(u, g), e, nodes), best_c, best_n)
+
+
+@numba.njit(cache=True, nogil=True)
 def _merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, shape,
                 compact, boundary, ndim):  # pragma: no cover - compiled
     """Greedy merging, cheapest pair first; see :func:`build_hierarchy`.
@@ -421,15 +425,10 @@ def _merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, 
     heap = np.empty(total, dtype=np.int64)
     pos = np.full(total, -1, dtype=np.int64)
     size = 0
+    nodes = (cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, shape, compact,
+             boundary, ndim)
     for u in range(n):
-        for g, e in adj[u].items():
-            lo, hi = min(u, g), max(u, g)
-            c = _cost(lo, hi, e, cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz,
-                      shape, compact, boundary, ndim)
-            if best_n[u] < 0 or _less(c, lo, hi, best_c[u], min(u, best_n[u]),
-                                      max(u, best_n[u])):
-                best_c[u] = c
-                best_n[u] = g
+        _rescan(u, adj[u], nodes, best_c, best_n)
         if best_n[u] >= 0:
             heap[size] = u
             pos[u] = size
@@ -489,27 +488,12 @@ def _merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, 
             if j in ah:
                 ah.pop(j)
             ah[m] = e
-            ch = _cost(h, m, e, cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz,
-                       shape, compact, boundary, ndim)  # h < m: the lower node first
-            if best_n[m] < 0 or _less(ch, h, m, best_c[m], min(m, best_n[m]),
-                                      max(m, best_n[m])):
-                best_c[m] = ch
-                best_n[m] = h
+            ch = _cost(h, m, e, nodes)  # h < m: the lower node first
+            _offer(m, h, ch, best_c, best_n)
             if best_n[h] == i or best_n[h] == j:  # its best is gone: look again
-                best_n[h] = -1
-                for g, eg in ah.items():
-                    lo, hi = min(h, g), max(h, g)
-                    cg = ch if g == m else _cost(lo, hi, eg, cnt, mu, ssq, per, blo, bhi,
-                                                 elen, esum, epair, baatz, shape, compact,
-                                                 boundary, ndim)
-                    if best_n[h] < 0 or _less(cg, lo, hi, best_c[h], min(h, best_n[h]),
-                                              max(h, best_n[h])):
-                        best_c[h] = cg
-                        best_n[h] = g
+                _rescan(h, ah, nodes, best_c, best_n)
                 _sift(heap, pos, size, pos[h], best_c, best_n)
-            elif _less(ch, h, m, best_c[h], min(h, best_n[h]), max(h, best_n[h])):
-                best_c[h] = ch
-                best_n[h] = m
+            elif _offer(h, m, ch, best_c, best_n):
                 _sift(heap, pos, size, pos[h], best_c, best_n)
         if best_n[m] >= 0:
             heap[size] = m
@@ -630,15 +614,8 @@ def _roots(parent, n):  # pragma: no cover - compiled
 def majority_class(klass: np.ndarray, count: np.ndarray, group: np.ndarray,
                    n_groups: int) -> np.ndarray:
     """Class covering most pixels of each group (ties: the lowest class ID)."""
-    kl = klass.astype(np.int64)
-    g = group.astype(np.int64)
-    order = np.lexsort((kl, g))
-    g, kl, c = g[order], kl[order], count.astype(np.int64)[order]
-    start = np.ones(g.size, dtype=bool)
-    start[1:] = (g[1:] != g[:-1]) | (kl[1:] != kl[:-1])
-    idx = np.flatnonzero(start)
-    sums = np.add.reduceat(c, idx) if idx.size else c
-    gg, kk = g[idx], kl[idx]
+    gg, kk, (sums,) = _sum_by_pair(group.astype(np.int64), klass.astype(np.int64),
+                                   count.astype(np.int64))
     # per group: the largest sum, then the lowest class (sorted by class already)
     best = np.lexsort((kk, -sums, gg))
     first = np.ones(best.size, dtype=bool)
@@ -648,19 +625,49 @@ def majority_class(klass: np.ndarray, count: np.ndarray, group: np.ndarray,
     return out
 
 
+def region_stats(stats: Any, region: np.ndarray, n_regions: int) -> Any:
+    """Return the regions' :class:`SegmentStats`; ``region[i]`` is leaf ``i + 1``'s.
+
+    Reduced exactly from the leaves'; a region's class is the class covering most of
+    its pixels (ties: the lowest class ID).
+    """
+    group = np.asarray(region, dtype=np.int64) - 1
+    out = stats.reduce(group, n_regions)
+    out.klass = majority_class(stats.klass, stats.count, group, n_regions)
+    return out
+
+
+def region_table(region: np.ndarray, n_regions: int) -> np.ndarray:
+    """Lookup table leaf ID -> region ID (index 0, nodata, stays 0)."""
+    from ._resolve import segment_dtype
+
+    return np.concatenate([[0], region]).astype(segment_dtype(n_regions))
+
+
+def _lookup(block: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return table[block]
+
+
+def regions_of_leaves(leaves: xr.DataArray, region: np.ndarray, n_regions: int
+                      ) -> xr.DataArray:
+    """Return the region raster (lazy): the leaf raster through :func:`region_table`.
+
+    The run and ``tileseg cut`` both write it so: one lookup a chunk, no labelling.
+    """
+    table = region_table(region, n_regions)
+    data = leaves.data if isinstance(leaves.data, da.Array) else da.asarray(leaves.data)
+    return leaves.copy(data=da.map_blocks(_lookup, data, table, dtype=table.dtype))
+
+
 def region_index(index: Any, region: np.ndarray, n_regions: int) -> Any:
     """Return the regions' :class:`SegmentIndex`; ``region[i]`` is leaf ``i + 1``'s region.
 
-    Statistics are reduced exactly from the leaves'; a region's class is the class
-    covering most of its pixels (ties: the lowest class ID). The lookup tables are
-    composed, so the region raster is one lazy relabelling of the class map.
+    Statistics from :func:`region_stats`; the lookup tables composed with
+    :func:`region_table`.
     """
-    from ._resolve import SegmentIndex, segment_dtype
+    from ._resolve import SegmentIndex
 
-    group = np.asarray(region, dtype=np.int64) - 1
-    stats = index.stats.reduce(group, n_regions)
-    stats.klass = majority_class(index.stats.klass, index.stats.count, group, n_regions)
-    table = np.concatenate([[0], region]).astype(segment_dtype(n_regions))
-    luts = [table[lut] for lut in index.luts]
-    return SegmentIndex(stats=stats, luts=luts, edges=None, chunks=index.chunks,
-                        connectivity=index.connectivity)
+    table = region_table(region, n_regions)
+    return SegmentIndex(stats=region_stats(index.stats, region, n_regions),
+                        luts=[table[lut] for lut in index.luts], edges=None,
+                        chunks=index.chunks, connectivity=index.connectivity)

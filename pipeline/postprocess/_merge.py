@@ -215,20 +215,19 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
     min_pixels : int
         Segments with fewer pixels are merged; at most the ``min_pixels`` the
         adjacency was collected with.
-
     keep_edges : bool
         Return the adjacency of the merged segments (lengths added up), for an index
         whose edges are every contact (``min_pixels`` of :func:`segment_tasks` at
         least the largest segment, as region merging collects them).
+    n_similar : int, optional
+        Only the first ``n_similar`` summed features measure similarity; the others are
+        carried along (summed) only (region merging sums the squared features too).
 
     Returns
     -------
     SegmentIndex
         New statistics, lookup tables composed with the merge, and no edges (unless
         ``keep_edges``).
-    n_similar : int, optional
-        Only the first ``n_similar`` summed features measure similarity; the others are
-        carried along (summed) only (region merging sums the squared features too).
 
     Raises
     ------

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,12 @@ def cut_output(output: str | os.PathLike[str], *, regions: int | None = None,
     from .._lock import output_lock
     from ..config import parse_config
     from ..io import LabelWriter
-    from ..postprocess._hierarchy import Hierarchy, cut_hierarchy, majority_class
+    from ..postprocess._hierarchy import (
+        Hierarchy,
+        cut_hierarchy,
+        region_stats,
+        regions_of_leaves,
+    )
     from ._open import open_input
     from ._segments import table_of
     from ._write import Progress, store_rasters
@@ -78,9 +84,6 @@ def cut_output(output: str | os.PathLike[str], *, regions: int | None = None,
         hierarchy = Hierarchy.from_frame(frame, int(attrs["n_leaves"]))
         k = hierarchy.n_merges(regions, threshold)
         region, n_regions = cut_hierarchy(hierarchy, k)
-        group = region - 1
-        region_stats = stats.reduce(group, n_regions)
-        region_stats.klass = majority_class(stats.klass, stats.count, group, n_regions)
         try:
             opened = open_input(config, summarise=False)
         except PipelineError as exc:
@@ -89,22 +92,18 @@ def cut_output(output: str | os.PathLike[str], *, regions: int | None = None,
         if template.shape != leaves.shape:
             raise CutError(f"{config.input}: shape {template.shape} differs from the "
                            f"hierarchy's leaves {leaves.shape}; the input changed")
-        from ..postprocess._resolve import segment_dtype
-
-        table = np.concatenate([[0], region]).astype(segment_dtype(n_regions))
-        ids = leaves.map_blocks(lambda b: table[b], dtype=table.dtype)
         coords = {n: c for n, c in template.coords.items()}
-        raster = xr.DataArray(ids, dims=template.dims, coords=coords, name="segments")
-        raster = raster.rio.write_nodata(0, encoded=False)
-
-        class _Model:  # the units the leaves' means were summed in
-            feature_names = list(attrs["feature_names"])
-            mean = np.asarray(attrs["offset"])
-            scale = np.asarray(attrs["scale"])
-
+        leaf_raster = xr.DataArray(leaves, dims=template.dims, coords=coords,
+                                   name="segments").rio.write_nodata(0, encoded=False)
+        raster = regions_of_leaves(leaf_raster, region, n_regions)
+        # the names and units the leaves' means were summed in
+        units = SimpleNamespace(feature_names=list(attrs["feature_names"]),
+                                mean=np.asarray(attrs["offset"]),
+                                scale=np.asarray(attrs["scale"]))
         geometry = opened.geometry
         transform = None if geometry.is_volume else template.rio.transform()
-        frame_out = table_of(region_stats, _Model, geometry, transform)
+        frame_out = table_of(region_stats(stats, region, n_regions), units, geometry,
+                             transform)
         staging = out / f".cut.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
@@ -112,7 +111,7 @@ def cut_output(output: str | os.PathLike[str], *, regions: int | None = None,
             writer = LabelWriter(staging, raster, nodata=0, stem="segments",
                                  formats=opened.formats, geometry=geometry)
             store_rasters({"segments": raster}, {"segments": writer}, None,
-                          Progress(ids.npartitions, "cut", False))
+                          Progress(raster.data.npartitions, "cut", False))
             files = writer.close()
             frame_out.to_parquet(staging / "segments.parquet", index=False)
             files.append(staging / "segments.parquet")

@@ -38,6 +38,7 @@ class MergedRegions:
     """The hierarchy, where it was cut, and the regions' index."""
 
     hierarchy: Any = field(repr=False)  # postprocess._hierarchy.Hierarchy
+    region: np.ndarray = field(repr=False)  # region of each leaf (leaf ID - 1), 1-based
     regions: Any = field(repr=False)  # SegmentIndex of the regions
     n_merges: int
     criterion: str
@@ -89,7 +90,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     seconds = time.perf_counter() - t
     log.info("merge: %d leaves, %d merges (%s), %d regions", leaves.n_segments, k,
              cfg.criterion, n_regions)
-    return MergedRegions(hierarchy, regions, k, cfg.criterion, seconds, model)
+    return MergedRegions(hierarchy, region, regions, k, cfg.criterion, seconds, model)
 
 
 def save_hierarchy(merged: MergedRegions, leaves: Any, staging: Path) -> list[Path]:

@@ -91,6 +91,7 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
         resolve_segments,
         segment_tasks,
     )
+    from ..postprocess._hierarchy import regions_of_leaves
     from ._merge_regions import region_merge
 
     t = time.perf_counter()
@@ -134,15 +135,10 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     if min_px is not None:
         index = merge_small_segments(index, min_px, keep_edges=pp.merge is not None,
                                      n_similar=n_features)
-    ssq = None
-    if index.stats.hi.shape[1] > n_features:  # the squared features: within sums of squares
-        means = index.stats.means()
-        count = index.stats.count.astype(np.float64)[:, None]
-        ssq = np.maximum(count * (means[:, n_features:] - means[:, :n_features] ** 2), 0.0)
-        index = dataclasses.replace(index, stats=index.stats.first_features(n_features))
+    index, ssq = split_squares(index, n_features)
     class_map = labels if read_back is None else read_back()
     summary: dict[str, Any] = {"connectivity": index.connectivity, "found": n_found,
-               "min_pixels": min_px, "segments": index.n_segments}
+                               "min_pixels": min_px, "segments": index.n_segments}
     log.info("segments: %d found, %d after merging below %s pixels", n_found,
              index.n_segments, min_px)
     hierarchy = leaves = None
@@ -153,7 +149,11 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
         index = hierarchy.regions
         summary["merge"] = hierarchy.summary()
         summary["segments"] = index.n_segments
-    rasters["segments"] = relabel_segments(class_map, index)
+        # the regions from the leaf raster (one lookup a chunk), as tileseg cut does
+        rasters["segments"] = regions_of_leaves(rasters["leaves"], hierarchy.region,
+                                                index.n_segments)
+    else:
+        rasters["segments"] = relabel_segments(class_map, index)
     table = table_of(index.stats, model, geometry, transform)
     # with `along`, the pass itself counts as writing: only resolving is "segments"
     timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
@@ -176,6 +176,20 @@ def squared_too(features: xr.DataArray, mean: Any, scale: Any
     both = xr.DataArray(da.concatenate([data, squares], axis=0), dims=features.dims)
     return (both, np.concatenate([np.asarray(mean, np.float64), np.zeros(nf)]),
             np.concatenate([np.asarray(scale, np.float64), np.ones(nf)]))
+
+
+def split_squares(index: Any, n_features: int) -> tuple[Any, np.ndarray | None]:
+    """Take :func:`squared_too`'s sums off ``index``: ``(index, within sums of squares)``.
+
+    ``n * (mean(z^2) - mean(z)^2)`` per leaf and feature, from the exact sums;
+    ``None`` (and ``index`` as it is) where no squares were summed.
+    """
+    if index.stats.hi.shape[1] <= n_features:
+        return index, None
+    means = index.stats.means()
+    count = index.stats.count.astype(np.float64)[:, None]
+    ssq = np.maximum(count * (means[:, n_features:] - means[:, :n_features] ** 2), 0.0)
+    return dataclasses.replace(index, stats=index.stats.first_features(n_features)), ssq
 
 
 def table_of(stats: Any, model: Any, geometry: Geometry, transform: Any) -> Any:
