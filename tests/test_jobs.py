@@ -312,7 +312,7 @@ def test_worker_killed_mid_run_is_rescheduled(cfg, tmp_path):
     c = cfg(output="procs", formats=["cog"],
             compute={"scheduler": "processes", "n_workers": 2})
     p = _start(c, "-q")
-    _wait_for(tmp_path / ".procs.partial" / "output" / ".labels.tiled.tif", p)
+    _wait_for(tmp_path / ".procs.partial" / "output" / ".labels.tiles", p)
     # the workers: forked by the forkserver (a process with children), no tracker
     workers = [k for k in psutil.Process(p.pid).children(recursive=True)
                if not k.children() and "resource_tracker" not in " ".join(k.cmdline())]
@@ -329,7 +329,7 @@ def test_sigterm_closes_the_workers_of_a_local_cluster(cfg, tmp_path):
 
     c = cfg(formats=["cog"], compute={"scheduler": "processes", "n_workers": 2})
     p = _start(c, "-q")
-    _wait_for(tmp_path / ".out.partial" / "output" / ".labels.tiled.tif", p)
+    _wait_for(tmp_path / ".out.partial" / "output" / ".labels.tiles", p)
     kids = psutil.Process(p.pid).children(recursive=True)
     os.kill(p.pid, signal.SIGTERM)
     _, err = p.communicate(timeout=60)

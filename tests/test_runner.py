@@ -81,6 +81,8 @@ def test_threads_and_local_cluster_are_bit_identical(tmp_path, big_scene):
     assert _model_core(a.output) == _model_core(b.output)
     # the workers write the Zarr chunks and count the classes themselves
     assert a.report["classes"] == b.report["classes"]
+    # and encode the COG's tiles (chunks of 300 straddle them): GDAL's file, byte for byte
+    assert (a.output / "labels.tif").read_bytes() == (b.output / "labels.tif").read_bytes()
 
 
 def _kernels_loaded() -> bool:

@@ -204,9 +204,10 @@ def test_worker_side_zarr_writes_skip_the_empty_chunk_check(tmp_path):
     w = LabelWriter(tmp_path, template, nodata=255, n_classes=6, formats=("zarr",))
     remote = w.remote(shared=True)
     for r in _regions(template):
-        block, hist = store_part(labels[r], r, remote)
-        assert block is None  # the chunk is written: nothing to send back
-        w.add(r, block, hist)
+        part = store_part(labels[r], r, remote)
+        assert part.tiles is None  # no COG
+        assert part.block is None  # the chunk is written: nothing to send back
+        w.add(r, part.block, part.hist)
     array = _open_stores[remote["zarr"]]
     if hasattr(array, "with_config"):
         assert array.config.write_empty_chunks is ZARR_WRITE_CONFIG["write_empty_chunks"]

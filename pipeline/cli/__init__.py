@@ -42,6 +42,11 @@ class _Group(click.Group):
             hint = ctx.meta.get("tileseg.resume")
             click.echo(f"tileseg: interrupted by {name}"
                        + (f"; continue with `{hint}`" if hint else ""), err=True)
+            # a write stopped inside zarr's event loop leaves coroutines that Python
+            # reports, at exit, as "never awaited": the one line above says it all
+            import warnings
+
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
             sys.exit(128 + signum)
 
 

@@ -18,8 +18,9 @@ import shutil
 import threading
 import uuid
 import warnings
+import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numba
 import numpy as np
@@ -27,6 +28,7 @@ import xarray as xr
 
 from ..errors import writing
 from ._cog import CogStream
+from ._cog_tiles import TileAssembler, TileGrid, block_tiles
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
@@ -101,6 +103,11 @@ class LabelWriter:
         differencing does not shrink: the COG of 16384^2 uint8 classes came out 12 %
         larger with it, and encoding uint32 segment IDs took 3.98 s with it against
         1.32 s without (files 31 and 28 MiB).
+    assembled : bool
+        Write the COG from encoded tiles (:mod:`._cog_tiles`) instead of streaming
+        blocks and encoding them at the end: for blocks computed on a cluster, whose
+        workers encode their tiles (:meth:`remote`), so that no block comes back to
+        this process for the COG. The file is the same, byte for byte.
 
     Notes
     -----
@@ -123,6 +130,7 @@ class LabelWriter:
         class_names: list[str] | None = None,
         readable: bool = False,
         reopen: bool = False,
+        assembled: bool = False,
     ) -> None:
         self.directory = Path(directory)
         #: a resume's :class:`~pipeline.stages._resume.Ledger`: each Zarr chunk written
@@ -139,6 +147,7 @@ class LabelWriter:
         self._token = uuid.uuid4().hex  # names this store in the workers' handle cache
         self._lock = threading.Lock()
         self._cog: CogStream | None = None
+        self._tiles: TileAssembler | None = None
         self._zarr: Any = None
         self._chunks = template.chunks or tuple((n,) for n in template.shape)
         self._chunk_side = max(self._chunks[-2][0], self._chunks[-1][0])
@@ -150,7 +159,13 @@ class LabelWriter:
         self._streams_kept = False  # the finished stream and overviews are still on disk
         self._finished = False  # every block written: read_back may read the raster
         self._encoded = False  # the COG is written
-        if "cog" in self.formats:
+        if "cog" in self.formats and assembled:
+            height, width = template.shape
+            self._tiles = TileAssembler(
+                self.directory / f"{stem}.tif",
+                TileGrid.of(height, width, self.dtype, nodata, predictor), template,
+                None if n_classes is None else self.colormap())
+        elif "cog" in self.formats:
             self._cog = CogStream(
                 self.directory, stem, template, dtype=self.dtype, nodata=nodata,
                 chunk_side=self._chunk_side, predictor=predictor,
@@ -163,7 +178,7 @@ class LabelWriter:
             with writing(self._zarr_path):
                 self._zarr = (reopen and self._reopen_zarr(template)) \
                     or self._create_zarr(template)
-        elif readable and self._cog is None:
+        elif readable and self._cog is None and self._tiles is None:
             self._zarr_path = self.directory / f".{self.stem}.readback.zarr"
             self._zarr_hidden = True
             with writing(self._zarr_path):
@@ -290,10 +305,11 @@ class LabelWriter:
         """Return what a worker needs to do its share of a block (:func:`store_part`).
 
         Workers write the block's Zarr chunk themselves (chunks are separate files,
-        so no lock is needed) and count its classes; only the blocks the GeoTIFF
-        needs travel back to this process, which owns the GeoTIFF handle. Workers
-        that do not share this machine's files (``shared=False``: a remote cluster)
-        send every block back, and this process writes the Zarr chunks too.
+        so no lock is needed), count its classes and, for an ``assembled`` COG,
+        encode its tiles; only what this process must write travels back: encoded
+        tiles, or the blocks of a streamed GeoTIFF and of the other formats' sinks.
+        Workers that do not share this machine's files (``shared=False``: a remote
+        cluster) send every block back, and this process writes the Zarr chunks too.
         """
         remote_zarr = shared and self._zarr is not None
         # absolute: a worker of a cluster on a shared file system runs elsewhere
@@ -301,32 +317,42 @@ class LabelWriter:
                 if remote_zarr else None,
                 "tif": (self._streaming() or bool(self._sinks)
                         or (self._zarr is not None and not remote_zarr)),
+                "cog": None if self._tiles is None else self._tiles.grid,
                 "n_classes": self.n_classes,  # None: no counts (an ID raster)
                 "nodata": self.nodata}
 
     def add(self, region: tuple[slice, ...], block: np.ndarray | None,
             hist: np.ndarray | None, *, zarr_written: bool = True,
-            sinks_written: bool = False, record: bool = True) -> None:
+            sinks_written: bool = False, record: bool = True, tiles: Any = None,
+            checksum: int | None = None) -> None:
         """Record a block: its GeoTIFF tiles, its Zarr chunk unless written, its counts.
 
         Blocks that come back from workers (``sinks_written`` false) also go to the
         other formats' sinks here. With a :attr:`ledger`, the block's Zarr chunk is
         recorded once written (``record``: false for a chunk a resume reuses).
+        ``tiles``: the block's COG tiles, encoded by a worker (:func:`store_part`);
+        an ``assembled`` COG's tiles are cut from ``block`` here where not given.
+        ``checksum``: the CRC-32 of a block a worker wrote and kept (for the ledger).
         """
         if not zarr_written and self._zarr is not None:
             with writing(self._zarr_path):
                 self._zarr[region] = block
         if record and self.ledger is not None and self._zarr is not None \
-                and block is not None:
-            self.ledger.record(self.stem, region, block)
+                and (block is not None or checksum is not None):
+            self.ledger.record(self.stem, region, block if checksum is None else checksum)
         if not sinks_written and block is not None:
             for sink in self._sinks:
                 with writing(_sink_path(sink)):
                     sink[region] = block
+        if self._tiles is not None and tiles is None and block is not None:
+            tiles = block_tiles(block, region, self._tiles.grid)  # encoded outside the lock
         with self._lock:
             if self._cog is not None and self._cog.streaming:
                 assert block is not None  # remote() asks the GeoTIFF's blocks back
                 self._cog.write(region, block)
+            if tiles is not None:
+                assert self._tiles is not None
+                self._tiles.add(tiles)
             if hist is not None:
                 self.counts += hist
             self.blocks_written += 1
@@ -341,6 +367,9 @@ class LabelWriter:
         if self._cog is not None and self._cog.streaming:
             self._cog.close_files()
             self._streams_kept = True
+        if self._tiles is not None and self._tiles.open:
+            self._tiles.finish()  # the COG itself: its tiles are encoded already
+            self._encoded = True
         self._finished = True
 
     def encode_cog(self, *, keep_streams: bool = False, threads: int | None = None) -> None:
@@ -402,7 +431,8 @@ class LabelWriter:
     @property
     def readable(self) -> bool:
         """Whether :meth:`read_back` can read the raster (a COG or a Zarr store, maybe hidden)."""
-        return self._cog is not None or self._zarr_path.exists()
+        return (self._cog is not None or self._tiles is not None
+                or self._zarr_path.exists())
 
     def read_back(self) -> Any:
         """Return the finished raster, read back lazily: a Dask array chunked as given.
@@ -417,10 +447,11 @@ class LabelWriter:
 
         if not self._finished:
             raise RuntimeError(f"{self.stem}: close the writer before reading it back")
-        if self._cog is not None:
+        if self._cog is not None or self._tiles is not None:
             from ._read import open_image
 
-            path = self._cog.stream_path if self._streams_kept else self._cog.path
+            path = (self._cog.stream_path if self._cog is not None and self._streams_kept
+                    else self.directory / f"{self.stem}.tif")
             image = open_image(path, chunks=self._chunk_side)
             return image.data[0].rechunk(self._chunks)
         return da.from_zarr(str(self._zarr_path), component=self.stem, chunks=self._chunks)
@@ -431,6 +462,8 @@ class LabelWriter:
             assert self._cog is not None
             with contextlib.suppress(Exception):  # a full disk fails the flush again
                 self._cog.close_files()
+        if self._tiles is not None:
+            self._tiles.abort()
         self._zarr = None
         for sink in self._sinks:
             sink.abort()
@@ -481,12 +514,26 @@ def _class_counts(block: np.ndarray, n_classes: int, nodata: int) -> np.ndarray:
 _open_stores: dict[tuple[str, str, str], Any] = {}
 
 
+def crc(block: np.ndarray) -> int:
+    """CRC-32 of a block's bytes (a resume's ledger checks its Zarr chunks with it)."""
+    return zlib.crc32(np.ascontiguousarray(block).data) & 0xFFFFFFFF
+
+
+class BlockShare(NamedTuple):
+    """What :func:`store_part` sends back to the writer's process for one block."""
+
+    block: np.ndarray | None  # the block, where that process writes it
+    hist: np.ndarray | None  # pixels per class (class maps)
+    tiles: Any  # the encoded COG tiles (:class:`~._cog_tiles.BlockTiles`), or None
+    checksum: int | None  # CRC-32 of a Zarr chunk written here (a resume's ledger)
+
+
 def store_part(block: np.ndarray, region: tuple[slice, ...], remote: dict[str, Any]
-               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+               ) -> BlockShare:
     """Do a worker's share of writing one block (see :meth:`LabelWriter.remote`).
 
-    Writes the Zarr chunk, counts the classes, and returns what the writer's process
-    still needs: the block when it writes a GeoTIFF (else ``None``) and the counts.
+    Writes the Zarr chunk, counts the classes, encodes the COG tiles, and returns
+    what the writer's process still needs (:class:`BlockShare`).
     """
     block = np.asarray(block)
     if remote["zarr"] is not None:
@@ -503,7 +550,11 @@ def store_part(block: np.ndarray, region: tuple[slice, ...], remote: dict[str, A
             _open_stores[remote["zarr"]] = array
         with writing(remote["zarr"][0]):
             array[region] = block
+        checksum = crc(block)
+    else:
+        checksum = None
     hist = None
     if remote["n_classes"] is not None:
         hist = _class_counts(block, remote["n_classes"], remote["nodata"])
-    return (block if remote["tif"] else None), hist
+    tiles = None if remote.get("cog") is None else block_tiles(block, region, remote["cog"])
+    return BlockShare(block if remote["tif"] else None, hist, tiles, checksum)

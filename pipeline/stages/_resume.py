@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..io._write import crc
 
 __all__ = ["Ledger", "Manifest", "Resumed", "config_record", "input_fingerprint",
            "region_key", "start_manifest"]
@@ -166,10 +166,6 @@ def region_key(region: Iterable[slice]) -> tuple[tuple[int, int], ...]:
     return tuple((int(s.start), int(s.stop)) for s in region)
 
 
-def crc(block: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(block).data) & 0xFFFFFFFF
-
-
 @dataclass
 class Ledger:
     """The chunks written so far: appended as they are written, read by a resume."""
@@ -201,10 +197,11 @@ class Ledger:
                 continue
         return cls(path, previous)
 
-    def record(self, raster: str, region: tuple[slice, ...], block: np.ndarray) -> None:
-        """Append the line of a chunk whose write has returned."""
+    def record(self, raster: str, region: tuple[slice, ...], block: np.ndarray | int
+               ) -> None:
+        """Append the line of a chunk whose write has returned (its block, or its CRC)."""
         line = json.dumps({"raster": raster, "region": [list(r) for r in region_key(region)],
-                           "crc32": crc(block)}) + "\n"
+                           "crc32": block if isinstance(block, int) else crc(block)}) + "\n"
         with self._lock:
             if self._file is None:
                 self._file = open(self.path, "a")  # noqa: SIM115 - closed by close()

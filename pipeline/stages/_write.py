@@ -87,7 +87,7 @@ def _regions(arr: da.Array) -> list[tuple[slice, ...]]:
 
 
 def _store_parts(blocks: list[np.ndarray], region: tuple[slice, ...],
-                 remotes: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+                 remotes: list[dict[str, Any]]) -> list[Any]:
     """On a worker: each raster's share of writing its block (``store_part``)."""
     return [store_part(b, region, r) for b, r in zip(blocks, remotes, strict=True)]
 
@@ -199,8 +199,9 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     submit_batch()
     for fut in futures:
         region = where.pop(fut.key)
-        for name, remote, (block, hist) in zip(names, remotes, fut.result(), strict=True):
-            writers[name].add(region, block, hist, zarr_written=remote["zarr"] is not None)
+        for name, remote, part in zip(names, remotes, fut.result(), strict=True):
+            writers[name].add(region, part.block, part.hist, tiles=part.tiles,
+                              zarr_written=remote["zarr"] is not None, checksum=part.checksum)
         progress.update()
         fut.release()
         if pending and len(where) <= batch // 2:
@@ -209,11 +210,13 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
 
 def make_writer(ctx: RunContext, model: Any, staging: Path, name: str,
                 arr: xr.DataArray, *, readable: bool = False,
-                ledger: Ledger | None = None) -> LabelWriter:
+                ledger: Ledger | None = None, assembled: bool = False) -> LabelWriter:
     """Return the writer of raster ``name``: the run's formats, the input's geometry.
 
     ``readable``: the raster is read back after its pass (the class map of a one-pass
     segments run), from a hidden Zarr store when no format of the run can be read.
+    ``assembled``: its blocks are computed on a cluster, whose workers encode the
+    COG's tiles (:class:`~pipeline.io.LabelWriter`).
     ``ledger``: records the Zarr chunks written; one with a killed run's lines reopens
     that run's store (``--resume``).
     """
@@ -224,7 +227,8 @@ def make_writer(ctx: RunContext, model: Any, staging: Path, name: str,
                          geometry=ctx.opened.geometry,
                          class_names=list(model.class_names), readable=readable,
                          predictor=name == "confidence",  # a measured value
-                         reopen=ledger is not None and bool(ledger.previous))
+                         reopen=ledger is not None and bool(ledger.previous),
+                         assembled=assembled)
     writer.ledger = ledger
     return writer
 
@@ -311,8 +315,10 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
     labels = rasters["labels"]
     t = time.perf_counter()
     resuming = ledger is not None and bool(ledger.previous)
+    # on a cluster the workers encode the COGs' tiles: no block comes back for them
     writers = {name: make_writer(ctx, model, staging, name, arr,
-                                 readable=one_pass and name == "labels", ledger=ledger)
+                                 readable=one_pass and name == "labels", ledger=ledger,
+                                 assembled=ctx.client is not None and not one_pass)
                for name, arr in rasters.items()}
     cog_wait = 0.0  # waiting for COGs encoded in the background, after the passes
     bar = Progress(labels.data.npartitions, "label+write", ctx.progress)
