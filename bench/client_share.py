@@ -8,7 +8,12 @@ included) over the run, per megapixel. The client's share says how many workers 
 client can drive before it becomes the bottleneck (share s: about 1/s workers)::
 
     python bench/client_share.py --size 8192 --workers 2
-    python bench/client_share.py --size 4096 --formats zarr   # no GeoTIFF stream
+    python bench/client_share.py --size 4096 --formats zarr   # no GeoTIFF
+    python bench/client_share.py --size 16384 --chunks 2048   # a quarter of the blocks
+
+The client's CPU has a fixed part (imports, the fit on the sample) and a part per
+block; run two sizes and compare the differences (the marginal share) to see what
+one more megapixel costs the client against the workers.
 
 Prints one JSON line and saves it under bench/out/.
 """
@@ -53,6 +58,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--formats", default="cog", help="comma-separated, e.g. cog,zarr")
     ap.add_argument("--segments", action="store_true", help="with segments and min_size 16")
+    ap.add_argument("--chunks", type=int, default=None, help="chunk side (default: tileseg's)")
     args = ap.parse_args()
     scene, _ = ensure_scene(SceneParams(size=args.size, tile=512))
     work = Path(tempfile.mkdtemp(prefix="tileseg-client-share-"))
@@ -78,6 +84,8 @@ def main() -> None:
                "cluster": {"method": "kmeans", "k": 8, "seed": 0},
                "formats": args.formats.split(","),
                "compute": {"scheduler_file": str(sched_file)}}
+        if args.chunks:
+            cfg["chunks"] = args.chunks
         if args.segments:
             cfg["postprocess"] = {"segments": {"connectivity": 8}, "min_size": 16}
         (work / "c.json").write_text(json.dumps(cfg))
@@ -100,6 +108,7 @@ def main() -> None:
         w_cpu = _cpu([worker.pid]) - w0
         mpix = args.size * args.size / 1e6
         res = {"size": args.size, "workers": args.workers, "formats": args.formats,
+               "chunks": args.chunks,
                "segments": args.segments, "rc": client.returncode, "wall_s": round(wall, 2),
                "client_cpu_s": round(c_cpu, 2), "workers_cpu_s": round(w_cpu, 2),
                "client_cpu_ms_per_mpix": round(1000 * c_cpu / mpix, 2),
@@ -108,7 +117,8 @@ def main() -> None:
                "load_avg": os.getloadavg()[0]}
         print(json.dumps(res))
         OUT.mkdir(parents=True, exist_ok=True)
-        name = f"client-share-{args.size}-{args.workers}w-{args.formats.replace(',', '+')}"
+        name = (f"client-share-{args.size}-{args.workers}w-{args.formats.replace(',', '+')}"
+                + (f"-c{args.chunks}" if args.chunks else ""))
         (OUT / f"{name}.json").write_text(json.dumps(res, indent=2))
     finally:
         for p in (worker, sched):

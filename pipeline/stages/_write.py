@@ -165,6 +165,9 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
                         compute=compute)
     if not compute:
         raise ValueError("compute=False needs the threaded scheduler")
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.optimization import cull
+    from dask.utils import ensure_dict
     from distributed import as_completed
 
     regions = _regions(arrays[0])
@@ -185,21 +188,27 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     # sent while half of the previous one is still running, so workers never idle and
     # at most about two batches of label blocks wait in worker memory.
     batch = 8 * max(1, len(client.scheduler_info().get("workers", {})))
-    pending = list(zip(regions, blocks, strict=True))[::-1]
-    futures = as_completed()
+    pending = list(zip(regions, [b.key for b in blocks], strict=True))[::-1]
+    # results fetched by the event loop as tasks finish, not one blocking call each
+    futures = as_completed(with_results=True)
     where: dict[str, tuple[slice, ...]] = {}
+    # the whole graph as one dict, once: each batch is culled from it by walking
+    # back from its own keys (client.compute culls the whole graph for every batch:
+    # 0.09 s of the client's CPU a batch at 16384^2, 0.42 s at 49152^2)
+    graph = ensure_dict(HighLevelGraph.merge(*(b.dask for b in blocks)))
 
     def submit_batch() -> None:
         take = [pending.pop() for _ in range(min(batch, len(pending)))]
-        for (region, _), fut in zip(take, client.compute([b for _, b in take]),
+        keys = [k for _, k in take]
+        for (region, _), fut in zip(take, client.get(cull(graph, keys)[0], keys, sync=False),
                                     strict=True):
             where[fut.key] = region
             futures.add(fut)
 
     submit_batch()
-    for fut in futures:
+    for fut, result in futures:
         region = where.pop(fut.key)
-        for name, remote, part in zip(names, remotes, fut.result(), strict=True):
+        for name, remote, part in zip(names, remotes, result, strict=True):
             writers[name].add(region, part.block, part.hist, tiles=part.tiles,
                               zarr_written=remote["zarr"] is not None, checksum=part.checksum)
         progress.update()
