@@ -144,17 +144,17 @@ def _combine_kernel(lo, hi, length, n):  # pragma: no cover - compiled
     for i in range(n + 1):
         ptr[i + 1] += ptr[i]
     fill = ptr.copy()
-    bucket_hi = np.empty(m, dtype=np.int64)
-    bucket_len = np.empty(m, dtype=np.int64)
+    bucket_hi = np.empty(m, dtype=hi.dtype)
+    bucket_len = np.empty(m, dtype=length.dtype)
     for e in range(m):
         k = fill[lo[e]]
         bucket_hi[k] = hi[e]
         bucket_len[k] = length[e]
         fill[lo[e]] += 1
     pos = np.full(n + 1, -1, dtype=np.int64)
-    out_a = np.empty(m, dtype=np.int64)
-    out_b = np.empty(m, dtype=np.int64)
-    out_l = np.empty(m, dtype=np.int64)
+    out_a = np.empty(m, dtype=lo.dtype)  # the input's integer types (32-bit IDs stay so)
+    out_b = np.empty(m, dtype=hi.dtype)
+    out_l = np.empty(m, dtype=length.dtype)
     k = 0
     for a in range(1, n + 1):
         start = k

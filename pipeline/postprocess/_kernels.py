@@ -378,8 +378,15 @@ def _reduce_kernel(group, n, klass, first, count, rmin, rmax, cmin, cmax, hi,  #
 
     A group's class is the class of its member with the smallest first pixel.
     """
+    out = _reduce_empty(n, hi.shape[1])
+    _reduce_add(group, klass, first, count, rmin, rmax, cmin, cmax, hi, lo, *out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce_empty(n, nf) -> PieceArrays:  # pragma: no cover - compiled
+    """Empty statistics of ``n`` groups, for :func:`_reduce_add` to add rows to."""
     big = np.iinfo(np.int64).max
-    nf = hi.shape[1]
     o_klass = np.zeros(n, dtype=np.int64)
     o_first = np.full(n, big, dtype=np.int64)
     o_count = np.zeros(n, dtype=np.int64)
@@ -389,6 +396,14 @@ def _reduce_kernel(group, n, klass, first, count, rmin, rmax, cmin, cmax, hi,  #
     o_cmax = np.full(n, -1, dtype=np.int64)
     o_hi = np.zeros((n, nf), dtype=np.int64)
     o_lo = np.zeros((n, nf), dtype=np.int64)
+    return o_klass, o_first, o_count, o_rmin, o_rmax, o_cmin, o_cmax, o_hi, o_lo
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce_add(group, klass, first, count, rmin, rmax, cmin, cmax, hi, lo,  # pragma: no cover
+                o_klass, o_first, o_count, o_rmin, o_rmax, o_cmin, o_cmax, o_hi, o_lo):
+    """Add rows to the statistics of their groups (``group[i]``), in place."""
+    nf = hi.shape[1]
     for i in range(group.size):
         g = group[i]
         if first[i] < o_first[g]:
@@ -403,12 +418,17 @@ def _reduce_kernel(group, n, klass, first, count, rmin, rmax, cmin, cmax, hi,  #
             s = o_lo[g, f] + lo[i, f]  # normalised words: no overflow however many rows
             o_hi[g, f] += hi[i, f] + (s >> 32)
             o_lo[g, f] = s & 0xFFFFFFFF
-    return o_klass, o_first, o_count, o_rmin, o_rmax, o_cmin, o_cmax, o_hi, o_lo
 
 
 @numba.njit(cache=True, nogil=True)
 def _min_by_group(group, n, values):  # pragma: no cover - compiled
     out = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    _min_into(group, values, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _min_into(group, values, out):  # pragma: no cover - compiled
+    """``out[g] = min(out[g], values[i])`` for every row ``i`` of group ``g``."""
     for i in range(group.size):
         out[group[i]] = min(out[group[i]], values[i])
-    return out

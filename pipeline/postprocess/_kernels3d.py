@@ -235,10 +235,16 @@ def _reduce_extra(group, n, zmin, zmax, csum):  # pragma: no cover - compiled
     o_zmin = np.full(n, big, dtype=np.int64)
     o_zmax = np.full(n, -1, dtype=np.int64)
     o_csum = np.zeros((n, csum.shape[1]), dtype=np.int64)
+    _reduce_extra_add(group, zmin, zmax, csum, o_zmin, o_zmax, o_csum)
+    return o_zmin, o_zmax, o_csum
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce_extra_add(group, zmin, zmax, csum, o_zmin, o_zmax, o_csum):  # pragma: no cover
+    """Add rows' z extents and coordinate sums to their groups', in place."""
     for i in range(group.size):
         g = group[i]
         o_zmin[g] = min(o_zmin[g], zmin[i])
         o_zmax[g] = max(o_zmax[g], zmax[i])
         for a in range(csum.shape[1]):
             o_csum[g, a] += csum[i, a]
-    return o_zmin, o_zmax, o_csum

@@ -85,6 +85,40 @@ def _mean(hi, lo, count, g, sum_offset, sum_scale, out):  # pragma: no cover - c
 
 
 @numba.njit(cache=True, nogil=True)
+def _small_rows(a, b, length, small, id_type):  # pragma: no cover - compiled
+    """Adjacency rows of the small segments (CSR over 0-based IDs), in linear time.
+
+    Every edge ``(a, b)`` (1-based IDs) gives a row entry to each of its small
+    endpoints; the order within a row does not matter to the merge. A counting sort:
+    numpy's argsort of the row sources took 5 s and twice the memory for the 75
+    million entries of 4096^2 noise. ``id_type`` (int32 or int64) types the entries.
+    """
+    n = small.size
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    for e in range(a.size):
+        if small[a[e] - 1]:
+            ptr[a[e]] += 1
+        if small[b[e] - 1]:
+            ptr[b[e]] += 1
+    for i in range(n):
+        ptr[i + 1] += ptr[i]
+    fill = ptr[:-1].copy()
+    dst = np.empty(ptr[n], dtype=np.asarray(id_type).dtype)
+    blen = np.empty(ptr[n], dtype=np.int32)
+    for e in range(a.size):
+        i, j = a[e] - 1, b[e] - 1
+        if small[i]:
+            dst[fill[i]] = j
+            blen[fill[i]] = length[e]
+            fill[i] += 1
+        if small[j]:
+            dst[fill[j]] = i
+            blen[fill[j]] = length[e]
+            fill[j] += 1
+    return ptr, dst, blen
+
+
+@numba.njit(cache=True, nogil=True)
 def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  # pragma: no cover
                   min_pixels, levels, n_similar):
     """Merge small groups, smallest first (ties: lowest ID), into the closest neighbour.
@@ -243,16 +277,10 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
                          f"pass at least {min_pixels} to segment_tasks")
     stats = index.stats
     n = len(stats)
-    a, b, length = (np.asarray(x, dtype=np.int64) for x in index.edges)
+    a, b, length = index.edges
     small = stats.count < min_pixels
-    # directed rows for the small endpoint(s) of every edge
-    src = np.concatenate([a[small[a - 1]], b[small[b - 1]]]) - 1
-    dst = np.concatenate([b[small[a - 1]], a[small[b - 1]]]) - 1
-    blen = np.concatenate([length[small[a - 1]], length[small[b - 1]]])
-    order = np.argsort(src)  # the order within a row does not matter
-    src, dst, blen = src[order], dst[order], blen[order]
-    ptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(src, minlength=n), out=ptr[1:])
+    ptr, dst, blen = _small_rows(a, b, length, small,
+                                 np.int32(0) if n < 2**31 else np.int64(0))
     count = stats.count.astype(np.int64, copy=True)
     hi = np.ascontiguousarray(stats.hi, dtype=np.int64).copy()
     lo = np.ascontiguousarray(stats.lo, dtype=np.int64).copy()

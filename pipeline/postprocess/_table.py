@@ -77,10 +77,14 @@ def segment_table(
     off = np.zeros(nf) if offset is None else np.asarray(offset, dtype=np.float64)
     scl = np.ones(nf) if scale is None else np.asarray(scale, dtype=np.float64)
     pixel = abs(t.a * t.e - t.b * t.d)
-    cols = [stats.cmin.astype(np.float64), stats.cmax.astype(np.float64) + 1.0]
-    rows = [stats.rmin.astype(np.float64), stats.rmax.astype(np.float64) + 1.0]
-    xs = [t.a * c + t.b * r + t.c for c in cols for r in rows]
-    ys = [t.d * c + t.e * r + t.f for c in cols for r in rows]
+    c0, c1 = stats.cmin.astype(np.float64), stats.cmax.astype(np.float64) + 1.0
+    r0, r1 = stats.rmin.astype(np.float64), stats.rmax.astype(np.float64) + 1.0
+
+    def corner(pick: Any, u: float, v: float, w: float) -> np.ndarray:
+        # the extreme of u*c + v*r + w over the box's 4 corners: the extremes of u*c
+        # and of v*r added (rounding is monotone, so these are the same bits as the
+        # extreme of the 4 corners, with 2 temporaries instead of 8)
+        return pick(u * c0, u * c1) + pick(v * r0, v * r1) + w
     out: dict[str, Any] = {
         "id": np.arange(1, n + 1, dtype=segment_dtype(n)),
         "class": stats.klass.astype(np.int64),
@@ -88,15 +92,24 @@ def segment_table(
         "area": stats.count.astype(np.float64) * pixel,
         "row_min": stats.rmin, "row_max": stats.rmax,
         "col_min": stats.cmin, "col_max": stats.cmax,
-        "x_min": np.minimum.reduce(xs) if n else np.empty(0),
-        "y_min": np.minimum.reduce(ys) if n else np.empty(0),
-        "x_max": np.maximum.reduce(xs) if n else np.empty(0),
-        "y_max": np.maximum.reduce(ys) if n else np.empty(0),
+        "x_min": corner(np.minimum, t.a, t.b, t.c),
+        "y_min": corner(np.minimum, t.d, t.e, t.f),
+        "x_max": corner(np.maximum, t.a, t.b, t.c),
+        "y_max": corner(np.maximum, t.d, t.e, t.f),
     }
     means = stats.means()
     for f, name in enumerate(feature_names):
         out[f"mean_{name}"] = off[f] + scl[f] * means[:, f]
-    return pd.DataFrame(out)
+    return _frame(out)
+
+
+def _frame(columns: dict[str, Any]) -> Any:
+    """Return a DataFrame of these columns as they are (not copied).
+
+    pandas copies a dict's columns into one block: 1 GB and 3 s for the 9.4 million
+    rows of 4096^2 noise.
+    """
+    return pd.DataFrame(columns, copy=False)
 
 
 def _transform_of(geometry: Any) -> Affine:
@@ -157,4 +170,4 @@ def _with_means(out: dict[str, Any], stats: SegmentStats, feature_names: Sequenc
     means = stats.means()
     for f, name in enumerate(feature_names):
         out[f"mean_{name}"] = off[f] + scl[f] * means[:, f]
-    return pd.DataFrame(out)
+    return _frame(out)
