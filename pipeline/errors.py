@@ -19,6 +19,7 @@ __all__ = [
     "OutputExistsError",
     "OutputLockedError",
     "ClusterError",
+    "ResourceError",
     "first_line",
     "reading",
     "writing",
@@ -57,6 +58,10 @@ class ClusterError(PipelineError):
     A scheduler file that cannot be read, a scheduler that does not answer, workers
     whose versions differ from the client's.
     """
+
+
+class ResourceError(PipelineError):
+    """The machine cannot hold what the job needs (memory), known before it tries."""
 
 
 class OutputError(PipelineError):

@@ -129,3 +129,24 @@ def test_worker_processes_give_the_threads_outputs(tmp_path, noisy_scene):
     for name in ("labels.tif", "segments.tif"):  # the workers encoded the COGs' tiles
         assert (threads.output / name).read_bytes() == (procs.output / name).read_bytes()
     assert threads.report["segments"] == procs.report["segments"]
+
+
+def test_segments_that_would_not_fit_in_memory_stop_with_one_line(tmp_path, noisy_scene,
+                                                                   monkeypatch):
+    """Where resolving would need more memory than is available, the run stops after
+    the pass with a ResourceError (exit 2 on the command line), and leaves no output."""
+    from pipeline.errors import PipelineError, ResourceError
+    from pipeline.stages import _segments
+
+    pp = {"segments": True, "min_size": 6}
+    monkeypatch.setattr(_segments, "_available_memory", lambda: 1000)
+    with pytest.raises(ResourceError) as err:
+        run(_config(tmp_path, noisy_scene, "tight", 32, pp))
+    msg = str(err.value)
+    assert isinstance(err.value, PipelineError) and "\n" not in msg
+    assert msg.startswith("postprocess.segments: ") and "GiB more memory to resolve and " \
+        "merge" in msg and "postprocess.majority" in msg
+    assert not any(tmp_path.iterdir())  # no output, no staging, no lock
+    # with the memory there, the same run goes through
+    monkeypatch.setattr(_segments, "_available_memory", lambda: 2**40)
+    assert run(_config(tmp_path, noisy_scene, "tight", 32, pp)).report["segments"]["found"]
