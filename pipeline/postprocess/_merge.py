@@ -141,17 +141,19 @@ def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  
     mean = np.empty((n, nf))
     for i in range(n):
         _mean(hi, lo, count, i, sum_offset, sum_scale, mean[i])
-    parent = np.arange(n)
-    nxt = np.full(n, -1, dtype=np.int64)  # members as linked lists
-    tail = np.arange(n)
-    stamp = np.full(n, -1, dtype=np.int64)
+    # IDs and queue entries in the adjacency's integer type (32 bits below 2**30
+    # segments): 1.3 GB less at 8192^2 noise
+    parent = np.arange(n).astype(nbr.dtype)
+    nxt = np.full(n, -1, dtype=nbr.dtype)  # members as linked lists
+    tail = np.arange(n).astype(nbr.dtype)
+    stamp = np.full(n, -1, dtype=nbr.dtype)
     acc = np.zeros(n, dtype=np.int64)
-    touched = np.empty(n, dtype=np.int64)
+    touched = np.empty(n, dtype=nbr.dtype)
     # bucket s holds the groups of size s, as linked lists of queue entries; every merge
     # adds at most one entry, so 2 * len(small) entries are enough
     head = np.full(levels, -1, dtype=np.int64)
-    entry_id = np.empty(2 * small.size + 1, dtype=np.int64)
-    entry_next = np.empty(2 * small.size + 1, dtype=np.int64)
+    entry_id = np.empty(2 * small.size + 1, dtype=nbr.dtype)
+    entry_next = np.empty(2 * small.size + 1, dtype=nbr.dtype)
     n_entries = 0
     for i in small:
         entry_id[n_entries] = i
@@ -280,7 +282,7 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
     a, b, length = index.edges
     small = stats.count < min_pixels
     ptr, dst, blen = _small_rows(a, b, length, small,
-                                 np.int32(0) if n < 2**31 else np.int64(0))
+                                 np.int32(0) if n < 2**30 else np.int64(0))
     count = stats.count.astype(np.int64, copy=True)
     hi = np.ascontiguousarray(stats.hi, dtype=np.int64).copy()
     lo = np.ascontiguousarray(stats.lo, dtype=np.int64).copy()
