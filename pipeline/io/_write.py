@@ -6,7 +6,10 @@ formats' sinks (:mod:`._sinks`).
 
 The writer never computes anything: the orchestrator computes blocks (threads or a
 ``dask.distributed`` cluster) and hands each finished block to ``writer[region] = block``.
-All file handles stay in the process that owns the writer; workers only return arrays.
+On a cluster, workers do their share of a block where they can (:func:`store_part`):
+they write its Zarr chunk when they see the store, and encode its COG tiles
+(:mod:`._cog_tiles`); what they send back (tiles, counts, blocks the other formats
+need) goes to :meth:`LabelWriter.add`, in the process that owns the COG and sinks.
 """
 
 from __future__ import annotations
