@@ -29,6 +29,7 @@ import io
 import os
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -111,7 +112,10 @@ def encode_tile(pixels: np.ndarray, grid: TileGrid) -> bytes:
     tile[:pixels.shape[0], :pixels.shape[1]] = pixels
     if grid.predictor:  # on the words as unsigned integers, as libtiff differences them
         tile = imagecodecs.delta_encode(tile.view(f"<u{tile.itemsize}"), axis=-1)
-    return bytes(imagecodecs.deflate_encode(tile.tobytes(), level=1))
+    if imagecodecs.DEFLATE.available:
+        return bytes(imagecodecs.deflate_encode(tile.tobytes(), level=1))
+    # an imagecodecs built without libdeflate: zlib, the same format (other bytes)
+    return zlib.compress(tile.tobytes(), 1)
 
 
 @dataclass
