@@ -242,6 +242,25 @@ def measure(cmd: list[str], *, env: dict[str, str] | None = None, log_path: Path
     )
 
 
+def stages_table(rows: list[dict[str, Any]], heading: str, *, label: str = "approach",
+                 missing: str = "") -> list[str]:
+    """Markdown lines of the rows' ``timings_s`` (report.json stages), one column each.
+
+    Empty when no row has stage timings; a stage a row lacks prints ``missing``.
+    """
+    staged = [r for r in rows if r.get("timings_s")]
+    if not staged:
+        return []
+    keys = list(dict.fromkeys(k for r in staged for k in r["timings_s"]))
+    lines = ["", heading, "", f"| {label} | " + " | ".join(keys) + " |",
+             "| --- | " + " | ".join("---:" for _ in keys) + " |"]
+    for r in staged:
+        lines.append(f"| {r['approach']} | " + " | ".join(
+            missing if (v := r["timings_s"].get(k)) is None else format(v, ".2f")
+            for k in keys) + " |")
+    return lines
+
+
 def report_result(**info: Any) -> None:
     """Print the line the harness reads back from a measured script."""
     print(RESULT_PREFIX + json.dumps(info), flush=True)

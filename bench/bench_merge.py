@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import OUT, SceneParams, ensure_scene, measure, tile_for
+from _harness import OUT, SceneParams, ensure_scene, measure, stages_table, tile_for
 from run_bench import (
     child_env,
     clear,
@@ -213,16 +213,8 @@ def format_tables(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
             f"({r['wall_s_min']:.1f}-{r['wall_s_max']:.1f}) | {_f(r['x_segments'], '.2f')} | "
             f"{r['cpu_s']:.1f} | {_f(r['cpu_x_segments'], '.2f')} | "
             f"{r['peak_rss_mib']:.0f} |")
-    staged = [r for r in rows if r.get("timings_s")]
-    if staged:
-        keys = list(dict.fromkeys(k for r in staged for k in r["timings_s"]))
-        lines += ["", "stages (report.json timings_s, medians; outside_run = process wall "
-                  "- total):", "",
-                  "| approach | " + " | ".join(keys) + " |",
-                  "| --- | " + " | ".join("---:" for _ in keys) + " |"]
-        for r in staged:
-            lines.append(f"| {r['approach']} | " + " | ".join(
-                _f(r["timings_s"].get(k), ".2f") for k in keys) + " |")
+    lines += stages_table(rows, "stages (report.json timings_s, medians; outside_run = "
+                          "process wall - total):", missing="-")
     merged = [r for r in rows if r.get("merge")]
     if merged:
         lines += ["", "segments.merge (report.json; seconds = statistics pass + merge loop "

@@ -37,6 +37,7 @@ from _harness import (
     ensure_scene,
     inmemory_safe,
     measure,
+    stages_table,
     tile_for,
 )
 
@@ -489,16 +490,9 @@ def format_tables(rows: list[dict[str, Any]], sp: dict[str, dict[str, float]],
     if pairs:
         lines += ["", "variant ratios (wall time, paired per round):", ""]
         lines += [f"- {label}: {v:.2f}" for label, v in pairs]
-    staged = [r for r in rows if r.get("timings_s")]
-    if staged:
-        keys = list(dict.fromkeys(k for r in staged for k in r["timings_s"]))
-        lines += ["", "tileseg stages (report.json timings_s, medians; outside_run = process "
-                  "wall - total: start-up, imports, exit):", "",
-                  "| variant | " + " | ".join(keys) + " |",
-                  "| --- | " + " | ".join("---:" for _ in keys) + " |"]
-        for r in staged:
-            lines.append(f"| {r['approach']} | "
-                         + " | ".join(_fmt(r["timings_s"].get(k), ".2f") for k in keys) + " |")
+    lines += stages_table(rows, "tileseg stages (report.json timings_s, medians; "
+                          "outside_run = process wall - total: start-up, imports, exit):",
+                          label="variant")
     peer_stages = [r for r in rows if r.get("stages_s")]
     if peer_stages:
         lines += ["", "peer stages (seconds inside the script, medians):", ""]
