@@ -231,12 +231,17 @@ def _contact_kernel3(starts: np.ndarray, ends: np.ndarray, labels: np.ndarray,
 @numba.njit(cache=True, nogil=True)
 def _reduce_extra(group, n, zmin, zmax, csum):  # pragma: no cover - compiled
     """Reduce the z extent and coordinate sums of groups of rows (``SegmentStats.reduce``)."""
-    big = np.iinfo(np.int64).max
-    o_zmin = np.full(n, big, dtype=np.int64)
-    o_zmax = np.full(n, -1, dtype=np.int64)
-    o_csum = np.zeros((n, csum.shape[1]), dtype=np.int64)
+    o_zmin, o_zmax, o_csum = _reduce_extra_empty(n, csum.shape[1])
     _reduce_extra_add(group, zmin, zmax, csum, o_zmin, o_zmax, o_csum)
     return o_zmin, o_zmax, o_csum
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce_extra_empty(n, n_axes):  # pragma: no cover - compiled
+    """Empty z extents and coordinate sums of ``n`` groups, for :func:`_reduce_extra_add`."""
+    big = np.iinfo(np.int64).max
+    return (np.full(n, big, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+            np.zeros((n, n_axes), dtype=np.int64))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -28,7 +28,7 @@ from ._kernels import (
     _reduce_empty,
     _reduce_kernel,
 )
-from ._kernels3d import _reduce_extra, _reduce_extra_add
+from ._kernels3d import _reduce_extra, _reduce_extra_add, _reduce_extra_empty
 
 if TYPE_CHECKING:
     from ._segments3d import ChunkPieces3
@@ -262,9 +262,7 @@ def resolve_segments(
     nf = pieces[0].hi.shape[1] if pieces else 0
     stats = SegmentStats(*_reduce_empty(n_comp, nf), tasks.sum_offset, tasks.sum_scale)
     if tasks.ndim == 3:
-        stats.zmin, stats.zmax, stats.coord_sum = _reduce_extra(
-            np.empty(0, np.int64), n_comp, *(np.empty(0, np.int64),) * 2,
-            np.empty((0, 3), np.int64))
+        stats.zmin, stats.zmax, stats.coord_sum = _reduce_extra_empty(n_comp, 3)
     for c, p in enumerate(pieces):
         group = seg_of_piece[offsets[c]:offsets[c + 1]] - 1
         _reduce_add(group, *(np.ascontiguousarray(getattr(p, f)) for f in _STAT_FIELDS),
