@@ -318,8 +318,12 @@ class LabelWriter:
         # absolute: a worker of a cluster on a shared file system runs elsewhere
         return {"zarr": (str(self._zarr_path.resolve()), self.stem, self._token)
                 if remote_zarr else None,
-                "tif": (self._streaming() or bool(self._sinks)
-                        or (self._zarr is not None and not remote_zarr)),
+                # the block itself comes back for a streamed GeoTIFF, the other
+                # formats' sinks, or Zarr chunks the workers cannot write
+                "block": (self._streaming() or bool(self._sinks)
+                          or (self._zarr is not None and not remote_zarr)),
+                # a resume's ledger records each chunk a worker writes by its CRC
+                "checksum": remote_zarr and self.ledger is not None,
                 "cog": None if self._tiles is None else self._tiles.grid,
                 "n_classes": self.n_classes,  # None: no counts (an ID raster)
                 "nodata": self.nodata}
@@ -553,11 +557,9 @@ def store_part(block: np.ndarray, region: tuple[slice, ...], remote: dict[str, A
             _open_stores[remote["zarr"]] = array
         with writing(remote["zarr"][0]):
             array[region] = block
-        checksum = crc(block)
-    else:
-        checksum = None
+    checksum = crc(block) if remote["checksum"] else None
     hist = None
     if remote["n_classes"] is not None:
         hist = _class_counts(block, remote["n_classes"], remote["nodata"])
-    tiles = None if remote.get("cog") is None else block_tiles(block, region, remote["cog"])
-    return BlockShare(block if remote["tif"] else None, hist, tiles, checksum)
+    tiles = None if remote["cog"] is None else block_tiles(block, region, remote["cog"])
+    return BlockShare(block if remote["block"] else None, hist, tiles, checksum)
