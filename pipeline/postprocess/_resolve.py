@@ -37,7 +37,10 @@ __all__ = ["SegmentIndex", "SegmentStats", "fixed_to_float", "resolve_segments",
            "segment_dtype"]
 
 _LOW = np.int64(0xFFFFFFFF)
-_STAT_FIELDS = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
+#: the fields of :class:`SegmentStats` every segment has, in the reduce kernels' order,
+#: and those of a volume's segments only
+STAT_FIELDS = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
+VOLUME_FIELDS = ("zmin", "zmax", "coord_sum")
 
 
 def segment_dtype(n_segments: int) -> np.dtype:
@@ -138,15 +141,14 @@ class SegmentStats:
         """
         fields: PieceArrays = _reduce_kernel(
             np.ascontiguousarray(group, dtype=np.int64), int(n_groups),
-            *(np.ascontiguousarray(getattr(self, f))
-              for f in ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")),
+            *(np.ascontiguousarray(getattr(self, f)) for f in STAT_FIELDS),
         )
         out = SegmentStats(*fields, self.sum_offset, self.sum_scale)
         if self.zmin is not None:
             out.zmin, out.zmax, out.coord_sum = _reduce_extra(
                 np.ascontiguousarray(group, dtype=np.int64), int(n_groups),
                 *(np.ascontiguousarray(getattr(self, f), dtype=np.int64)
-                  for f in ("zmin", "zmax", "coord_sum")))
+                  for f in VOLUME_FIELDS))
         return out
 
 
@@ -265,11 +267,11 @@ def resolve_segments(
         stats.zmin, stats.zmax, stats.coord_sum = _reduce_extra_empty(n_comp, 3)
     for c, p in enumerate(pieces):
         group = seg_of_piece[offsets[c]:offsets[c + 1]] - 1
-        _reduce_add(group, *(np.ascontiguousarray(getattr(p, f)) for f in _STAT_FIELDS),
-                    *(getattr(stats, f) for f in _STAT_FIELDS))
+        _reduce_add(group, *(np.ascontiguousarray(getattr(p, f)) for f in STAT_FIELDS),
+                    *(getattr(stats, f) for f in STAT_FIELDS))
         if tasks.ndim == 3:
             zmin, zmax, csum = (np.ascontiguousarray(getattr(p, f), dtype=np.int64)
-                                for f in ("zmin", "zmax", "coord_sum"))
+                                for f in VOLUME_FIELDS)
             _reduce_extra_add(group, zmin, zmax, csum, stats.zmin, stats.zmax,
                               stats.coord_sum)
     dtype = segment_dtype(n_comp)

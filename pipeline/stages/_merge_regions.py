@@ -22,6 +22,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from ..postprocess._resolve import STAT_FIELDS, VOLUME_FIELDS
 from ._context import RunContext
 
 __all__ = ["MergedRegions", "region_merge", "save_hierarchy", "load_leaves", "LEAF_FIELDS"]
@@ -29,8 +30,8 @@ __all__ = ["MergedRegions", "region_merge", "save_hierarchy", "load_leaves", "LE
 log = logging.getLogger("pipeline.runner")
 
 #: the SegmentStats fields saved with the leaves (volumes add zmin, zmax, coord_sum)
-LEAF_FIELDS = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
-_VOLUME_FIELDS = ("zmin", "zmax", "coord_sum")
+LEAF_FIELDS = STAT_FIELDS
+_VOLUME_FIELDS = VOLUME_FIELDS
 
 
 @dataclass
