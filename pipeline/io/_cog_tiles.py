@@ -70,9 +70,9 @@ class TileGrid:
     width: int
     dtype: str
     nodata: int
-    predictor: bool = False
-    side: int = field(default=0)
-    factors: tuple[int, ...] = field(default=())
+    predictor: bool
+    side: int
+    factors: tuple[int, ...]
 
     @classmethod
     def of(cls, height: int, width: int, dtype: Any, nodata: int, predictor: bool = False
