@@ -9,6 +9,8 @@ the same merges. The rasters are then relabelled lazily with the composed tables
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -85,26 +87,27 @@ def _mean(hi, lo, count, g, sum_offset, sum_scale, out):  # pragma: no cover - c
 
 
 @numba.njit(cache=True, nogil=True)
-def _small_rows(a, b, length, small, id_type):  # pragma: no cover - compiled
-    """Adjacency rows of the small segments (CSR over 0-based IDs), in linear time.
+def _count_rows(a, b, small, ptr):  # pragma: no cover - compiled
+    """Count the row entries of edges ``(a, b)`` (1-based IDs) into ``ptr[id]``.
 
-    Every edge ``(a, b)`` (1-based IDs) gives a row entry to each of its small
-    endpoints; the order within a row does not matter to the merge. A counting sort:
-    numpy's argsort of the row sources took 5 s and twice the memory for the 75
-    million entries of 4096^2 noise. ``id_type`` (int32 or int64) types the entries.
+    Every edge gives a row entry to each of its small endpoints. With
+    :func:`_fill_rows`, a counting sort (linear time) that may see the edges in
+    batches: numpy's argsort of the row sources took 5 s and twice the memory for the
+    75 million entries of 4096^2 noise.
     """
-    n = small.size
-    ptr = np.zeros(n + 1, dtype=np.int64)
     for e in range(a.size):
         if small[a[e] - 1]:
             ptr[a[e]] += 1
         if small[b[e] - 1]:
             ptr[b[e]] += 1
-    for i in range(n):
-        ptr[i + 1] += ptr[i]
-    fill = ptr[:-1].copy()
-    dst = np.empty(ptr[n], dtype=np.asarray(id_type).dtype)
-    blen = np.empty(ptr[n], dtype=np.int32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_rows(a, b, length, small, fill, dst, blen):  # pragma: no cover - compiled
+    """Place the row entries of edges ``(a, b)``; ``fill[i]``: row ``i``'s next free slot.
+
+    Entries are 0-based IDs; the order within a row does not matter to the merge.
+    """
     for e in range(a.size):
         i, j = a[e] - 1, b[e] - 1
         if small[i]:
@@ -115,114 +118,226 @@ def _small_rows(a, b, length, small, id_type):  # pragma: no cover - compiled
             dst[fill[j]] = i
             blen[fill[j]] = length[e]
             fill[j] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _small_rows(a, b, length, small, id_type):  # pragma: no cover - compiled
+    """Adjacency rows of the small segments (CSR over 0-based IDs), in linear time.
+
+    ``id_type`` (int32 or int64) types the entries.
+    """
+    n = small.size
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    _count_rows(a, b, small, ptr)
+    for i in range(n):
+        ptr[i + 1] += ptr[i]
+    fill = ptr[:-1].copy()
+    dst = np.empty(ptr[n], dtype=np.asarray(id_type).dtype)
+    blen = np.empty(ptr[n], dtype=np.int32)
+    _fill_rows(a, b, length, small, fill, dst, blen)
     return ptr, dst, blen
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_kernel(count, hi, lo, sum_offset, sum_scale, ptr, nbr, blen, small,  # pragma: no cover
-                  min_pixels, levels, n_similar):
-    """Merge small groups, smallest first (ties: lowest ID), into the closest neighbour.
+def _init_groups(start, stop, count, hi, lo, sum_offset, sum_scale, mean, parent, nxt, tail,
+                 stamp):  # pragma: no cover - compiled
+    """Every segment ``start..stop-1`` its own group, with its mean feature vector."""
+    for i in range(start, stop):
+        _mean(hi, lo, count, i, sum_offset, sum_scale, mean[i])
+        parent[i] = i
+        nxt[i] = -1  # members as linked lists
+        tail[i] = i
+        stamp[i] = -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _queue_small(start, stop, count, min_pixels, head, entry_id, entry_next, n_entries
+                 ):  # pragma: no cover - compiled
+    """Queue the small segments of ``start..stop-1`` in their size buckets."""
+    for i in range(start, stop):
+        if count[i] < min_pixels:
+            entry_id[n_entries] = i
+            entry_next[n_entries] = head[count[i]]
+            head[count[i]] = n_entries
+            n_entries += 1
+    return n_entries
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket(head, entry_id, entry_next, size):  # pragma: no cover - compiled
+    """Return the IDs queued in bucket ``size``, ascending (some queued twice)."""
+    k = 0
+    e = head[size]
+    while e != -1:
+        k += 1
+        e = entry_next[e]
+    ids = np.empty(k, dtype=entry_id.dtype)
+    k = 0
+    e = head[size]
+    while e != -1:
+        ids[k] = entry_id[e]
+        k += 1
+        e = entry_next[e]
+    ids.sort()
+    return ids
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_events(ids, size, count, hi, lo, sum_offset, sum_scale, ptr, nbr,  # pragma: no cover
+                  blen, min_pixels, n_similar, mean, parent, nxt, tail, stamp, acc, touched, head,
+                  entry_id, entry_next, n_entries, it):
+    """Merge the small groups ``ids`` of bucket ``size``, in order, into their closest neighbour.
 
     ``parent`` is a union-find forest whose roots are the groups; a group is named by
     the segment that the others merged into. Only small segments have adjacency rows
     (``ptr``/``nbr``/``blen``, CSR); a small group's members are all small segments,
     so its neighbours are found by walking its members' rows.
 
-    The queue is a bucket queue by size: a merged group is larger than the group just
-    taken, so it only ever enters a later bucket, and each bucket is sorted by ID when
-    its turn comes. ``small`` lists the small segments in ascending index order;
-    ``levels`` bounds the size of a small group (their total size + 1, at most
-    ``min_pixels``).
+    The queue is a bucket queue by size (``head``, ``entry_id``, ``entry_next``: linked
+    lists of entries): a merged group is larger than the group just taken, so it only
+    ever enters a later bucket. Every group's mean (``mean``) is kept up to date: the
+    distances read 8 bytes a feature instead of recomputing the means from their sums.
+    ``it`` numbers the events (``stamp``). Returns ``(n_entries, it)``: a bucket may be
+    given in slices, one call each.
     """
-    n = count.size
     nf = hi.shape[1]
-    # every group's mean, updated when it grows: the distances read 8 bytes a feature
-    # instead of recomputing the mean from its sums (two divisions a feature)
-    mean = np.empty((n, nf))
-    for i in range(n):
-        _mean(hi, lo, count, i, sum_offset, sum_scale, mean[i])
-    # IDs and queue entries in the adjacency's integer type (32 bits below 2**30
-    # segments): 1.3 GB less at 8192^2 noise
-    parent = np.arange(n).astype(nbr.dtype)
-    nxt = np.full(n, -1, dtype=nbr.dtype)  # members as linked lists
-    tail = np.arange(n).astype(nbr.dtype)
-    stamp = np.full(n, -1, dtype=nbr.dtype)
-    acc = np.zeros(n, dtype=np.int64)
-    touched = np.empty(n, dtype=nbr.dtype)
-    # bucket s holds the groups of size s, as linked lists of queue entries; every merge
-    # adds at most one entry, so 2 * len(small) entries are enough
-    head = np.full(levels, -1, dtype=np.int64)
-    entry_id = np.empty(2 * small.size + 1, dtype=nbr.dtype)
-    entry_next = np.empty(2 * small.size + 1, dtype=nbr.dtype)
-    n_entries = 0
-    for i in small:
-        entry_id[n_entries] = i
-        entry_next[n_entries] = head[count[i]]
-        head[count[i]] = n_entries
-        n_entries += 1
-    it = 0
-    for size in range(1, levels):
-        k = 0
-        e = head[size]
-        while e != -1:
-            k += 1
-            e = entry_next[e]
-        ids = np.empty(k, dtype=np.int64)
-        k = 0
-        e = head[size]
-        while e != -1:
-            ids[k] = entry_id[e]
-            k += 1
-            e = entry_next[e]
-        ids.sort()
-        for g in ids:
-            if parent[g] != g or count[g] != size:
-                continue  # merged away, or grown since it was queued
-            it += 1
-            nt = 0
-            m = g
-            while m != -1:
-                for e in range(ptr[m], ptr[m + 1]):
-                    h = _find(parent, nbr[e])
-                    if h == g:
-                        continue
-                    if stamp[h] != it:
-                        stamp[h] = it
-                        acc[h] = 0
-                        touched[nt] = h
-                        nt += 1
-                    acc[h] += blen[e]
-                m = nxt[m]
-            if nt == 0:
-                continue  # no neighbour: it stays small
-            best = -1
-            best_d = 0.0
-            for t in range(nt):
-                h = touched[t]
-                d = 0.0  # squared distance of the mean feature vectors
-                for f in range(n_similar):
-                    d += (mean[g, f] - mean[h, f]) * (mean[g, f] - mean[h, f])
-                if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
-                        or (d == best_d and acc[h] == acc[best] and h < best)):
-                    best = h
-                    best_d = d
-            parent[g] = best
-            count[best] += count[g]
-            for f in range(nf):
-                s = lo[best, f] + lo[g, f]
-                hi[best, f] += hi[g, f] + (s >> 32)
-                lo[best, f] = s & 0xFFFFFFFF
-            _mean(hi, lo, count, best, sum_offset, sum_scale, mean[best])
-            nxt[tail[best]] = g
-            tail[best] = tail[g]
-            if count[best] < min_pixels:  # larger than size: a later bucket
-                entry_id[n_entries] = best
-                entry_next[n_entries] = head[count[best]]
-                head[count[best]] = n_entries
-                n_entries += 1
-    for i in range(n):
+    for g in ids:
+        if parent[g] != g or count[g] != size:
+            continue  # merged away, or grown since it was queued
+        it += 1
+        nt = 0
+        m = g
+        while m != -1:
+            for e in range(ptr[m], ptr[m + 1]):
+                h = _find(parent, nbr[e])
+                if h == g:
+                    continue
+                if stamp[h] != it:
+                    stamp[h] = it
+                    acc[h] = 0
+                    touched[nt] = h
+                    nt += 1
+                acc[h] += blen[e]
+            m = nxt[m]
+        if nt == 0:
+            continue  # no neighbour: it stays small
+        best = -1
+        best_d = 0.0
+        for t in range(nt):
+            h = touched[t]
+            d = 0.0  # squared distance of the mean feature vectors
+            for f in range(n_similar):
+                d += (mean[g, f] - mean[h, f]) * (mean[g, f] - mean[h, f])
+            if (best < 0 or d < best_d or (d == best_d and acc[h] > acc[best])
+                    or (d == best_d and acc[h] == acc[best] and h < best)):
+                best = h
+                best_d = d
+        parent[g] = best
+        count[best] += count[g]
+        for f in range(nf):
+            s = lo[best, f] + lo[g, f]
+            hi[best, f] += hi[g, f] + (s >> 32)
+            lo[best, f] = s & 0xFFFFFFFF
+        _mean(hi, lo, count, best, sum_offset, sum_scale, mean[best])
+        nxt[tail[best]] = g
+        tail[best] = tail[g]
+        if count[best] < min_pixels:  # larger than size: a later bucket
+            entry_id[n_entries] = best
+            entry_next[n_entries] = head[count[best]]
+            head[count[best]] = n_entries
+            n_entries += 1
+    return n_entries, it
+
+
+@numba.njit(cache=True, nogil=True)
+def _find_all(start, stop, parent):  # pragma: no cover - compiled
+    """Point every segment of ``start..stop-1`` at its group's root."""
+    for i in range(start, stop):
         parent[i] = _find(parent, i)
-    return parent
+
+
+class MergeArrays(NamedTuple):
+    """The working arrays of the merge (:func:`_merge_events`), allocated by the caller.
+
+    In memory for :func:`merge_parents`; file-backed for the paged merge
+    (:mod:`._bounded`), which gives every kernel a slice of IDs at a time.
+    """
+
+    count: np.ndarray  # type: ignore[assignment]  # a field shadowing tuple.count
+    hi: np.ndarray
+    lo: np.ndarray
+    mean: np.ndarray
+    parent: np.ndarray
+    nxt: np.ndarray
+    tail: np.ndarray
+    stamp: np.ndarray
+    acc: np.ndarray
+    touched: np.ndarray
+    entry_id: np.ndarray
+    entry_next: np.ndarray
+
+
+def merge_arrays(n: int, nf: int, n_small: int, id_type: Any,
+                 empty: Callable[[str, tuple[int, ...], Any], np.ndarray] | None = None
+                 ) -> MergeArrays:
+    """Allocate the merge's arrays for ``n`` segments (``empty(name, shape, dtype)``).
+
+    IDs and queue entries in ``id_type`` (32 bits below 2**30 segments: 1.3 GB less at
+    8192^2 noise); every merge adds at most one queue entry, so ``2 * n_small + 1``.
+    """
+    def alloc(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype) if empty is None else empty(name, shape, dtype)
+
+    e = 2 * n_small + 1
+    return MergeArrays(alloc("count", (n,), np.int64), alloc("hi", (n, nf), np.int64),
+                       alloc("lo", (n, nf), np.int64), alloc("mean", (n, nf), np.float64),
+                       alloc("parent", (n,), id_type), alloc("nxt", (n,), id_type),
+                       alloc("tail", (n,), id_type), alloc("stamp", (n,), id_type),
+                       alloc("acc", (n,), np.int64), np.empty(n, id_type),
+                       alloc("entry_id", (e,), id_type), alloc("entry_next", (e,), id_type))
+
+
+def run_merge(w: MergeArrays, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+              sum_offset: np.ndarray, sum_scale: np.ndarray, min_pixels: int, n_similar: int,
+              levels: int, step: int | None = None,
+              release: Callable[[], None] | None = None) -> np.ndarray:
+    """Run the merge on ``w`` (``count``, ``hi``, ``lo`` filled in); return ``parent``.
+
+    Smallest groups first (bucket by bucket, each in ID order). ``step``: give the
+    kernels ``step`` IDs at a time and call ``release()`` after each slice (the paged
+    merge drops the pages it touched); default: all at once.
+    """
+    n = w.count.size
+    step = max(n, 1) if step is None else step
+    off = np.asarray(sum_offset, np.float64)
+    scl = np.asarray(sum_scale, np.float64)
+
+    def slices(total: int) -> Iterator[tuple[int, int]]:
+        for s in range(0, total, step):
+            yield s, min(s + step, total)
+            if release is not None:
+                release()
+
+    head = np.full(levels, -1, dtype=np.int64)
+    n_entries = 0
+    for s, e in slices(n):
+        _init_groups(s, e, w.count, w.hi, w.lo, off, scl, w.mean, w.parent, w.nxt, w.tail,
+                     w.stamp)
+        n_entries = _queue_small(s, e, w.count, min_pixels, head, w.entry_id, w.entry_next,
+                                 n_entries)
+    it = 0
+    ptr, nbr, blen = rows
+    for size in range(1, levels):
+        ids = _bucket(head, w.entry_id, w.entry_next, size)
+        for s, e in slices(ids.size):
+            n_entries, it = _merge_events(ids[s:e], size, w.count, w.hi, w.lo, off, scl, ptr,
+                                          nbr, blen, min_pixels, n_similar, w.mean, w.parent,
+                                          w.nxt, w.tail, w.stamp, w.acc, w.touched, head,
+                                          w.entry_id, w.entry_next, n_entries, it)
+        del ids
+    for s, e in slices(n):
+        _find_all(s, e, w.parent)
+    return w.parent
 
 
 def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
@@ -280,18 +395,9 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
     stats = index.stats
     n = len(stats)
     a, b, length = index.edges
-    small = stats.count < min_pixels
-    ptr, dst, blen = _small_rows(a, b, length, small,
-                                 np.int32(0) if n < 2**30 else np.int64(0))
-    count = stats.count.astype(np.int64, copy=True)
-    hi = np.ascontiguousarray(stats.hi, dtype=np.int64).copy()
-    lo = np.ascontiguousarray(stats.lo, dtype=np.int64).copy()
-    ids = np.flatnonzero(small).astype(np.int64)
-    levels = int(min(min_pixels, count[ids].sum() + 1))
-    parent = _merge_kernel(count, hi, lo, np.asarray(stats.sum_offset, np.float64),
-                           np.asarray(stats.sum_scale, np.float64), ptr, dst, blen, ids,
-                           int(min_pixels), levels,
-                           hi.shape[1] if n_similar is None else int(n_similar))
+    parent = merge_parents(stats.count, stats.hi, stats.lo, stats.sum_offset,
+                           stats.sum_scale, a, b, length, min_pixels,
+                           stats.hi.shape[1] if n_similar is None else int(n_similar))
     # a group is numbered by its first pixel: the lowest ID among its members
     roots = np.flatnonzero(parent == np.arange(n))
     group_min = _min_by_group(parent, n, np.arange(n, dtype=np.int64))
@@ -310,6 +416,26 @@ def merge_small_segments(index: SegmentIndex, min_pixels: int, *,
     return SegmentIndex(stats=merged, luts=luts, edges=edges, chunks=index.chunks,
                         connectivity=index.connectivity,
                         min_pixels=index.min_pixels if keep_edges else None)
+
+
+def merge_parents(count: np.ndarray, hi: np.ndarray, lo: np.ndarray, sum_offset: np.ndarray,
+                  sum_scale: np.ndarray, a: np.ndarray, b: np.ndarray, length: np.ndarray,
+                  min_pixels: int, n_similar: int) -> np.ndarray:
+    """Run the merge of :func:`merge_small_segments` on bare arrays, in memory.
+
+    ``count``, ``hi``, ``lo``: the segments' statistics (not modified); ``a``, ``b``,
+    ``length``: their adjacency (1-based IDs). Returns ``parent`` (0-based roots).
+    """
+    n = count.size
+    small = count < min_pixels
+    id_type = np.int32 if n < 2**30 else np.int64
+    rows = _small_rows(a, b, length, small, id_type(0))
+    w = merge_arrays(n, hi.shape[1], int(small.sum()), id_type)
+    w.count[:] = count
+    w.hi[:] = hi
+    w.lo[:] = lo
+    levels = int(min(min_pixels, count[small].sum() + 1))
+    return run_merge(w, rows, sum_offset, sum_scale, min_pixels, n_similar, levels)
 
 
 def load_kernels(ndim: int = 2) -> None:
