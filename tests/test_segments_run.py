@@ -133,20 +133,26 @@ def test_worker_processes_give_the_threads_outputs(tmp_path, noisy_scene):
 
 def test_segments_that_would_not_fit_in_memory_stop_with_one_line(tmp_path, noisy_scene,
                                                                    monkeypatch):
-    """Where resolving would need more memory than is available, the run stops after
-    the pass with a ResourceError (exit 2 on the command line), and leaves no output."""
+    """Where resolving in memory (region merging) would need more memory than is
+    available, the run stops after the pass with a ResourceError (exit 2 on the command
+    line), and leaves no output. Segments and min_size alone are bounded by chunks:
+    the same run without merge goes through."""
     from pipeline.errors import PipelineError, ResourceError
     from pipeline.stages import _segments
 
-    pp = {"segments": True, "min_size": 6}
     monkeypatch.setattr(_segments, "_available_memory", lambda: 1000)
+    bounded = run(_config(tmp_path, noisy_scene, "bounded", 32,
+                          {"segments": True, "min_size": 6}))
+    assert bounded.report["segments"]["found"]
+    pp = {"segments": True, "min_size": 6,
+          "merge": {"criterion": "baatz_schape", "regions": 4}}
     with pytest.raises(ResourceError) as err:
         run(_config(tmp_path, noisy_scene, "tight", 32, pp))
     msg = str(err.value)
     assert isinstance(err.value, PipelineError) and "\n" not in msg
     assert msg.startswith("postprocess.segments: ") and "GiB more memory to resolve and " \
         "merge" in msg and "postprocess.majority" in msg
-    assert not any(tmp_path.iterdir())  # no output, no staging, no lock
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bounded"]  # nothing else left
     # with the memory there, the same run goes through
     monkeypatch.setattr(_segments, "_available_memory", lambda: 2**40)
     assert run(_config(tmp_path, noisy_scene, "tight", 32, pp)).report["segments"]["found"]

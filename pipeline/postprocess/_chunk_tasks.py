@@ -235,6 +235,8 @@ class SegmentTasks:
     min_pixels: int | None
     sum_offset: np.ndarray
     sum_scale: np.ndarray
+    #: the chunks' :class:`ChunkStrips` (Delayed, row-major; 2-D only)
+    strips: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def ndim(self) -> int:

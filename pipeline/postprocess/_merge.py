@@ -312,9 +312,9 @@ def run_merge(w: MergeArrays, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
     off = np.asarray(sum_offset, np.float64)
     scl = np.asarray(sum_scale, np.float64)
 
-    def slices(total: int) -> Iterator[tuple[int, int]]:
-        for s in range(0, total, step):
-            yield s, min(s + step, total)
+    def slices(total: int, by: int = step) -> Iterator[tuple[int, int]]:
+        for s in range(0, total, by):
+            yield s, min(s + by, total)
             if release is not None:
                 release()
 
@@ -329,11 +329,14 @@ def run_merge(w: MergeArrays, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
     ptr, nbr, blen = rows
     for size in range(1, levels):
         ids = _bucket(head, w.entry_id, w.entry_next, size)
-        for s, e in slices(ids.size):
-            n_entries, it = _merge_events(ids[s:e], size, w.count, w.hi, w.lo, off, scl, ptr,
-                                          nbr, blen, min_pixels, n_similar, w.mean, w.parent,
-                                          w.nxt, w.tail, w.stamp, w.acc, w.touched, head,
-                                          w.entry_id, w.entry_next, n_entries, it)
+        # slices of IDs, not of events: a sparse bucket's events span every ID
+        cuts = np.searchsorted(ids, np.arange(0, n + step, step))
+        for s, e in slices(cuts.size - 1, 1):
+            if cuts[e] > cuts[s]:
+                n_entries, it = _merge_events(
+                    ids[cuts[s]:cuts[e]], size, w.count, w.hi, w.lo, off, scl, ptr, nbr, blen,
+                    min_pixels, n_similar, w.mean, w.parent, w.nxt, w.tail, w.stamp, w.acc,
+                    w.touched, head, w.entry_id, w.entry_next, n_entries, it)
         del ids
     for s, e in slices(n):
         _find_all(s, e, w.parent)

@@ -14,6 +14,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
+from ._bounded import BoundedIndex
 from ._kernels import label_runs, paint_runs
 from ._resolve import SegmentIndex
 
@@ -46,15 +47,17 @@ def _relabel_block(classes: np.ndarray, lut: np.ndarray, nodata: int | None,
     return out  # table in one write
 
 
-def relabel_segments(labels: xr.DataArray, index: SegmentIndex) -> xr.DataArray:
+def relabel_segments(labels: xr.DataArray, index: SegmentIndex | BoundedIndex
+                     ) -> xr.DataArray:
     """Give every pixel its global segment ID, lazily, one chunk at a time.
 
     Parameters
     ----------
     labels : DataArray, shape (y, x) or (z, y, x)
         The class map :func:`segment_tasks` summarised (same values, same chunks).
-    index : SegmentIndex
-        From :func:`resolve_segments` (or :func:`merge_small_segments`).
+    index : SegmentIndex or BoundedIndex
+        From :func:`resolve_segments` (or :func:`merge_small_segments`), or the
+        bounded resolver (each chunk's table loaded by its task).
 
     Returns
     -------
@@ -71,6 +74,8 @@ def relabel_segments(labels: xr.DataArray, index: SegmentIndex) -> xr.DataArray:
     if data.ndim == 3:
         from ._segments3d import relabel_volume
 
+        if not isinstance(index, SegmentIndex):
+            raise TypeError("a volume's segments are relabelled from a SegmentIndex")
         out = relabel_volume(data, index, nodata)
         return _segment_array(labels, out)
     blocks = data.to_delayed(optimize_graph=False)

@@ -152,8 +152,25 @@ class SegmentStats:
         return out
 
 
+class ChunkedIds:
+    """What an index of segments over chunks derives from ``n_segments`` and ``chunks``."""
+
+    n_segments: int
+    chunks: tuple[tuple[int, ...], ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Integer type of the segment IDs."""
+        return segment_dtype(self.n_segments)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dims of the class map (2 or 3)."""
+        return len(self.chunks)
+
+
 @dataclass
-class SegmentIndex:
+class SegmentIndex(ChunkedIds):
     """Everything known about the segments after :func:`resolve_segments`.
 
     Attributes
@@ -181,19 +198,9 @@ class SegmentIndex:
     min_pixels: int | None = None
 
     @property
-    def n_segments(self) -> int:
+    def n_segments(self) -> int:  # type: ignore[override]  # derived, not stored
         """Number of segments."""
         return len(self.stats)
-
-    @property
-    def dtype(self) -> np.dtype:
-        """Integer type of the segment IDs."""
-        return segment_dtype(self.n_segments)
-
-    @property
-    def ndim(self) -> int:
-        """Number of spatial dims of the class map (2 or 3)."""
-        return len(self.chunks)
 
 
 @numba.njit(cache=True, nogil=True)

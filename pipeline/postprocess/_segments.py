@@ -200,7 +200,8 @@ def segment_tasks(
                   strips.get((i + 1, j + 1)), connectivity, min_pixels is not None)
              for i in range(ny) for j in range(nx)]
     return SegmentTasks(pieces, joins, data.chunks, connectivity, min_pixels,
-                        *_sum_units(len(band_index), integer_sums, off, scl))
+                        *_sum_units(len(band_index), integer_sums, off, scl),
+                        strips=[strips[i, j] for i in range(ny) for j in range(nx)])
 
 
 def _feature_blocks(features: xr.DataArray, chunks: tuple[tuple[int, ...], ...]) -> Any:

@@ -22,6 +22,8 @@ def segment_table(
     feature_names: Sequence[str] = (),
     offset: Sequence[float] | np.ndarray | None = None,
     scale: Sequence[float] | np.ndarray | None = None,
+    ids: np.ndarray | None = None,
+    n_segments: int | None = None,
 ) -> Any:
     """Build the segment table as a DataFrame (pure, in memory).
 
@@ -66,6 +68,8 @@ def segment_table(
     if len(feature_names) != nf:
         raise ValueError(f"expected {nf} feature names, got {len(feature_names)}")
     if stats.ndim == 3:
+        if ids is not None:
+            raise ValueError("a volume's table is built whole (no ids=)")
         if transform is not None:
             raise ValueError("a volume's table takes geometry=, not a 2-D transform=")
         return _with_means(_volume_columns(stats, geometry), stats, feature_names, offset,
@@ -86,7 +90,8 @@ def segment_table(
         # extreme of the 4 corners, with 2 temporaries instead of 8)
         return pick(u * c0, u * c1) + pick(v * r0, v * r1) + w
     out: dict[str, Any] = {
-        "id": np.arange(1, n + 1, dtype=segment_dtype(n)),
+        "id": (np.arange(1, n + 1, dtype=segment_dtype(n)) if ids is None else
+               np.asarray(ids).astype(segment_dtype(n if n_segments is None else n_segments))),
         "class": stats.klass.astype(np.int64),
         "area_px": stats.count.astype(np.int64),
         "area": stats.count.astype(np.float64) * pixel,

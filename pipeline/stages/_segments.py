@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ class Segments:
     # postprocess.merge: the hierarchy, and the leaves' index (index is the regions')
     hierarchy: Any = field(default=None, repr=False)
     leaves: Any = field(default=None, repr=False)
+    # bounded segments: the table already written (``table`` is None), and the
+    # directory of the chunks' spill files, removed once the segments are written
+    table_file: Path | None = None
+    spill: Path | None = None
 
 
 def min_pixels(min_size: Any, geometry: Geometry, transform: Any) -> int | None:
@@ -66,8 +71,8 @@ def min_pixels(min_size: Any, geometry: Geometry, transform: Any) -> int | None:
 
 def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
                    along: Any = None, after_pass: Callable[[], None] | None = None,
-                   read_back: Callable[[], xr.DataArray] | None = None
-                   ) -> Segments | None:
+                   read_back: Callable[[], xr.DataArray] | None = None,
+                   spill: Path | None = None) -> Segments | None:
     """Global segments of ``rasters["labels"]``, merged to ``min_size`` (computes).
 
     Computes the per-chunk summaries, resolves and merges them in memory, and adds
@@ -83,6 +88,10 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     are (:func:`pipeline.cluster.raw_bands`): no float32 copy of the image.
     Images and volumes alike: the connectivity and the minimum size follow the
     image's dims and geometry.
+
+    ``spill``: a directory the workers and this process share. With it, the segments
+    of an image (without ``merge`` or ``instances``) are resolved with memory bounded
+    by chunks (:func:`bounded_segments`): the same segments, merge and table.
     """
     config, opened, timings = ctx.config, ctx.opened, ctx.timings
     pp = config.postprocess
@@ -115,6 +124,13 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
         # standardised features are summed with the features, in the same pass
         summed, offset, scale = squared_too(features, model.mean, model.scale)
         bands = None
+    if (spill is not None and not geometry.is_volume and pp.merge is None
+            and pp.instances is None):
+        tasks = segment_tasks(labels, summed, bands=bands,
+                              connectivity=pp.segments.for_ndim(geometry.ndim),
+                              min_pixels=min_px, offset=offset, scale=scale)
+        return bounded_segments(ctx, model, tasks, rasters, spill, min_px, n_features,
+                                along, after_pass, read_back, t)
     tasks = segment_tasks(labels, summed, bands=bands,
                           connectivity=pp.segments.for_ndim(geometry.ndim),
                           min_pixels=contacts, offset=offset, scale=scale)
@@ -165,6 +181,75 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
     return Segments(index=index, table=table, summary=summary, hierarchy=hierarchy,
                     leaves=leaves)
+
+
+def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
+                     rasters: dict[str, xr.DataArray], spill: Path, min_px: int | None,
+                     n_features: int, along: Any, after_pass: Callable[[], None] | None,
+                     read_back: Callable[[], xr.DataArray] | None, t: float) -> Segments:
+    """:func:`segments_stage` of an image with memory bounded by chunks (computes).
+
+    The pass spills every chunk's pieces to ``spill`` (on the workers); the border
+    pieces are joined here; the segments are numbered, merged and tabulated by
+    :func:`pipeline.postprocess._bounded.resolve_paged` on file-backed arrays, and
+    segments.parquet is written a slice of IDs at a time (to ``spill``, moved into the
+    output by :func:`write_segments`).
+    """
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    from ..postprocess import load_kernels, relabel_segments
+    from ..postprocess._bounded import Paged, bounded_tasks, resolve_paged
+
+    geometry, timings = ctx.opened.geometry, ctx.timings
+    labels = rasters["labels"]
+    transform = labels.rio.transform()
+    spill.mkdir(parents=True, exist_ok=True)
+    bt = bounded_tasks(tasks, spill, int(labels.shape[-1]))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(load_kernels, 2)
+        if along is None:
+            local, joins = dask.compute(bt.local, bt.joins)
+        else:
+            # unoptimised: as in segments_stage
+            _, local, joins = dask.compute(along, bt.local, bt.joins, optimize_graph=False)
+            if after_pass is not None:
+                after_pass()
+        loading.result()
+    t_resolve = time.perf_counter()
+    table_file = spill / "segments.parquet"
+    writer: Any = None
+
+    def write_rows(stats: Any, first_id: int, n_segments: int, rows: int) -> None:
+        nonlocal writer
+        frame = table_of(stats, model, geometry, transform,
+                         ids=np.arange(first_id, first_id + rows), n_segments=n_segments)
+        part = pa.Table.from_pandas(frame, preserve_index=False)
+        if writer is None:
+            writer = pq.ParquetWriter(table_file, part.schema)
+        writer.write_table(part)
+
+    try:
+        index = resolve_paged(bt, local, joins, Paged(spill / "paged"), min_pixels=min_px,
+                              n_similar=n_features, write_table=write_rows)
+    finally:
+        if writer is not None:
+            writer.close()
+    shutil.rmtree(spill / "paged", ignore_errors=True)
+    if writer is None:  # no segment at all: the table's columns, no row
+        from ..postprocess._bounded import empty_stats
+
+        table_of(empty_stats(bt), model, geometry, transform).to_parquet(table_file,
+                                                                        index=False)
+    class_map = labels if read_back is None else read_back()
+    rasters["segments"] = relabel_segments(class_map, index)
+    summary: dict[str, Any] = {"connectivity": index.connectivity, "found": index.n_found,
+                               "min_pixels": min_px, "segments": index.n_segments}
+    log.info("segments: %d found, %d after merging below %s pixels", index.n_found,
+             index.n_segments, min_px)
+    timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
+    return Segments(index=index, table=None, summary=summary, table_file=table_file,
+                    spill=spill)
 
 
 def _available_memory() -> int:
@@ -227,15 +312,18 @@ def split_squares(index: Any, n_features: int) -> tuple[Any, np.ndarray | None]:
     return dataclasses.replace(index, stats=index.stats.first_features(n_features)), ssq
 
 
-def table_of(stats: Any, model: Any, geometry: Geometry, transform: Any) -> Any:
-    """segments.parquet's frame of ``stats`` (pixels and map units, or a volume's)."""
+def table_of(stats: Any, model: Any, geometry: Geometry, transform: Any, **part: Any) -> Any:
+    """segments.parquet's frame of ``stats`` (pixels and map units, or a volume's).
+
+    ``part``: ``ids`` and ``n_segments`` of :func:`segment_table` (2-D).
+    """
     from ..postprocess import segment_table
 
     if geometry.is_volume:
         return segment_table(stats, geometry=geometry, feature_names=model.feature_names,
                              offset=model.mean, scale=model.scale)
     return segment_table(stats, transform=transform, feature_names=model.feature_names,
-                         offset=model.mean, scale=model.scale)
+                         offset=model.mean, scale=model.scale, **part)
 
 
 def write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Path,
@@ -250,7 +338,17 @@ def write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Pa
 
     t = time.perf_counter()
     out = [staging / "segments.parquet"]
-    seg.table.to_parquet(out[0], index=False)
+    table = seg.table
+    if seg.table_file is not None:
+        shutil.move(seg.table_file, out[0])
+        if seg.spill is not None:
+            shutil.rmtree(seg.spill, ignore_errors=True)
+        if config.postprocess.polygons:
+            import pandas as pd
+
+            table = pd.read_parquet(out[0])
+    else:
+        table.to_parquet(out[0], index=False)
     if seg.hierarchy is not None:
         from ._merge_regions import save_hierarchy
 
@@ -261,7 +359,7 @@ def write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Pa
         # the staging directory is local: read it here, not on remote workers
         (parts,) = dask.compute(chunk_polygons(written), scheduler="threads")
         ids, geoms = dissolve_polygons(parts)
-        frame = polygons_frame(ids, geoms, seg.table, transform=raster.rio.transform(),
+        frame = polygons_frame(ids, geoms, table, transform=raster.rio.transform(),
                                crs=raster.rio.crs)
         out += [staging / "polygons.gpkg", staging / "polygons.parquet"]
         frame.to_file(out[1], driver="GPKG", layer="polygons", engine="pyogrio")

@@ -286,6 +286,10 @@ class Written:
     instances: Any = None  # stages.Instances or None (postprocess.instances)
 
 
+#: the segments' spill files, inside the staging directory (removed once written)
+SPILL = ".segments-spill"
+
+
 def _segment_pass(ctx: RunContext, model: Any, staging: Path,
                   rasters: dict[str, xr.DataArray], writers: dict[str, LabelWriter],
                   bar: Progress) -> Progress:
@@ -344,7 +348,8 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
             class_map = {"labels": rasters["labels"].copy(
                 data=writers["labels"].read_back())}
             segments = segments_stage(ctx, model, class_map,
-                                      read_back=lambda: class_map["labels"])
+                                      read_back=lambda: class_map["labels"],
+                                      spill=staging / SPILL)
             rasters["segments"] = class_map["segments"]
             bar = _segment_pass(ctx, model, staging, rasters, writers, bar)
             for w in classes:
@@ -374,7 +379,8 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
 
             try:
                 segments = segments_stage(ctx, model, rasters, along=along,
-                                          after_pass=encode, read_back=read_back)
+                                          after_pass=encode, read_back=read_back,
+                                          spill=staging / SPILL)
                 bar = _segment_pass(ctx, model, staging, rasters, writers, bar)
                 if encoding:  # the class COGs, encoded meanwhile
                     t_wait = time.perf_counter()

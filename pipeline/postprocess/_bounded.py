@@ -1,0 +1,507 @@
+"""Segments with memory bounded by chunks: the same segments, merge and table, paged.
+
+The in-memory resolver (:mod:`._resolve`, :mod:`._merge`) holds every piece of every
+chunk, and every segment's statistics and contacts, in one process: 37.6 million raw
+segments of 8192^2 noise took 13 GB. Here the same results come out of:
+
+1. **A local pass, on the workers** (:func:`_local_pass`, one task per chunk, in the
+   pass that labels it). A piece that touches no face shared with another chunk is a
+   whole segment. The chunk's pieces and contacts go to a spill file; only its
+   *border pieces* (those on a shared face) and a count of the other pieces' first
+   pixels per row come back.
+2. **Joining the borders, here** (:func:`resolve_paged`): union-find over the face
+   pairs joins the border pieces into segments (proportional to the borders).
+3. **Numbering**: every segment is numbered by its first pixel in raster order. The
+   number of first pixels per image row and chunk column gives each chunk the number
+   of segments before each of its rows; a chunk numbers its own segments from there.
+4. **The merge, paged**: the segments' statistics, their contacts (as adjacency rows)
+   and the merge's working arrays are file-backed arrays (:class:`Paged`) filled one
+   chunk at a time, and the merge (:func:`._merge.run_merge`, the same kernels and the
+   same order as in memory) runs a slice of IDs at a time. IDs follow the raster
+   order, so a slice touches the pages of a few rows of the image; after each slice
+   this process drops the pages it touched (they stay in the operating system's
+   file cache, or go to disk under memory pressure).
+5. **The table and the lookup tables**, written a slice of IDs (one chunk) at a time.
+
+The process that coordinates holds the border pieces, one chunk's arrays and one slice
+of pages at a time; the merge itself is sequential (it is defined as a sequence: each
+merge changes the means the next decisions read), in ID order.
+"""
+
+from __future__ import annotations
+
+import mmap
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import dask
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ._chunk_tasks import KEY_SHIFT, ChunkPieces, ChunkStrips, Joins, SegmentTasks
+from ._kernels import _min_into, _reduce_add
+from ._merge import _count_rows, _fill_rows, merge_arrays, run_merge
+from ._resolve import STAT_FIELDS, ChunkedIds, SegmentStats, segment_dtype
+
+__all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "resolve_paged"]
+
+_LOW = np.int64(0xFFFFFFFF)
+#: IDs a paged kernel is given at a time (the pages of a few rows of a large image)
+STEP = 1 << 20
+#: face contacts given at a time (each may touch rows of its own)
+_FACE_STEP = 1 << 14
+_BIG = np.iinfo(np.int64).max
+_EDGE_FIELDS = ("edge_a", "edge_b", "edge_len")
+
+
+class LocalResult(NamedTuple):
+    """What a chunk's local pass returns (the rest is in its spill file).
+
+    ``border``: its border pieces (local labels - 1, ascending) and ``stats`` theirs
+    (:data:`STAT_FIELDS` order); ``head_rows``: the number of its other pieces (whole
+    segments) whose first pixel is in each of its rows; ``n_edges``: its contacts.
+    """
+
+    index: int  # type: ignore[assignment]  # a field shadowing tuple.index (the chunk)
+    n_pieces: int
+    n_edges: int
+    border: np.ndarray
+    stats: tuple[np.ndarray, ...]
+    head_rows: np.ndarray
+
+
+def _spill_file(spill: Path | str, index: int, kind: str) -> Path:
+    return Path(spill) / f"{index}.{kind}.npy" if kind != "pieces" else \
+        Path(spill) / f"{index}.pieces.npz"
+
+
+def _border_pieces(n: int, strips: ChunkStrips, faces: tuple[bool, bool, bool, bool]
+                   ) -> np.ndarray:
+    """Mask of the pieces on the chunk's faces shared with another chunk."""
+    border = np.zeros(n, dtype=np.bool_)
+    for labels, shared in zip((strips.top, strips.bottom, strips.left, strips.right), faces,
+                              strict=True):
+        if shared:
+            labels = np.asarray(labels)
+            border[labels[labels > 0].astype(np.int64) - 1] = True
+    return border
+
+
+def _local_pass(pieces: ChunkPieces, strips: ChunkStrips,
+                faces: tuple[bool, bool, bool, bool], y0: int, height: int, width: int,
+                spill: str) -> LocalResult:
+    """On a worker: spill the chunk's pieces; return its border pieces and head counts."""
+    n = int(pieces.count.size)
+    border = _border_pieces(n, strips, faces)
+    arrays: dict[str, Any] = {f: np.asarray(getattr(pieces, f))
+                              for f in STAT_FIELDS + _EDGE_FIELDS}
+    np.savez(_spill_file(spill, int(strips.index), "pieces"), border=border, **arrays)
+    first = np.asarray(pieces.first, np.int64)
+    head_rows = np.bincount(first[~border] // width - y0, minlength=height).astype(np.int64)
+    return LocalResult(int(strips.index), n, int(pieces.edge_a.size), np.flatnonzero(border),
+                       tuple(np.asarray(getattr(pieces, f))[border] for f in STAT_FIELDS),
+                       head_rows)
+
+
+@dataclass(frozen=True)
+class BoundedTasks:
+    """The lazy local passes (one :class:`LocalResult` per chunk) and the joins."""
+
+    local: list[Any] = field(repr=False)
+    tasks: SegmentTasks = field(repr=False)
+    spill: Path
+    width: int
+
+    @property
+    def joins(self) -> list[Any]:
+        """The join tasks (one per chunk)."""
+        return self.tasks.joins
+
+
+def bounded_tasks(tasks: SegmentTasks, spill: Path, width: int) -> BoundedTasks:
+    """Return the local pass of every chunk of :func:`segment_tasks`' ``tasks`` (lazy).
+
+    ``spill``: a directory every worker can write and this process read;
+    ``width``: the class map's width.
+    """
+    ys = np.concatenate([[0], np.cumsum(tasks.chunks[0])])
+    ny, nx = len(tasks.chunks[0]), len(tasks.chunks[1])
+    task = dask.delayed(_local_pass, pure=True)
+    local = []
+    for c, (p, s) in enumerate(zip(tasks.pieces, tasks.strips, strict=True)):
+        i, j = divmod(c, nx)
+        faces = (i > 0, i < ny - 1, j > 0, j < nx - 1)
+        local.append(task(p, s, faces, int(ys[i]), int(tasks.chunks[0][i]), int(width),
+                          str(spill)))
+    return BoundedTasks(local, tasks, Path(spill), int(width))
+
+
+class Paged:
+    """File-backed arrays in a directory, whose pages this process drops on request.
+
+    Written by hand: numpy's ``memmap`` does not expose its mapping, and the pages a
+    kernel touched stay counted in the process's memory until they are unmapped or
+    advised away (``madvise(MADV_DONTNEED)``: for a shared file mapping the data stays
+    in the file and the operating system's cache).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._maps: dict[str, mmap.mmap] = {}
+
+    def empty(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """Return a new array of zeros, backed by ``<directory>/<name>.bin``."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = max(count * dtype.itemsize, 1)
+        with open(self.directory / f"{name}.bin", "w+b") as f:
+            f.truncate(nbytes)  # a sparse file: zeros, no disk until written
+            mm = mmap.mmap(f.fileno(), nbytes)
+        self._maps[name] = mm
+        return np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)
+
+    def full(self, name: str, shape: tuple[int, ...], dtype: Any, value: Any) -> np.ndarray:
+        """Return a new array filled with ``value`` (a slice at a time)."""
+        out = self.empty(name, shape, dtype)
+        for s, e in self.slices(shape[0]):
+            out[s:e] = value
+        return out
+
+    def release(self) -> None:
+        """Drop every page this process has touched (the data stays in the files)."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is None:  # pragma: no cover - not on Linux or macOS
+            return
+        for mm in self._maps.values():
+            mm.madvise(advice)
+
+    def drop(self, name: str) -> None:
+        """Forget an array (its views must be gone) and delete its file."""
+        self._maps.pop(name, None)
+        (self.directory / f"{name}.bin").unlink(missing_ok=True)
+
+    def slices(self, total: int, step: int = STEP) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` over ``0..total``, releasing the pages after each."""
+        for s in range(0, total, step):
+            yield s, min(s + step, total)
+            self.release()
+
+
+@dataclass
+class BoundedIndex(ChunkedIds):
+    """The segments of :func:`resolve_paged`, for :func:`relabel_segments` (lazy).
+
+    ``luts``: one Delayed per chunk (row-major) that loads its lookup table.
+    """
+
+    luts: list[Any] = field(repr=False)
+    chunks: tuple[tuple[int, ...], ...]
+    connectivity: int
+    n_segments: int
+    n_found: int
+
+
+def _load_lut(spill: str, index: int) -> np.ndarray:
+    """On a worker: a chunk's lookup table (local label -> segment ID)."""
+    return np.load(_spill_file(spill, index, "final"))
+
+
+def _join_border(local: Sequence[LocalResult], joins: Sequence[Joins]
+                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], Callable[..., Any]]:
+    """Join the border pieces into segments across the faces (union-find).
+
+    Returns the border segments' first pixels and classes, per chunk the border
+    segment of each of its border pieces, and ``key -> border piece`` (global index).
+    """
+    sizes = np.array([r.border.size for r in local], dtype=np.int64)
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    keys = np.concatenate([(np.int64(r.index) << KEY_SHIFT) | (r.border + 1) for r in local])
+
+    def piece(key: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(keys, key)
+        if at.size and not np.array_equal(keys[np.minimum(at, keys.size - 1)], key):
+            raise RuntimeError("a face pair names a piece that is on no shared face")
+        return at
+
+    empty = np.empty(0, dtype=np.int64)
+    ja = np.concatenate([piece(j.join_a) for j in joins]) if joins else empty
+    jb = np.concatenate([piece(j.join_b) for j in joins]) if joins else empty
+    total = int(start[-1])
+    graph = coo_matrix((np.ones(ja.size, dtype=np.int8), (ja, jb)), shape=(total, total))
+    n_seg, comp = connected_components(graph.tocsr(), directed=False)
+    first = np.full(n_seg, _BIG, dtype=np.int64)
+    _min_into(comp, np.concatenate([r.stats[1] for r in local]).astype(np.int64), first)
+    return first, comp, [comp[start[c]:start[c + 1]] for c in range(len(local))], piece
+
+
+def _head_starts(chunks: tuple[tuple[int, ...], ...], width: int,
+                 local: Sequence[LocalResult], border_first: np.ndarray) -> np.ndarray:
+    """Segments whose first pixel comes before each (image row, chunk column).
+
+    ``start[r, j]``: in raster order, the number of segments that start before row
+    ``r``'s part in chunk column ``j``.
+    """
+    ys = np.concatenate([[0], np.cumsum(chunks[0])])
+    xs = np.concatenate([[0], np.cumsum(chunks[1])])
+    nx = len(chunks[1])
+    heads = np.zeros((int(ys[-1]), nx), dtype=np.int64)
+    for r in local:
+        i, j = divmod(r.index, nx)
+        heads[ys[i]:ys[i + 1], j] += r.head_rows
+    row, col = border_first // width, border_first % width
+    np.add.at(heads, (row, np.searchsorted(xs, col, side="right") - 1), 1)
+    flat = heads.ravel()
+    return (np.cumsum(flat) - flat).reshape(heads.shape)
+
+
+def _number(firsts: np.ndarray, start: np.ndarray, y0: int, width: int) -> np.ndarray:
+    """IDs of the segments whose first pixels (distinct) are ``firsts``, all of one chunk.
+
+    ``start``: :func:`_head_starts` for the chunk's rows and column. A segment's ID is
+    one more than the number of segments before its row's part, plus its rank within it.
+    """
+    order = np.argsort(firsts, kind="stable")
+    rows = firsts[order] // width - y0
+    within = np.arange(order.size) - np.searchsorted(rows, rows, side="left")
+    ids = np.empty(order.size, dtype=np.int64)
+    ids[order] = start[rows] + within + 1
+    return ids
+
+
+@dataclass
+class PagedResult:
+    """What :func:`resolve_paged` made: the index for the relabel pass, and counts."""
+
+    index: BoundedIndex
+    n_found: int
+    n_segments: int
+
+
+def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence[Joins],
+                  paged: Paged, *, min_pixels: int | None, n_similar: int,
+                  write_table: Callable[[SegmentStats, int, int, int], None]) -> BoundedIndex:
+    """Resolve, merge and number the segments of the local passes (pure; pages).
+
+    ``local``, ``joins``: ``dask.compute(bt.local, bt.joins)``; ``paged``: the
+    file-backed arrays' directory; ``min_pixels``: merge smaller segments (the
+    adjacency was collected for at least that size). ``write_table(stats, first_id,
+    n_segments, n_rows)`` is called with consecutive slices of the final segments'
+    statistics, in ID order.
+
+    Returns the index whose lookup tables (one file per chunk) relabel the class map.
+    """
+    spill = bt.spill
+    nx = len(bt.tasks.chunks[1])
+    ys = np.concatenate([[0], np.cumsum(bt.tasks.chunks[0])])
+    xs = np.concatenate([[0], np.cumsum(bt.tasks.chunks[1])])
+    n_chunks = len(local)
+    width = bt.width
+    border_first, comp, border_seg, piece = _join_border(local, joins)
+    start = _head_starts(bt.tasks.chunks, width, local, border_first)
+    n_raw = int(sum(int(r.head_rows.sum()) for r in local) + border_first.size)
+    # --- numbering: each chunk's own segments, then the border segments' IDs
+    row, col = border_first // width, border_first % width
+    chunk_of = (np.searchsorted(ys, row, side="right") - 1) * nx + \
+        np.searchsorted(xs, col, side="right") - 1
+    order = np.argsort(chunk_of, kind="stable")
+    bounds = np.searchsorted(chunk_of[order], np.arange(n_chunks + 1))
+    border_id = np.zeros(border_first.size, dtype=np.int64)
+    raw_type = segment_dtype(n_raw)
+    for c in range(n_chunks):
+        i, j = divmod(c, nx)
+        with np.load(_spill_file(spill, c, "pieces")) as f:
+            border, first = f["border"], f["first"]
+        mine = order[bounds[c]:bounds[c + 1]]
+        ids = _number(np.concatenate([first[~border], border_first[mine]]),
+                      start[ys[i]:ys[i + 1], j], int(ys[i]), width)
+        inner = int((~border).sum())
+        border_id[mine] = ids[inner:]
+        lut = np.zeros(border.size + 1, dtype=raw_type)
+        lut[1:][~border] = ids[:inner]
+        np.save(_spill_file(spill, c, "raw"), lut)
+    del start
+    # --- the raw segments' statistics, a chunk at a time (border segments add up)
+    nf = local[0].stats[-1].shape[1] if local else 0
+    raw = _paged_stats(paged, "raw", n_raw, nf)
+    for c in range(n_chunks):
+        lut = np.load(_spill_file(spill, c, "raw"))
+        with np.load(_spill_file(spill, c, "pieces")) as f:
+            border = f["border"]
+            lut[1:][border] = border_id[border_seg[c]]
+            np.save(_spill_file(spill, c, "raw"), lut)
+            _reduce_add(lut[1:].astype(np.int64) - 1,
+                        *(np.ascontiguousarray(f[k]) for k in STAT_FIELDS),
+                        *raw)
+        paged.release()
+    n_found = n_raw
+    if min_pixels is None:
+        final_of = None
+        final, n_final = raw, n_raw
+    else:
+        final_of, n_final, parent = _merge_paged(bt, local, joins, paged, raw, piece, comp,
+                                                 border_id, min_pixels, n_similar)
+        final = _paged_stats(paged, "final", n_final, nf)
+        for s, e in paged.slices(n_raw):
+            _reduce_add(final_of[s:e] - 1, *(a[s:e] for a in raw), *final)
+        # a merged segment keeps the class of the segment merged into (its root)
+        for s, e in paged.slices(n_raw):
+            roots = np.flatnonzero(parent[s:e] == np.arange(s, e)) + s
+            final[0][final_of[roots] - 1] = raw[0][roots]
+    # --- the table, a slice of IDs at a time
+    for s, e in paged.slices(n_final):
+        klass, first, count, rmin, rmax, cmin, cmax, hi, lo = (np.array(a[s:e]) for a in final)
+        stats = SegmentStats(klass, first, count, rmin, rmax, cmin, cmax, hi, lo,
+                             bt.tasks.sum_offset, bt.tasks.sum_scale)
+        write_table(stats, s + 1, n_final, e - s)
+    # --- each chunk's lookup table: local label -> final ID
+    dtype = segment_dtype(n_final)
+    for c in range(n_chunks):
+        lut = np.load(_spill_file(spill, c, "raw")).astype(np.int64)
+        if final_of is not None:
+            lut[1:] = final_of[lut[1:] - 1]
+        np.save(_spill_file(spill, c, "final"), lut.astype(dtype))
+        _spill_file(spill, c, "raw").unlink()
+        paged.release()
+    load = dask.delayed(_load_lut, pure=True)
+    luts = [load(str(spill), c) for c in range(n_chunks)]
+    return BoundedIndex(luts, bt.tasks.chunks, bt.tasks.connectivity, n_final, n_found)
+
+
+def _paged_stats(paged: Paged, name: str, n: int, nf: int) -> list[np.ndarray]:
+    """Empty statistics of ``n`` segments (as ``_reduce_empty``), file-backed."""
+    return [paged.empty(f"{name}.klass", (n,), np.int64),
+            paged.full(f"{name}.first", (n,), np.int64, _BIG),
+            paged.empty(f"{name}.count", (n,), np.int64),
+            paged.full(f"{name}.rmin", (n,), np.int64, _BIG),
+            paged.full(f"{name}.rmax", (n,), np.int64, -1),
+            paged.full(f"{name}.cmin", (n,), np.int64, _BIG),
+            paged.full(f"{name}.cmax", (n,), np.int64, -1),
+            paged.empty(f"{name}.hi", (n, nf), np.int64),
+            paged.empty(f"{name}.lo", (n, nf), np.int64)]
+
+
+def _merge_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence[Joins],
+                 paged: Paged, raw: list[np.ndarray], piece: Callable[..., Any],
+                 comp: np.ndarray, border_id: np.ndarray, min_pixels: int, n_similar: int
+                 ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Merge the raw segments to the minimum size, paged.
+
+    Returns each raw segment's final ID (1-based), the number of final segments and
+    each raw segment's root (the segment its group merged into).
+
+    The contacts of small segments (every chunk's, and the faces') become adjacency
+    rows by a counting sort in two passes; the merge runs a slice at a time; the
+    merged groups are numbered by their lowest member (first pixel), as in memory.
+    """
+    spill = bt.spill
+    n = raw[2].size
+    count = raw[2]
+    id_type = np.int32 if n < 2**30 else np.int64
+    small = paged.empty("small", (n,), np.bool_)
+    n_small = small_pixels = 0
+    for s, e in paged.slices(n):
+        small[s:e] = count[s:e] < min_pixels
+        n_small += int(small[s:e].sum())
+        small_pixels += int(count[s:e][small[s:e]].sum())
+    # the contacts of small segments as (a, b, length), 1-based raw IDs; a pair seen
+    # twice (a border segment touches one segment in two chunks) adds its lengths,
+    # as the merge would after combining them
+    m = sum(r.n_edges for r in local) + sum(j.edge_a.size for j in joins)
+    ea = paged.empty("edge_a", (m,), id_type)
+    eb = paged.empty("edge_b", (m,), id_type)
+    el = paged.empty("edge_len", (m,), np.int32)
+    k = 0
+
+    def add(a: np.ndarray, b: np.ndarray, length: np.ndarray) -> None:
+        nonlocal k
+        keep = small[a - 1] | small[b - 1]
+        kept = int(keep.sum())
+        ea[k:k + kept], eb[k:k + kept], el[k:k + kept] = a[keep], b[keep], length[keep]
+        k += kept
+
+    for c in range(len(local)):
+        lut = np.load(_spill_file(spill, c, "raw")).astype(np.int64)
+        with np.load(_spill_file(spill, c, "pieces")) as f:
+            add(lut[f["edge_a"]], lut[f["edge_b"]], f["edge_len"])
+        paged.release()
+    # face contacts: between border pieces, whose segments' IDs are known here; in
+    # ID order, so that a slice of them touches the rows of a few image rows (in the
+    # order of the faces, each would touch a page of its own)
+    k_chunks = k
+    if joins:
+        fa = border_id[comp[np.concatenate([piece(j.edge_a) for j in joins])]]
+        fb = border_id[comp[np.concatenate([piece(j.edge_b) for j in joins])]]
+        fl = np.concatenate([j.edge_len for j in joins]).astype(np.int32)
+        order = np.argsort(np.minimum(fa, fb), kind="stable")
+        add(fa[order], fb[order], fl[order])
+        del fa, fb, fl, order
+    paged.release()
+
+    def edge_slices() -> Iterator[tuple[int, int]]:
+        yield from paged.slices(k_chunks)
+        for s, e in paged.slices(k - k_chunks, _FACE_STEP):
+            yield k_chunks + s, k_chunks + e
+    # adjacency rows of the small segments: counts, offsets, then the entries
+    ptr = paged.empty("ptr", (n + 1,), np.int64)
+    for s, e in edge_slices():
+        _count_rows(ea[s:e], eb[s:e], small, ptr)
+    total = 0
+    for s, e in paged.slices(n + 1):
+        part = np.cumsum(ptr[s:e]) + total
+        total = int(part[-1])
+        ptr[s:e] = part
+    fill = paged.empty("fill", (n,), np.int64)
+    for s, e in paged.slices(n):
+        fill[s:e] = ptr[s:e]
+    dst = paged.empty("dst", (total,), id_type)
+    blen = paged.empty("blen", (total,), np.int32)
+    for s, e in edge_slices():
+        _fill_rows(ea[s:e], eb[s:e], el[s:e], small, fill, dst, blen)
+    for name in ("edge_a", "edge_b", "edge_len", "fill"):
+        paged.drop(name)  # their pages were released; the files go once unmapped
+    # the merge, a slice of IDs at a time
+    w = merge_arrays(n, raw[7].shape[1], n_small, id_type, empty=paged.empty)
+    for s, e in paged.slices(n):
+        w.count[s:e] = count[s:e]
+        w.hi[s:e] = raw[7][s:e]
+        w.lo[s:e] = raw[8][s:e]
+    parent = run_merge(w, (ptr, dst, blen), bt.tasks.sum_offset, bt.tasks.sum_scale, min_pixels,
+                       n_similar, int(min(min_pixels, small_pixels + 1)), step=STEP,
+                       release=paged.release)
+    # a group is numbered by its first pixel: its lowest member
+    group_min = paged.full("group_min", (n,), np.int64, _BIG)
+    for s, e in paged.slices(n):
+        _min_into(parent[s:e].astype(np.int64), np.arange(s, e, dtype=np.int64), group_min)
+    rank = paged.empty("rank", (n,), np.int64)
+    n_final = 0
+    for s, e in paged.slices(n):
+        rank[s:e] = np.cumsum(group_min[parent[s:e]] == np.arange(s, e)) + n_final
+        n_final = int(rank[e - 1])
+    final_of = paged.empty("final_of", (n,), np.int64)
+    for s, e in paged.slices(n):
+        final_of[s:e] = rank[group_min[parent[s:e]]]
+    return final_of, n_final, parent
+
+
+def segments_work_dir(staging: Path) -> Path:
+    """Return the spill directory of a run's segments (inside its staging directory)."""
+    return Path(staging) / ".segments-spill"
+
+
+def remove_work_dir(directory: Path) -> None:
+    """Remove a spill directory and everything in it."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def empty_stats(bt: BoundedTasks) -> SegmentStats:
+    """Statistics of no segment, in the units of ``bt``'s sums (an empty table)."""
+    nf = np.asarray(bt.tasks.sum_offset).size
+    none = np.empty(0, dtype=np.int64)
+    return SegmentStats(none, none, none, none, none, none, none,
+                        np.empty((0, nf), np.int64), np.empty((0, nf), np.int64),
+                        bt.tasks.sum_offset, bt.tasks.sum_scale)
