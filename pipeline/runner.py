@@ -57,6 +57,7 @@ from .stages import (
     output_bytes,
     refuse_existing,
     save_model,
+    segment_spill,
     segments_stage,
     stage_progress,
     staged_output,
@@ -235,10 +236,14 @@ def run(
             assert rasters["labels"].chunks is not None  # lazy: Dask-backed
             one_pass = (config.postprocess.segments is not None and client is None
                         and regular_chunks(rasters["labels"].chunks))
-            segments = None if one_pass else segments_stage(ctx, model, rasters)
+            # the rasters' Zarr stores, and those of the segments (resolved in the
+            # staging directory, they are not among the rasters yet)
             kept = None if resumed is None or not resumed.ledger.previous else tuple(
-                n for name in rasters for n in (f"{name}.zarr", f".{name}.readback.zarr"))
+                n for name in [*rasters, "segments", "leaves"]
+                for n in (f"{name}.zarr", f".{name}.readback.zarr"))
             with job.staged(keep=kept) as staging:
+                segments = None if one_pass else segments_stage(
+                    ctx, model, rasters, spill=segment_spill(ctx, staging))
                 ledger = (resumed.ledger if resumed is not None
                           else start_manifest(job.staging, manifest, model))
                 written = write_stage(ctx, model, rasters, staging, segments, one_pass,

@@ -125,9 +125,10 @@ class BoundedTasks:
 def bounded_tasks(tasks: SegmentTasks, spill: Path, width: int) -> BoundedTasks:
     """Return the local pass of every chunk of :func:`segment_tasks`' ``tasks`` (lazy).
 
-    ``spill``: a directory every worker can write and this process read;
+    ``spill``: a directory (made here) every worker can write and this process read;
     ``width``: the class map's width.
     """
+    Path(spill).mkdir(parents=True, exist_ok=True)
     ys = np.concatenate([[0], np.cumsum(tasks.chunks[0])])
     ny, nx = len(tasks.chunks[0]), len(tasks.chunks[1])
     task = dask.delayed(_local_pass, pure=True)

@@ -33,7 +33,15 @@ from ._staging import (
     staged_output,
     staging_dir,
 )
-from ._write import Progress, Written, make_writer, stage_progress, store_rasters, write_stage
+from ._write import (
+    Progress,
+    Written,
+    make_writer,
+    segment_spill,
+    stage_progress,
+    store_rasters,
+    write_stage,
+)
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -65,6 +73,7 @@ __all__ = [
     "recover",
     "refuse_existing",
     "save_model",
+    "segment_spill",
     "segments_stage",
     "stage_progress",
     "staged_output",

@@ -204,7 +204,6 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
     geometry, timings = ctx.opened.geometry, ctx.timings
     labels = rasters["labels"]
     transform = labels.rio.transform()
-    spill.mkdir(parents=True, exist_ok=True)
     bt = bounded_tasks(tasks, spill, int(labels.shape[-1]))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         loading = pool.submit(load_kernels, 2)

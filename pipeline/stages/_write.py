@@ -27,7 +27,7 @@ from ._context import RunContext
 from ._resume import Ledger, crc, region_key
 
 __all__ = ["Progress", "Written", "make_writer", "stage_progress", "store_rasters",
-           "workers_share_files", "write_stage"]
+           "segment_spill", "workers_share_files", "write_stage"]
 
 log = logging.getLogger("pipeline.runner")
 
@@ -95,15 +95,27 @@ def _store_parts(blocks: list[np.ndarray], region: tuple[slice, ...],
 def workers_share_files(client: Any, writers: list[Any]) -> bool:
     """Whether every worker of ``client`` sees the writers' directory, as this process does.
 
-    A cluster this process started shares its files. Otherwise a probe file with a
-    random token is written into the staging directory and every worker is asked to
-    read it back at the same absolute path (a cluster on a shared file system).
+    See :func:`workers_share_dir`; False when no writer has a directory (unless this
+    process started the cluster).
     """
     if getattr(client, "cluster", None) is not None:
         return True
     directory = next((getattr(w, "directory", None) for w in writers), None)
-    if directory is None:
-        return False
+    shared = directory is not None and workers_share_dir(client, Path(directory))
+    log.info("workers %s the staging directory: %s", "share" if shared else "do not see",
+             "they write the Zarr chunks" if shared else "blocks come back to be written")
+    return shared
+
+
+def workers_share_dir(client: Any, directory: Path) -> bool:
+    """Whether every worker of ``client`` sees ``directory``, as this process does.
+
+    A cluster this process started shares its files. Otherwise a probe file with a
+    random token is written into ``directory`` and every worker is asked to read it
+    back at the same absolute path (a cluster on a shared file system).
+    """
+    if getattr(client, "cluster", None) is not None:
+        return True
     token = uuid.uuid4().hex
     probe = Path(directory).resolve() / f".probe-{token}"
     try:
@@ -113,10 +125,18 @@ def workers_share_files(client: Any, writers: list[Any]) -> bool:
         return False
     finally:
         probe.unlink(missing_ok=True)
-    shared = bool(seen) and all(seen.values())
-    log.info("workers %s the staging directory: %s", "share" if shared else "do not see",
-             "they write the Zarr chunks" if shared else "blocks come back to be written")
-    return shared
+    return bool(seen) and all(seen.values())
+
+
+def segment_spill(ctx: RunContext, staging: Path) -> Path | None:
+    """Where the segments spill their chunks, or None where the workers cannot see it.
+
+    Without a spill directory every worker shares, segments are resolved in memory.
+    """
+    if ctx.client is None or workers_share_dir(ctx.client, staging):
+        return staging / SPILL
+    log.info("workers do not see the staging directory: segments are resolved in memory")
+    return None
 
 
 def _sees(path: str, token: str) -> bool:
@@ -349,7 +369,7 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
                 data=writers["labels"].read_back())}
             segments = segments_stage(ctx, model, class_map,
                                       read_back=lambda: class_map["labels"],
-                                      spill=staging / SPILL)
+                                      spill=segment_spill(ctx, staging))
             rasters["segments"] = class_map["segments"]
             bar = _segment_pass(ctx, model, staging, rasters, writers, bar)
             for w in classes:
@@ -380,7 +400,7 @@ def write_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray],
             try:
                 segments = segments_stage(ctx, model, rasters, along=along,
                                           after_pass=encode, read_back=read_back,
-                                          spill=staging / SPILL)
+                                          spill=segment_spill(ctx, staging))
                 bar = _segment_pass(ctx, model, staging, rasters, writers, bar)
                 if encoding:  # the class COGs, encoded meanwhile
                     t_wait = time.perf_counter()

@@ -1,0 +1,137 @@
+"""Segments with memory bounded by chunks give exactly the in-memory segments.
+
+The bounded resolver (border pieces joined globally, segments numbered per row and
+chunk column, the minimum-size merge on file-backed arrays a slice of IDs at a time)
+against the in-memory resolver on the same class maps: the same segment raster, the
+same table, the same count before merging, for any chunking and any slice size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.ndimage import zoom
+
+from pipeline.postprocess import _bounded as bounded
+from pipeline.postprocess import (
+    merge_small_segments,
+    relabel_segments,
+    resolve_segments,
+    segment_table,
+    segment_tasks,
+)
+
+
+def _tasks(classes: np.ndarray, feats: np.ndarray, chunks: tuple[int, int],
+           min_px: int | None, conn: int, nodata: int | None) -> tuple[xr.DataArray, object]:
+    labels = xr.DataArray(classes, dims=("y", "x")).chunk({"y": chunks[0], "x": chunks[1]})
+    if nodata is not None:
+        labels = labels.rio.write_nodata(nodata)
+    features = xr.DataArray(feats, dims=("band", "y", "x")).chunk(
+        {"band": -1, "y": chunks[0], "x": chunks[1]})
+    return labels, segment_tasks(labels, features, connectivity=conn, min_pixels=min_px)
+
+
+def in_memory(classes, feats, chunks, min_px, conn, nodata):
+    labels, tasks = _tasks(classes, feats, chunks, min_px, conn, nodata)
+    pieces, joins = dask.compute(tasks.pieces, tasks.joins, scheduler="sync")
+    index = resolve_segments(tasks, pieces, joins)
+    found = index.n_segments
+    if min_px is not None:
+        index = merge_small_segments(index, min_px)
+    return (relabel_segments(labels, index).values,
+            segment_table(index.stats, feature_names=["a"]), found)
+
+
+def paged(classes, feats, chunks, min_px, conn, nodata, work: Path):
+    labels, tasks = _tasks(classes, feats, chunks, min_px, conn, nodata)
+    bt = bounded.bounded_tasks(tasks, work, classes.shape[1])
+    local, joins = dask.compute(bt.local, bt.joins, scheduler="sync")
+    parts: list[pd.DataFrame] = []
+
+    def write(stats, first_id, n_segments, rows):
+        parts.append(segment_table(stats, feature_names=["a"], n_segments=n_segments,
+                                   ids=np.arange(first_id, first_id + rows)))
+
+    index = bounded.resolve_paged(bt, local, joins, bounded.Paged(work / "paged"),
+                                  min_pixels=min_px, n_similar=1, write_table=write)
+    table = (pd.concat(parts, ignore_index=True) if parts else
+             segment_table(bounded.empty_stats(bt), feature_names=["a"]))
+    return relabel_segments(labels, index).values, table, index.n_found
+
+
+@st.composite
+def class_maps(draw):
+    h, w = draw(st.integers(4, 40)), draw(st.integers(4, 40))
+    k = draw(st.integers(2, 5))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    if draw(st.booleans()):  # blobs: segments that span chunks
+        classes = (zoom(rng.random((h // 4 + 2, w // 4 + 2)), 4, order=1)[:h, :w] * k)
+    else:  # noise: many small segments
+        classes = rng.integers(0, k, (h, w))
+    classes = classes.astype(np.uint8)
+    nodata = None
+    if draw(st.booleans()):
+        nodata = 9
+        classes[rng.random((h, w)) < 0.15] = nodata
+    feats = rng.random((1, h, w)).astype(np.float32)
+    chunks = (draw(st.integers(2, h)), draw(st.integers(2, w)))
+    return classes, feats, chunks, nodata
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(data=class_maps(), min_px=st.sampled_from([None, 2, 5, 16]),
+       conn=st.sampled_from([4, 8]), step=st.integers(1, 64), face_step=st.integers(1, 8))
+def test_bounded_segments_are_the_in_memory_segments(tmp_path_factory, monkeypatch, data,
+                                                     min_px, conn, step, face_step):
+    classes, feats, chunks, nodata = data
+    monkeypatch.setattr(bounded, "STEP", step)  # pages: a few IDs at a time
+    monkeypatch.setattr(bounded, "_FACE_STEP", face_step)
+    want = in_memory(classes, feats, chunks, min_px, conn, nodata)
+    got = paged(classes, feats, chunks, min_px, conn, nodata, tmp_path_factory.mktemp("b"))
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[0].dtype == want[0].dtype
+    pd.testing.assert_frame_equal(got[1], want[1])
+    assert got[2] == want[2]
+
+
+def test_one_chunk_and_all_nodata(tmp_path):
+    """One chunk (no border at all), and a class map of nodata only (no segment)."""
+    rng = np.random.default_rng(3)
+    classes = rng.integers(0, 3, (17, 23)).astype(np.uint8)
+    feats = rng.random((1, 17, 23)).astype(np.float32)
+    for args in [(classes, feats, (17, 23), 4, 8, None),
+                 (np.full((8, 8), 7, np.uint8), feats[:, :8, :8], (3, 5), 4, 8, 7)]:
+        work = tmp_path / str(args[2])
+        got, want = paged(*args, work), in_memory(*args)
+        np.testing.assert_array_equal(got[0], want[0])
+        pd.testing.assert_frame_equal(got[1], want[1])
+        assert got[2] == want[2]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_paged_arrays_release_their_pages(tmp_path):
+    """Pages written through a Paged array leave the process's memory on release(), and
+    the data stays (in the file)."""
+    def file_rss() -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                    if x.startswith("RssFile:"))
+        return int(line.split()[1]) * 1024
+
+    pages = bounded.Paged(tmp_path)
+    a = pages.full("a", (64 << 20,), np.uint8, 7)  # 64 MiB, released slice by slice
+    a[:32 << 20] = 5
+    touched = file_rss()
+    pages.release()
+    assert file_rss() < touched - (24 << 20)
+    assert a[0] == 5 and a[(32 << 20) - 1] == 5 and a[-1] == 7
+    assert (tmp_path / "a.bin").stat().st_size == 64 << 20
