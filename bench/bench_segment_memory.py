@@ -8,11 +8,15 @@ is the client process here: the threaded scheduler)::
 
     python bench/bench_segment_memory.py                      # 2048 and 4096
     python bench/bench_segment_memory.py --sizes 4096 8192 --modes min_size
+    python bench/bench_segment_memory.py --baseline-rev 181e39f  # and the in-memory resolver
 
 Modes: ``segments`` (no minimum size), ``min_size`` (16 pixels), ``merge``
 (``min_size`` 16 then ward merging to 1000 regions). Prints a table and saves JSON
-under bench/out/. A flat curve of peak RSS against size is issue 17's target; today
-the segment summaries live in the client, so it grows with the number of segments.
+under bench/out/. ``--baseline-rev REV`` also runs tileseg as committed at REV (a
+``git archive`` of pipeline/, e.g. the last commit whose resolver held every segment
+in memory) on the same input, each run in its own process, and prints the ratios.
+Segments and ``min_size`` are bounded by chunks (peak RSS flat in the image size);
+region merging (``merge``) still resolves in memory.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 from pathlib import Path
 
 from _harness import OUT, measure
+from run_bench import child_env, pipeline_env, snapshot_pipeline
 
 MODES = {
     "segments": {"segments": {"connectivity": 8}},
@@ -61,33 +66,53 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--modes", nargs="+", choices=sorted(MODES),
                     default=["segments", "min_size", "merge"])
+    ap.add_argument("--baseline-rev", metavar="REV",
+                    help="also run tileseg as committed at REV (git archive of pipeline/)")
     args = ap.parse_args()
     work = OUT / "segment-memory"
+    sources: dict[str, Path | None] = {"tree": None}
+    if args.baseline_rev:
+        sources[f"rev {args.baseline_rev}"] = snapshot_pipeline(args.baseline_rev, work)[0]
     rows = []
     for size in args.sizes:
         src = noise(size)
         for mode in args.modes:
-            cfg = {"input": str(src), "output": str(work / f"out-{mode}-{size}"),
-                   "features": ["bands"], "cluster": {"method": "kmeans", "k": 8, "seed": 0},
-                   "formats": ["cog"], "postprocess": MODES[mode]}
-            cfg_path = work / f"{mode}-{size}.json"
-            cfg_path.write_text(json.dumps(cfg))
-            m = measure([sys.executable, "-m", "pipeline.cli", "run", str(cfg_path), "-q",
-                         "--overwrite"], log_path=work / f"{mode}-{size}.log")
-            row = {"size": size, "mode": mode, "rc": m.returncode, "wall_s": round(m.wall_s, 2),
-                   "peak_rss_mib": round(m.peak_rss_mib), "cpu_s": round(m.cpu_s, 1)}
-            report = Path(cfg["output"]) / "report.json"
-            if m.returncode == 0 and report.exists():
-                seg = json.loads(report.read_text()).get("segments", {})
-                row.update(found=seg.get("found"), segments=seg.get("segments"))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    print("\n| size | mode | wall s | peak RSS MiB | segments found | after |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+            for label, code in sources.items():
+                row = _run_one(work, src, size, mode, label, code)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print("\n| size | mode | tileseg | wall s | peak RSS MiB | segments found | after |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['size']}^2 | {r['mode']} | {r['wall_s']} | {r['peak_rss_mib']} | "
-              f"{r.get('found', '-')} | {r.get('segments', '-')} |")
+        base = next((b for b in rows if b["size"] == r["size"] and b["mode"] == r["mode"]
+                     and b["source"] != "tree"), None)
+        ratio = "" if base is None or r is base or not base["wall_s"] else \
+            f" ({r['wall_s'] / base['wall_s']:.2f}x time, " \
+            f"{r['peak_rss_mib'] / max(base['peak_rss_mib'], 1):.2f}x RSS)"
+        print(f"| {r['size']}^2 | {r['mode']} | {r['source']}{ratio} | {r['wall_s']} | "
+              f"{r['peak_rss_mib']} | {r.get('found', '-')} | {r.get('segments', '-')} |")
     (OUT / "segment-memory.json").write_text(json.dumps(rows, indent=2))
+
+
+def _run_one(work: Path, src: Path, size: int, mode: str, label: str, code: Path | None
+             ) -> dict:
+    """One ``tileseg run`` of ``mode`` on ``src`` in its own process (``code``: a snapshot)."""
+    tag = f"{mode}-{size}" + ("" if code is None else f"-{code.name}")
+    cfg = {"input": str(src), "output": str(work / f"out-{tag}"),
+           "features": ["bands"], "cluster": {"method": "kmeans", "k": 8, "seed": 0},
+           "formats": ["cog"], "postprocess": MODES[mode]}
+    cfg_path = work / f"{tag}.json"
+    cfg_path.write_text(json.dumps(cfg))
+    m = measure([sys.executable, "-m", "pipeline.cli", "run", str(cfg_path), "-q",
+                 "--overwrite"], log_path=work / f"{tag}.log", env=child_env(pipeline_env(code)))
+    row = {"size": size, "mode": mode, "source": label, "rc": m.returncode,
+           "wall_s": round(m.wall_s, 2), "peak_rss_mib": round(m.peak_rss_mib),
+           "cpu_s": round(m.cpu_s, 1)}
+    report = Path(cfg["output"]) / "report.json"
+    if m.returncode == 0 and report.exists():
+        seg = json.loads(report.read_text()).get("segments", {})
+        row.update(found=seg.get("found"), segments=seg.get("segments"))
+    return row
 
 
 if __name__ == "__main__":

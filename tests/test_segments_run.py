@@ -156,3 +156,19 @@ def test_segments_that_would_not_fit_in_memory_stop_with_one_line(tmp_path, nois
     # with the memory there, the same run goes through
     monkeypatch.setattr(_segments, "_available_memory", lambda: 2**40)
     assert run(_config(tmp_path, noisy_scene, "tight", 32, pp)).report["segments"]["found"]
+
+
+def test_segments_without_scratch_space_stop_with_one_line(tmp_path, noisy_scene,
+                                                           monkeypatch):
+    """The bounded resolver's file-backed arrays need scratch space in the staging
+    directory: where the disk has less, the run stops after the pass with a
+    ResourceError that names the directory, and leaves nothing behind."""
+    from pipeline.errors import ResourceError
+    from pipeline.stages import _segments
+
+    monkeypatch.setattr(_segments, "_free_space", lambda path: 1000)
+    with pytest.raises(ResourceError) as err:
+        run(_config(tmp_path, noisy_scene, "full", 32, {"segments": True, "min_size": 6}))
+    msg = str(err.value)
+    assert "\n" not in msg and "of scratch space in" in msg and "GiB is free" in msg
+    assert not any(tmp_path.iterdir())

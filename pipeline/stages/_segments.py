@@ -215,6 +215,9 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
             if after_pass is not None:
                 after_pass()
         loading.result()
+    check_spill_space(spill, sum(r.n_pieces for r in local),
+                      sum(r.n_edges for r in local) + sum(j.edge_a.size for j in joins),
+                      len(model.feature_names))
     t_resolve = time.perf_counter()
     table_file = spill / "segments.parquet"
     writer: Any = None
@@ -249,6 +252,31 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
     timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
     return Segments(index=index, table=None, summary=summary, table_file=table_file,
                     spill=spill)
+
+
+def _free_space(path: Path) -> int:
+    """Bytes free on the file system of ``path``."""
+    return int(shutil.disk_usage(path).free)
+
+
+def check_spill_space(spill: Path, n_pieces: int, n_contacts: int, n_features: int) -> None:
+    """Refuse, in one line, segments whose file-backed arrays the disk cannot hold.
+
+    The bounded resolver keeps about ``200 + 40 * features`` bytes per raw segment
+    and 20 per contact in files under ``spill`` (the staging directory): its memory is
+    bounded, its scratch space is not. Where that exceeds the free space, the run
+    stops with a :class:`~pipeline.errors.ResourceError` (exit 2) before writing them.
+    """
+    from ..errors import ResourceError
+
+    need = n_pieces * (200 + 40 * n_features) + n_contacts * 20
+    free = _free_space(spill)
+    if need > free:
+        raise ResourceError(
+            f"postprocess.segments: {n_pieces / 1e6:.1f} million raw segments need about "
+            f"{need / 2**30:.1f} GiB of scratch space in {spill.parent}, and "
+            f"{free / 2**30:.1f} GiB is free: free some space, or smooth the class map "
+            "first (postprocess.majority)")
 
 
 def _available_memory() -> int:
