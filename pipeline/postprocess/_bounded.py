@@ -31,13 +31,13 @@ merge changes the means the next decisions read), in ID order.
 from __future__ import annotations
 
 import mmap
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import dask
+import numba
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -274,15 +274,6 @@ def _number(firsts: np.ndarray, start: np.ndarray, y0: int, width: int) -> np.nd
     return ids
 
 
-@dataclass
-class PagedResult:
-    """What :func:`resolve_paged` made: the index for the relabel pass, and counts."""
-
-    index: BoundedIndex
-    n_found: int
-    n_segments: int
-
-
 def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence[Joins],
                   paged: Paged, *, min_pixels: int | None, n_similar: int,
                   write_table: Callable[[SegmentStats, int, int, int], None]) -> BoundedIndex:
@@ -417,30 +408,25 @@ def _merge_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence
     eb = paged.empty("edge_b", (m,), id_type)
     el = paged.empty("edge_len", (m,), np.int32)
     k = 0
-
-    def add(a: np.ndarray, b: np.ndarray, length: np.ndarray) -> None:
-        nonlocal k
-        keep = small[a - 1] | small[b - 1]
-        kept = int(keep.sum())
-        ea[k:k + kept], eb[k:k + kept], el[k:k + kept] = a[keep], b[keep], length[keep]
-        k += kept
-
     for c in range(len(local)):
         lut = np.load(_spill_file(spill, c, "raw")).astype(np.int64)
         with np.load(_spill_file(spill, c, "pieces")) as f:
-            add(lut[f["edge_a"]], lut[f["edge_b"]], f["edge_len"])
+            k = _small_contacts(lut, f["edge_a"], f["edge_b"], f["edge_len"], small, ea, eb,
+                                el, k)
         paged.release()
     # face contacts: between border pieces, whose segments' IDs are known here; in
     # ID order, so that a slice of them touches the rows of a few image rows (in the
     # order of the faces, each would touch a page of its own)
     k_chunks = k
     if joins:
-        fa = border_id[comp[np.concatenate([piece(j.edge_a) for j in joins])]]
-        fb = border_id[comp[np.concatenate([piece(j.edge_b) for j in joins])]]
-        fl = np.concatenate([j.edge_len for j in joins]).astype(np.int32)
-        order = np.argsort(np.minimum(fa, fb), kind="stable")
-        add(fa[order], fb[order], fl[order])
-        del fa, fb, fl, order
+        seg_of = border_id[comp]  # border piece -> its segment's ID
+        pa = np.concatenate([piece(j.edge_a) for j in joins])
+        pb = np.concatenate([piece(j.edge_b) for j in joins])
+        order = np.argsort(np.minimum(seg_of[pa], seg_of[pb]), kind="stable")
+        k = _small_contacts(seg_of, pa[order], pb[order],
+                            np.concatenate([j.edge_len for j in joins])[order], small, ea,
+                            eb, el, k)
+        del pa, pb, order
     paged.release()
 
     def edge_slices() -> Iterator[tuple[int, int]]:
@@ -489,14 +475,21 @@ def _merge_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence
     return final_of, n_final, parent
 
 
-def segments_work_dir(staging: Path) -> Path:
-    """Return the spill directory of a run's segments (inside its staging directory)."""
-    return Path(staging) / ".segments-spill"
+@numba.njit(cache=True, nogil=True)
+def _small_contacts(seg, a, b, length, small, out_a, out_b, out_l, k):  # pragma: no cover
+    """Append the contacts ``(seg[a], seg[b])`` with a small segment at ``k``; new end.
 
-
-def remove_work_dir(directory: Path) -> None:
-    """Remove a spill directory and everything in it."""
-    shutil.rmtree(directory, ignore_errors=True)
+    ``seg`` maps the pieces ``a``, ``b`` to 1-based segment IDs.
+    """
+    for e in range(a.size):
+        x = seg[a[e]]
+        y = seg[b[e]]
+        if small[x - 1] or small[y - 1]:
+            out_a[k] = x
+            out_b[k] = y
+            out_l[k] = length[e]
+            k += 1
+    return k
 
 
 def empty_stats(bt: BoundedTasks) -> SegmentStats:
