@@ -128,7 +128,9 @@ def bounded_tasks(tasks: SegmentTasks, spill: Path, width: int) -> BoundedTasks:
     ``spill``: a directory (made here) every worker can write and this process read;
     ``width``: the class map's width.
     """
-    Path(spill).mkdir(parents=True, exist_ok=True)
+    # absolute: workers may run in another directory (a cluster on a shared disk)
+    spill = Path(spill).resolve()
+    spill.mkdir(parents=True, exist_ok=True)
     ys = np.concatenate([[0], np.cumsum(tasks.chunks[0])])
     ny, nx = len(tasks.chunks[0]), len(tasks.chunks[1])
     task = dask.delayed(_local_pass, pure=True)
@@ -138,7 +140,7 @@ def bounded_tasks(tasks: SegmentTasks, spill: Path, width: int) -> BoundedTasks:
         faces = (i > 0, i < ny - 1, j > 0, j < nx - 1)
         local.append(task(p, s, faces, int(ys[i]), int(tasks.chunks[0][i]), int(width),
                           str(spill)))
-    return BoundedTasks(local, tasks, Path(spill), int(width))
+    return BoundedTasks(local, tasks, spill, int(width))
 
 
 class Paged:
