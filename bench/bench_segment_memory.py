@@ -104,7 +104,8 @@ def _run_one(work: Path, src: Path, size: int, mode: str, label: str, code: Path
     cfg_path = work / f"{tag}.json"
     cfg_path.write_text(json.dumps(cfg))
     m = measure([sys.executable, "-m", "pipeline.cli", "run", str(cfg_path), "-q",
-                 "--overwrite"], log_path=work / f"{tag}.log", env=child_env(pipeline_env(code)))
+                 "--overwrite"], log_path=work / f"{tag}.log", env=child_env(pipeline_env(code)),
+                cwd=work)  # not the repository: python -m would import its pipeline/
     row = {"size": size, "mode": mode, "source": label, "rc": m.returncode,
            "wall_s": round(m.wall_s, 2), "peak_rss_mib": round(m.peak_rss_mib),
            "cpu_s": round(m.cpu_s, 1)}
