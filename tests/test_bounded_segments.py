@@ -135,3 +135,36 @@ def test_paged_arrays_release_their_pages(tmp_path):
     assert file_rss() < touched - (24 << 20)
     assert a[0] == 5 and a[(32 << 20) - 1] == 5 and a[-1] == 7
     assert (tmp_path / "a.bin").stat().st_size == 64 << 20
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(data=class_maps(), min_px=st.sampled_from([None, 3, 9]), conn=st.sampled_from([4, 8]))
+def test_bounded_leaves_are_the_in_memory_leaves(tmp_path_factory, data, min_px, conn):
+    """The leaves region merging starts from (``leaf_index``): the same statistics,
+    lookup tables and adjacency (every contact, lengths added) as the in-memory
+    resolver's with ``keep_edges``."""
+    classes, feats, chunks, nodata = data
+    every = 2**62
+    labels, tasks = _tasks(classes, feats, chunks, every, conn, nodata)
+    pieces, joins = dask.compute(tasks.pieces, tasks.joins, scheduler="sync")
+    want = resolve_segments(tasks, pieces, joins)
+    if min_px is not None:
+        want = merge_small_segments(want, min_px, keep_edges=True)
+    work = tmp_path_factory.mktemp("leaves")
+    bt = bounded.bounded_tasks(tasks, work, classes.shape[1])
+    local, joins = dask.compute(bt.local, bt.joins, scheduler="sync")
+    parts: list = []
+    index = bounded.resolve_paged(bt, local, joins, bounded.Paged(work / "paged"),
+                                  min_pixels=min_px, n_similar=1,
+                                  write_table=lambda stats, *_: parts.append(stats))
+    got = bounded.leaf_index(bt, joins, index, parts)
+    assert got.n_segments == want.n_segments
+    for f in ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo"):
+        np.testing.assert_array_equal(getattr(got.stats, f), getattr(want.stats, f), f)
+    for a, b in zip(got.luts, want.luts, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(got.edges, want.edges, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(relabel_segments(labels, got).values,
+                                  relabel_segments(labels, want).values)

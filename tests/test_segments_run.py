@@ -133,19 +133,20 @@ def test_worker_processes_give_the_threads_outputs(tmp_path, noisy_scene):
 
 def test_segments_that_would_not_fit_in_memory_stop_with_one_line(tmp_path, noisy_scene,
                                                                    monkeypatch):
-    """Where resolving in memory (region merging) would need more memory than is
-    available, the run stops after the pass with a ResourceError (exit 2 on the command
-    line), and leaves no output. Segments and min_size alone are bounded by chunks:
-    the same run without merge goes through."""
+    """Where the segments resolve in memory (here: as on a cluster whose workers do
+    not see the staging directory) and that would need more memory than is available,
+    the run stops after the pass with a ResourceError (exit 2 on the command line), and
+    leaves no output. Bounded by chunks (the workers share the staging), the same run
+    goes through."""
     from pipeline.errors import PipelineError, ResourceError
-    from pipeline.stages import _segments
+    from pipeline.stages import _segments, _write
 
     monkeypatch.setattr(_segments, "_available_memory", lambda: 1000)
-    bounded = run(_config(tmp_path, noisy_scene, "bounded", 32,
-                          {"segments": True, "min_size": 6}))
-    assert bounded.report["segments"]["found"]
     pp = {"segments": True, "min_size": 6,
           "merge": {"criterion": "baatz_schape", "regions": 4}}
+    bounded = run(_config(tmp_path, noisy_scene, "bounded", 32, pp))
+    assert bounded.report["segments"]["found"]
+    monkeypatch.setattr(_write, "segment_spill", lambda ctx, staging: None)
     with pytest.raises(ResourceError) as err:
         run(_config(tmp_path, noisy_scene, "tight", 32, pp))
     msg = str(err.value)

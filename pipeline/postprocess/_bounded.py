@@ -42,10 +42,17 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._chunk_tasks import KEY_SHIFT, ChunkPieces, ChunkStrips, Joins, SegmentTasks
+from ._chunk_tasks import (
+    KEY_SHIFT,
+    ChunkPieces,
+    ChunkStrips,
+    Joins,
+    SegmentTasks,
+    _combine_pairs,
+)
 from ._kernels import _min_into, _reduce_add
 from ._merge import _count_rows, _fill_rows, merge_arrays, run_merge
-from ._resolve import STAT_FIELDS, ChunkedIds, SegmentStats, segment_dtype
+from ._resolve import STAT_FIELDS, ChunkedIds, SegmentIndex, SegmentStats, segment_dtype
 
 __all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "resolve_paged"]
 
@@ -501,3 +508,52 @@ def empty_stats(bt: BoundedTasks) -> SegmentStats:
     return SegmentStats(none, none, none, none, none, none, none,
                         np.empty((0, nf), np.int64), np.empty((0, nf), np.int64),
                         bt.tasks.sum_offset, bt.tasks.sum_scale)
+
+
+def _face_ids(keys: np.ndarray, luts: Sequence[np.ndarray]) -> np.ndarray:
+    """Return the final IDs of the pieces named by face keys (chunk << 32 | label)."""
+    out = np.empty(keys.size, dtype=np.int64)
+    chunk = keys >> KEY_SHIFT
+    for c in np.unique(chunk):
+        at = chunk == c
+        out[at] = luts[int(c)][keys[at] & _LOW]
+    return out
+
+
+def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
+               parts: Sequence[SegmentStats]) -> SegmentIndex:
+    """Return the :class:`SegmentIndex` of :func:`resolve_paged`'s segments, in memory.
+
+    ``parts``: the statistics ``write_table`` was given, in order. The lookup tables
+    are loaded from the spill files, and every contact of the chunks and faces (the
+    tasks must have collected every one) becomes a pair of final IDs, lengths added:
+    the index :func:`._merge.merge_small_segments` returns with ``keep_edges``.
+    """
+    stats = empty_stats(bt)
+    for f in STAT_FIELDS if parts else ():
+        setattr(stats, f, np.concatenate([getattr(p, f) for p in parts]))
+    luts = [np.load(_spill_file(bt.spill, c, "final")) for c in range(len(index.luts))]
+    n = index.n_segments
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(a: np.ndarray, b: np.ndarray, length: np.ndarray) -> None:
+        apart = a != b
+        if apart.any():
+            pairs.append(_combine_pairs(a[apart], b[apart],
+                                        length[apart].astype(np.int64), n))
+
+    for c, lut in enumerate(luts):
+        ids = lut.astype(np.int64)
+        with np.load(_spill_file(bt.spill, c, "pieces")) as f:
+            add(ids[f["edge_a"]], ids[f["edge_b"]], f["edge_len"])
+    for j in joins:
+        if j.edge_a.size:
+            add(_face_ids(j.edge_a, luts), _face_ids(j.edge_b, luts), j.edge_len)
+    empty = np.empty(0, dtype=np.int64)
+    edges = (empty, empty, empty)
+    if pairs:
+        a, b, length = (np.concatenate([p[k] for p in pairs]).astype(np.int64)
+                        for k in range(3))
+        edges = _combine_pairs(a, b, length, n)
+    return SegmentIndex(stats=stats, luts=luts, edges=edges, chunks=bt.tasks.chunks,
+                        connectivity=bt.tasks.connectivity, min_pixels=bt.tasks.min_pixels)

@@ -93,7 +93,7 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     of an image (without ``merge`` or ``instances``) are resolved with memory bounded
     by chunks (:func:`bounded_segments`): the same segments, merge and table.
     """
-    config, opened, timings = ctx.config, ctx.opened, ctx.timings
+    config, opened = ctx.config, ctx.opened
     pp = config.postprocess
     if pp.segments is None:
         return None
@@ -101,12 +101,9 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     from ..postprocess import (
         load_kernels,
         merge_small_segments,
-        relabel_segments,
         resolve_segments,
         segment_tasks,
     )
-    from ..postprocess._hierarchy import regions_of_leaves
-    from ._merge_regions import region_merge
 
     t = time.perf_counter()
     geometry = opened.geometry
@@ -124,16 +121,20 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
         # standardised features are summed with the features, in the same pass
         summed, offset, scale = squared_too(features, model.mean, model.scale)
         bands = None
-    if (spill is not None and not geometry.is_volume and pp.merge is None
-            and pp.instances is None):
-        tasks = segment_tasks(labels, summed, bands=bands,
-                              connectivity=pp.segments.for_ndim(geometry.ndim),
-                              min_pixels=min_px, offset=offset, scale=scale)
-        return bounded_segments(ctx, model, tasks, rasters, spill, min_px, n_features,
-                                along, after_pass, read_back, t)
     tasks = segment_tasks(labels, summed, bands=bands,
                           connectivity=pp.segments.for_ndim(geometry.ndim),
                           min_pixels=contacts, offset=offset, scale=scale)
+    bounded = spill is not None and not geometry.is_volume and pp.instances is None
+    if bounded and pp.merge is None:
+        assert spill is not None
+        return bounded_segments(ctx, model, tasks, rasters, spill, min_px, n_features,
+                                along, after_pass, read_back, t)
+    if bounded:
+        assert spill is not None
+        index, n_found, t_resolve = bounded_leaves(ctx, tasks, labels, spill, min_px,
+                                                   n_features, along, after_pass)
+        return _segments_of(ctx, model, rasters, index, n_found, min_px, n_features,
+                            read_back, t if along is None else t_resolve)
     # the resolve and merge kernels load from numba's cache (~0.8 s of one core) in a
     # thread while the pass runs, not after it, when resolving is the only work left
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -157,6 +158,25 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     if min_px is not None:
         index = merge_small_segments(index, min_px, keep_edges=pp.merge is not None,
                                      n_similar=n_features)
+    return _segments_of(ctx, model, rasters, index, n_found, min_px, n_features, read_back,
+                        t if along is None else t_resolve)
+
+
+def _segments_of(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray], index: Any,
+                 n_found: int, min_px: int | None, n_features: int,
+                 read_back: Callable[[], xr.DataArray] | None, t: float) -> Segments:
+    """Finish :func:`segments_stage` from the resolved (and merged) ``index``.
+
+    Region merging (``postprocess.merge``) over its segments as leaves; the lazy
+    segment raster and the table. ``t``: when the timing of "segments" starts.
+    """
+    from ..postprocess import relabel_segments
+    from ..postprocess._hierarchy import regions_of_leaves
+    from ._merge_regions import region_merge
+
+    pp, geometry, timings = ctx.config.postprocess, ctx.opened.geometry, ctx.timings
+    labels = rasters["labels"]
+    transform = None if geometry.is_volume else labels.rio.transform()
     index, ssq = split_squares(index, n_features)
     class_map = labels if read_back is None else read_back()
     summary: dict[str, Any] = {"connectivity": index.connectivity, "found": n_found,
@@ -178,7 +198,7 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
         rasters["segments"] = relabel_segments(class_map, index)
     table = table_of(index.stats, model, geometry, transform)
     # with `along`, the pass itself counts as writing: only resolving is "segments"
-    timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
+    timings["segments"] = time.perf_counter() - t
     return Segments(index=index, table=table, summary=summary, hierarchy=hierarchy,
                     leaves=leaves)
 
@@ -198,26 +218,14 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
     import pyarrow as pa  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    from ..postprocess import load_kernels, relabel_segments
-    from ..postprocess._bounded import Paged, bounded_tasks, resolve_paged
+    from ..postprocess import relabel_segments
+    from ..postprocess._bounded import Paged, resolve_paged
 
     geometry, timings = ctx.opened.geometry, ctx.timings
     labels = rasters["labels"]
     transform = labels.rio.transform()
-    bt = bounded_tasks(tasks, spill, int(labels.shape[-1]))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(load_kernels, 2)
-        if along is None:
-            local, joins = dask.compute(bt.local, bt.joins)
-        else:
-            # unoptimised: as in segments_stage
-            _, local, joins = dask.compute(along, bt.local, bt.joins, optimize_graph=False)
-            if after_pass is not None:
-                after_pass()
-        loading.result()
-    check_spill_space(spill, sum(r.n_pieces for r in local),
-                      sum(r.n_edges for r in local) + sum(j.edge_a.size for j in joins),
-                      len(model.feature_names))
+    bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass,
+                                     len(model.feature_names))
     t_resolve = time.perf_counter()
     table_file = spill / "segments.parquet"
     writer: Any = None
@@ -252,6 +260,61 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
     timings["segments"] = time.perf_counter() - (t if along is None else t_resolve)
     return Segments(index=index, table=None, summary=summary, table_file=table_file,
                     spill=spill)
+
+
+def _bounded_pass(tasks: Any, spill: Path, labels: xr.DataArray, along: Any,
+                  after_pass: Callable[[], None] | None, n_features: int
+                  ) -> tuple[Any, list[Any], list[Any]]:
+    """Run the bounded resolver's pass (computes): ``(tasks, local results, joins)``.
+
+    With ``along`` (the class rasters' write), in the same pass, then ``after_pass()``.
+    The scratch space the resolve will take is checked (:func:`check_spill_space`).
+    """
+    from ..postprocess import load_kernels
+    from ..postprocess._bounded import bounded_tasks
+
+    bt = bounded_tasks(tasks, spill, int(labels.shape[-1]))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(load_kernels, 2)
+        if along is None:
+            local, joins = dask.compute(bt.local, bt.joins)
+        else:
+            # unoptimised: as in segments_stage
+            _, local, joins = dask.compute(along, bt.local, bt.joins, optimize_graph=False)
+            if after_pass is not None:
+                after_pass()
+        loading.result()
+    check_spill_space(spill, sum(r.n_pieces for r in local),
+                      sum(r.n_edges for r in local) + sum(j.edge_a.size for j in joins),
+                      n_features)
+    return bt, list(local), list(joins)
+
+
+def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Path,
+                   min_px: int | None, n_similar: int, along: Any,
+                   after_pass: Callable[[], None] | None) -> tuple[Any, int, float]:
+    """Resolve the leaves of region merging with the bounded resolver (computes).
+
+    The segments and their minimum-size merge as :func:`bounded_segments` makes them;
+    then the leaves' statistics, lookup tables and adjacency (every contact, lengths
+    added) are gathered in memory: region merging holds them anyway, and they are
+    proportional to the leaves, not to the raw pieces (the in-memory resolver held
+    every raw piece and contact). Returns the leaves' ``SegmentIndex``, the number
+    of raw segments found and when the pass ended (``time.perf_counter``).
+    """
+    from ..postprocess._bounded import Paged, leaf_index, resolve_paged
+
+    bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass,
+                                     int(np.asarray(tasks.sum_offset).size))
+    t_resolve = time.perf_counter()
+    parts: list[Any] = []
+    index = resolve_paged(bt, local, joins, Paged(spill / "paged"), min_pixels=min_px,
+                          n_similar=n_similar,
+                          write_table=lambda stats, first_id, n, rows: parts.append(stats))
+    shutil.rmtree(spill / "paged", ignore_errors=True)
+    leaves = leaf_index(bt, joins, index, parts)
+    shutil.rmtree(spill, ignore_errors=True)
+    return leaves, index.n_found, t_resolve
 
 
 def _free_space(path: Path) -> int:
