@@ -214,6 +214,8 @@ class BoundedIndex(ChunkedIds):
     connectivity: int
     n_segments: int
     n_found: int
+    #: the segments' statistics, where a later stage needs them in memory (instances)
+    stats: SegmentStats | None = field(default=None, repr=False)
 
 
 def _load_lut(spill: str, index: int) -> np.ndarray:
@@ -510,6 +512,14 @@ def empty_stats(bt: BoundedTasks) -> SegmentStats:
                         bt.tasks.sum_offset, bt.tasks.sum_scale)
 
 
+def concat_stats(bt: BoundedTasks, parts: Sequence[SegmentStats]) -> SegmentStats:
+    """Return the statistics of consecutive slices (``write_table``'s) as one, in memory."""
+    stats = empty_stats(bt)
+    for f in STAT_FIELDS if parts else ():
+        setattr(stats, f, np.concatenate([getattr(p, f) for p in parts]))
+    return stats
+
+
 def _face_ids(keys: np.ndarray, luts: Sequence[np.ndarray]) -> np.ndarray:
     """Return the final IDs of the pieces named by face keys (chunk << 32 | label)."""
     out = np.empty(keys.size, dtype=np.int64)
@@ -529,9 +539,7 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
     tasks must have collected every one) becomes a pair of final IDs, lengths added:
     the index :func:`._merge.merge_small_segments` returns with ``keep_edges``.
     """
-    stats = empty_stats(bt)
-    for f in STAT_FIELDS if parts else ():
-        setattr(stats, f, np.concatenate([getattr(p, f) for p in parts]))
+    stats = concat_stats(bt, parts)
     luts = [np.load(_spill_file(bt.spill, c, "final")) for c in range(len(index.luts))]
     n = index.n_segments
     pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

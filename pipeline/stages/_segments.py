@@ -90,8 +90,9 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     image's dims and geometry.
 
     ``spill``: a directory the workers and this process share. With it, the segments
-    of an image (without ``merge`` or ``instances``) are resolved with memory bounded
-    by chunks (:func:`bounded_segments`): the same segments, merge and table.
+    of an image are resolved with memory bounded by chunks (:func:`bounded_segments`;
+    with ``merge``, :func:`bounded_leaves`): the same segments, merge and table.
+    Without it, and for volumes, they are resolved in memory.
     """
     config, opened = ctx.config, ctx.opened
     pp = config.postprocess
@@ -124,7 +125,7 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     tasks = segment_tasks(labels, summed, bands=bands,
                           connectivity=pp.segments.for_ndim(geometry.ndim),
                           min_pixels=contacts, offset=offset, scale=scale)
-    bounded = spill is not None and not geometry.is_volume and pp.instances is None
+    bounded = spill is not None and not geometry.is_volume
     if bounded and pp.merge is None:
         assert spill is not None
         return bounded_segments(ctx, model, tasks, rasters, spill, min_px, n_features,
@@ -229,9 +230,13 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
     t_resolve = time.perf_counter()
     table_file = spill / "segments.parquet"
     writer: Any = None
+    # instances select objects from every segment's statistics: kept in memory
+    kept: list[Any] | None = [] if ctx.config.postprocess.instances is not None else None
 
     def write_rows(stats: Any, first_id: int, n_segments: int, rows: int) -> None:
         nonlocal writer
+        if kept is not None:
+            kept.append(stats)
         frame = table_of(stats, model, geometry, transform,
                          ids=np.arange(first_id, first_id + rows), n_segments=n_segments)
         part = pa.Table.from_pandas(frame, preserve_index=False)
@@ -246,6 +251,10 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
         if writer is not None:
             writer.close()
     shutil.rmtree(spill / "paged", ignore_errors=True)
+    if kept is not None:
+        from ..postprocess._bounded import concat_stats
+
+        index.stats = concat_stats(bt, kept)
     if writer is None:  # no segment at all: the table's columns, no row
         from ..postprocess._bounded import empty_stats
 
