@@ -16,6 +16,8 @@ sample still does not depend on the chunking; with chunks aligned to the cell gr
 
 from __future__ import annotations
 
+import math
+
 import dask
 import numba
 import numpy as np
@@ -31,6 +33,8 @@ __all__ = ["sample_pixels", "pixel_keys", "cell_fraction", "OVERSAMPLE", "SAMPLE
 #: the key range (pixels of the sampled cells), so an image at least
 #: ``1 / OVERSAMPLE`` valid yields a full sample.
 OVERSAMPLE = 4.0
+#: ... and this many more pixels (see _key_fraction)
+KEY_MARGIN = 64
 #: Side of the sample cells, in pixels (a multiple of the usual 256/512 tiles).
 SAMPLE_CELL = 512
 #: The sampled cells hold about ``COVER * size`` pixels ...
@@ -161,6 +165,16 @@ def _volume_parts(features: xr.DataArray, seed_key, threshold) -> list:
             for k in range(len(starts[2]))]
 
 
+def _key_fraction(size: int, n_pixels: float) -> float:
+    """Fraction of the key range whose pixels a block returns (1: every pixel).
+
+    ``OVERSAMPLE`` times the sample, plus ``KEY_MARGIN`` pixels: the number of keys
+    below the threshold is random (Poisson), and for a small sample four times its size
+    is too few (a one-pixel sample came up empty once in 55).
+    """
+    return min(1.0, (OVERSAMPLE * size + KEY_MARGIN) / max(n_pixels, 1))
+
+
 def _with_fraction(merged, fraction):
     return (*merged, fraction)
 
@@ -186,7 +200,12 @@ def _chosen_cells(height: int, width: int, fraction: float, seed: int,
     cell_seed = _mix(_U(seed) ^ _U(0x5EED5A3D1E5C0DE5))[0]
     cy, cx = np.indices((ny, nx)).reshape(2, -1)
     keys = pixel_keys(cy, cx, nx, int(cell_seed))
-    return (keys <= _U(int(fraction * 2.0**64))).reshape(ny, nx)
+    # exactly the cells with the smallest keys (a threshold on the keys would choose a
+    # random number of them: none at all, now and then, on a small grid)
+    n_chosen = min(keys.size, max(1, math.ceil(fraction * keys.size)))
+    chosen = np.zeros(keys.size, dtype=bool)
+    chosen[np.argsort(keys, kind="stable")[:n_chosen]] = True
+    return chosen.reshape(ny, nx)
 
 
 def _merge(parts, size, n_features):
@@ -249,7 +268,7 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
     if features.ndim == 4:  # a volume: every voxel is read (see _select_volume_block)
         nf, depth, height, width = features.shape
         n_voxels = valid_hint if valid_hint else depth * height * width * valid
-        fraction = min(1.0, OVERSAMPLE * size / max(n_voxels, 1))
+        fraction = _key_fraction(size, n_voxels)
         threshold = (_U(np.iinfo(np.uint64).max) if fraction >= 1.0
                      else _U(int(fraction * 2.0**64)))
         parts = _volume_parts(features, _mix(seed)[0], threshold)
@@ -259,7 +278,7 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
     cfrac = cell_fraction(height, width, size, cell, min_cells, valid) if cells else 1.0
     chosen = _chosen_cells(height, width, cfrac, seed, cell)
     n_pixels = valid_hint if valid_hint else height * width * cfrac * valid
-    fraction = min(1.0, OVERSAMPLE * size / max(n_pixels, 1))
+    fraction = _key_fraction(size, n_pixels)
     threshold = _U(np.iinfo(np.uint64).max) if fraction >= 1.0 else _U(int(fraction * 2.0**64))
     seed_key = _mix(seed)[0]
     data = features.data.rechunk({0: -1})
