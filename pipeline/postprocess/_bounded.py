@@ -52,11 +52,10 @@ from ._chunk_tasks import (
 )
 from ._kernels import _min_into, _reduce_add
 from ._merge import _count_rows, _fill_rows, merge_arrays, run_merge
-from ._resolve import STAT_FIELDS, ChunkedIds, SegmentIndex, SegmentStats, segment_dtype
+from ._resolve import _LOW, STAT_FIELDS, ChunkedIds, SegmentIndex, SegmentStats, segment_dtype
 
 __all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "resolve_paged"]
 
-_LOW = np.int64(0xFFFFFFFF)
 #: IDs a paged kernel is given at a time (the pages of a few rows of a large image)
 STEP = 1 << 20
 #: face contacts given at a time (each may touch rows of its own)
@@ -227,8 +226,9 @@ def _join_border(local: Sequence[LocalResult], joins: Sequence[Joins]
                  ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], Callable[..., Any]]:
     """Join the border pieces into segments across the faces (union-find).
 
-    Returns the border segments' first pixels and classes, per chunk the border
-    segment of each of its border pieces, and ``key -> border piece`` (global index).
+    Returns the border segments' first pixels, the border segment of every border
+    piece (all chunks' in turn) and of each chunk's, and ``key -> border piece``
+    (its index in that order).
     """
     sizes = np.array([r.border.size for r in local], dtype=np.int64)
     start = np.concatenate([[0], np.cumsum(sizes)])
@@ -406,11 +406,10 @@ def _merge_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence
     count = raw[2]
     id_type = np.int32 if n < 2**30 else np.int64
     small = paged.empty("small", (n,), np.bool_)
-    n_small = small_pixels = 0
+    n_small = 0
     for s, e in paged.slices(n):
         small[s:e] = count[s:e] < min_pixels
         n_small += int(small[s:e].sum())
-        small_pixels += int(count[s:e][small[s:e]].sum())
     # the contacts of small segments as (a, b, length), 1-based raw IDs; a pair seen
     # twice (a border segment touches one segment in two chunks) adds its lengths,
     # as the merge would after combining them
@@ -469,8 +468,7 @@ def _merge_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence
         w.hi[s:e] = raw[7][s:e]
         w.lo[s:e] = raw[8][s:e]
     parent = run_merge(w, (ptr, dst, blen), bt.tasks.sum_offset, bt.tasks.sum_scale, min_pixels,
-                       n_similar, int(min(min_pixels, small_pixels + 1)), step=STEP,
-                       release=paged.release)
+                       n_similar, step=STEP, release=paged.release)
     # a group is numbered by its first pixel: its lowest member
     group_min = paged.full("group_min", (n,), np.int64, _BIG)
     for s, e in paged.slices(n):

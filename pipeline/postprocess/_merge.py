@@ -301,13 +301,14 @@ def merge_arrays(n: int, nf: int, n_small: int, id_type: Any,
                        alloc("lo", (n, nf), np.int64), alloc("mean", (n, nf), np.float64),
                        alloc("parent", (n,), id_type), alloc("nxt", (n,), id_type),
                        alloc("tail", (n,), id_type), alloc("stamp", (n,), id_type),
+                       # touched: a neighbour list, only its first entries are used
                        alloc("acc", (n,), np.int64), np.empty(n, id_type),
                        alloc("entry_id", (e,), id_type), alloc("entry_next", (e,), id_type))
 
 
 def run_merge(w: MergeArrays, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
               sum_offset: np.ndarray, sum_scale: np.ndarray, min_pixels: int, n_similar: int,
-              levels: int, step: int | None = None,
+              step: int | None = None,
               release: Callable[[], None] | None = None) -> np.ndarray:
     """Run the merge on ``w`` (``count``, ``hi``, ``lo`` filled in); return ``parent``.
 
@@ -326,6 +327,12 @@ def run_merge(w: MergeArrays, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
             if release is not None:
                 release()
 
+    # buckets up to the size a small group can reach: the small segments' total + 1
+    small_pixels = 0
+    for s, e in slices(n):
+        part = w.count[s:e]
+        small_pixels += int(part[part < min_pixels].sum())
+    levels = int(min(min_pixels, small_pixels + 1))
     n_windows = max(-(-n // step), 1)
     head = np.full((levels, n_windows), -1, dtype=np.int64)
     n_entries = 0
@@ -443,8 +450,7 @@ def merge_parents(count: np.ndarray, hi: np.ndarray, lo: np.ndarray, sum_offset:
     w.count[:] = count
     w.hi[:] = hi
     w.lo[:] = lo
-    levels = int(min(min_pixels, count[small].sum() + 1))
-    return run_merge(w, rows, sum_offset, sum_scale, min_pixels, n_similar, levels)
+    return run_merge(w, rows, sum_offset, sum_scale, min_pixels, n_similar)
 
 
 def load_kernels(ndim: int = 2) -> None:

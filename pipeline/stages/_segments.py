@@ -100,7 +100,6 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
         return None
     # imported here: segments bring pandas, pyarrow and shapely (start-up cost)
     from ..postprocess import (
-        load_kernels,
         merge_small_segments,
         resolve_segments,
         segment_tasks,
@@ -125,32 +124,15 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     tasks = segment_tasks(labels, summed, bands=bands,
                           connectivity=pp.segments.for_ndim(geometry.ndim),
                           min_pixels=contacts, offset=offset, scale=scale)
-    bounded = spill is not None and not geometry.is_volume
-    if bounded and pp.merge is None:
-        assert spill is not None
-        return bounded_segments(ctx, model, tasks, rasters, spill, min_px, n_features,
-                                along, after_pass, read_back, t)
-    if bounded:
-        assert spill is not None
+    if spill is not None and not geometry.is_volume:  # bounded by chunks
+        if pp.merge is None:
+            return bounded_segments(ctx, model, tasks, rasters, spill, min_px, n_features,
+                                    along, after_pass, read_back, t)
         index, n_found, t_resolve = bounded_leaves(ctx, tasks, labels, spill, min_px,
                                                    n_features, along, after_pass)
         return _segments_of(ctx, model, rasters, index, n_found, min_px, n_features,
                             read_back, t if along is None else t_resolve)
-    # the resolve and merge kernels load from numba's cache (~0.8 s of one core) in a
-    # thread while the pass runs, not after it, when resolving is the only work left
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(load_kernels, labels.ndim)
-        if along is None:
-            pieces, joins = dask.compute(tasks.pieces, tasks.joins)
-        else:
-            # unoptimised: fusing the stores' chains renames their tasks, and the
-            # summaries (built on the unfused keys) would compute the majority filter
-            # a second time
-            _, pieces, joins = dask.compute(along, tasks.pieces, tasks.joins,
-                                            optimize_graph=False)
-            if after_pass is not None:
-                after_pass()
-        loading.result()
+    pieces, joins = _summary_pass(labels.ndim, along, after_pass, tasks.pieces, tasks.joins)
     check_memory(sum(p.count.size for p in pieces), contacts is not None)
     t_resolve = time.perf_counter()
     index = resolve_segments(tasks, pieces, joins)
@@ -225,8 +207,7 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
     geometry, timings = ctx.opened.geometry, ctx.timings
     labels = rasters["labels"]
     transform = labels.rio.transform()
-    bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass,
-                                     len(model.feature_names))
+    bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass)
     t_resolve = time.perf_counter()
     table_file = spill / "segments.parquet"
     writer: Any = None
@@ -272,31 +253,46 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
 
 
 def _bounded_pass(tasks: Any, spill: Path, labels: xr.DataArray, along: Any,
-                  after_pass: Callable[[], None] | None, n_features: int
+                  after_pass: Callable[[], None] | None
                   ) -> tuple[Any, list[Any], list[Any]]:
     """Run the bounded resolver's pass (computes): ``(tasks, local results, joins)``.
 
     With ``along`` (the class rasters' write), in the same pass, then ``after_pass()``.
     The scratch space the resolve will take is checked (:func:`check_spill_space`).
     """
-    from ..postprocess import load_kernels
     from ..postprocess._bounded import bounded_tasks
 
     bt = bounded_tasks(tasks, spill, int(labels.shape[-1]))
+    local, joins = _summary_pass(2, along, after_pass, bt.local, bt.joins)
+    check_spill_space(spill, sum(r.n_pieces for r in local),
+                      sum(r.n_edges for r in local) + sum(j.edge_a.size for j in joins),
+                      int(np.asarray(tasks.sum_offset).size))
+    return bt, list(local), list(joins)
+
+
+def _summary_pass(ndim: int, along: Any, after_pass: Callable[[], None] | None,
+                  *summaries: Any) -> tuple[Any, ...]:
+    """Compute the chunks' ``summaries`` (with ``along`` in the same pass); return them.
+
+    The resolve and merge kernels load from numba's cache (~0.8 s of one core) in a
+    thread while the pass runs, not after it, when resolving is the only work left.
+    With ``along`` (the class rasters' write, uncomputed), ``after_pass()`` follows.
+    """
+    from ..postprocess import load_kernels
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(load_kernels, 2)
+        loading = pool.submit(load_kernels, ndim)
         if along is None:
-            local, joins = dask.compute(bt.local, bt.joins)
+            out = dask.compute(*summaries)
         else:
-            # unoptimised: as in segments_stage
-            _, local, joins = dask.compute(along, bt.local, bt.joins, optimize_graph=False)
+            # unoptimised: fusing the stores' chains renames their tasks, and the
+            # summaries (built on the unfused keys) would compute the majority filter
+            # a second time
+            out = dask.compute(along, *summaries, optimize_graph=False)[1:]
             if after_pass is not None:
                 after_pass()
         loading.result()
-    check_spill_space(spill, sum(r.n_pieces for r in local),
-                      sum(r.n_edges for r in local) + sum(j.edge_a.size for j in joins),
-                      n_features)
-    return bt, list(local), list(joins)
+    return tuple(out)
 
 
 def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Path,
@@ -313,8 +309,7 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
     """
     from ..postprocess._bounded import Paged, leaf_index, resolve_paged
 
-    bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass,
-                                     int(np.asarray(tasks.sum_offset).size))
+    bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass)
     t_resolve = time.perf_counter()
     parts: list[Any] = []
     index = resolve_paged(bt, local, joins, Paged(spill / "paged"), min_pixels=min_px,
