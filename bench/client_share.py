@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--formats", default="cog", help="comma-separated, e.g. cog,zarr")
     ap.add_argument("--segments", action="store_true", help="with segments and min_size 16")
     ap.add_argument("--chunks", type=int, default=None, help="chunk side (default: tileseg's)")
+    ap.add_argument("--profile", default=None, metavar="SVG",
+                    help="record the client with py-spy (.svg, or .txt: collapsed stacks); "
+                         "its CPU is then not measured")
     args = ap.parse_args()
     scene, _ = ensure_scene(SceneParams(size=args.size, tile=512))
     work = Path(tempfile.mkdtemp(prefix="tileseg-client-share-"))
@@ -91,8 +94,14 @@ def main() -> None:
         (work / "c.json").write_text(json.dumps(cfg))
         w0 = _cpu([worker.pid])
         t0 = time.perf_counter()
-        client = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run",
-                                   str(work / "c.json"), "-q"], cwd=work, env=env)
+        cmd = [sys.executable, "-m", "pipeline.cli", "run", str(work / "c.json"), "-q"]
+        if args.profile:
+            # --gil: only the thread holding the GIL (what costs this process its CPU)
+            cmd = ["py-spy", "record", "--rate", "200", "--gil", "-o",
+                   str(Path(args.profile).resolve()), "--format",
+                   "raw" if args.profile.endswith(".txt") else "flamegraph",
+                   "--", *cmd]
+        client = subprocess.Popen(cmd, cwd=work, env=env)
         import psutil
 
         proc = psutil.Process(client.pid)

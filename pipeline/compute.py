@@ -27,7 +27,7 @@ from .io._remote import is_url, object_storage_env
 
 __all__ = ["dask_context", "n_workers", "chunk_budget", "local_while_workers_warm",
            "GDAL_HTTP_RETRIES", "set_gdal_http_retries", "forwarded_env", "FORWARDED_PREFIXES",
-           "JOBQUEUE", "job_script"]
+           "JOBQUEUE", "job_script", "CLUSTER_CHUNK", "cluster_chunk", "remote_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,34 @@ def n_workers(cfg: ComputeConfig) -> int:
 #: chunks a worker thread may hold at once: the one it computes, its inputs (with
 #: neighbours' halos), and finished blocks waiting to be written or summarised
 CHUNKS_PER_THREAD = 8
+
+
+#: the chunk side a run on a cluster aims at (see :func:`cluster_chunk`)
+CLUSTER_CHUNK = 2048
+
+
+def remote_cluster(cfg: ComputeConfig) -> bool:
+    """Whether the config runs on a cluster this process only coordinates.
+
+    A scheduler reached by its address or its scheduler file, or workers submitted as
+    batch jobs (slurm, pbs); not this machine's threads or worker processes.
+    """
+    return cfg.scheduler == "file" or "://" in cfg.scheduler or cfg.scheduler in JOBQUEUE
+
+
+def cluster_chunk(side: int, cfg: ComputeConfig) -> int:
+    """Return the default chunk side for ``cfg``: ``side`` (the file's), grown on a cluster.
+
+    On a cluster this process coordinates, each block costs it about 4 ms of CPU
+    whatever its size (distributed's future, the task's messages, its result and its
+    tiles): with 1024-pixel chunks that is 5-8 % of the workers' CPU, so one client
+    drives only 12-20 workers. Doubling the side (a multiple of the file's tiles still)
+    quarters the blocks: about 2 % (bench/RESULTS.md, section 9c). Elsewhere ``side``
+    itself. :func:`~pipeline.io.fit_chunk` then halves it where memory is short.
+    """
+    if not remote_cluster(cfg):
+        return side
+    return side * max(1, CLUSTER_CHUNK // side)
 
 
 def chunk_budget(cfg: ComputeConfig) -> float:

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
 from pipeline.io import LabelWriter
-from pipeline.io._cog_tiles import TileAssembler, TileGrid, block_tiles
+from pipeline.io._cog_tiles import TileAssembler, TileGrid, block_tiles, join_tiles
+from pipeline.stages._write import _groups
 
 TRANSFORM = from_origin(500000, 5000000, 10, 10)
 
@@ -94,6 +95,33 @@ def test_same_bytes_for_any_chunking(tmp_path_factory, ch, cw):
     _assembled(tmp / "one.tif", a, x, 255, None, False, 600, 700)
     _assembled(tmp / "many.tif", a, x, 255, None, False, ch, cw)
     assert (tmp / "many.tif").read_bytes() == (tmp / "one.tif").read_bytes()
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ch=st.integers(40, 400), cw=st.integers(40, 400), size=st.sampled_from([1, 4]))
+def test_tiles_joined_by_groups_of_blocks_give_the_same_file(tmp_path_factory, ch, cw, size):
+    # on a cluster a worker joins the tiles a group of blocks fills (2 x 2 blocks)
+    # and encodes them; the rest still reaches the assembler as pieces
+    tmp = tmp_path_factory.mktemp("groups")
+    a, x = _raster(900, 1000, "uint8", 255, seed=5)
+    _assembled(tmp / "one.tif", a, x, 255, None, False, 900, 1000)
+    grid = TileGrid.of(*a.shape, a.dtype, 255)
+    regions = _regions(*a.shape, ch, cw)
+    numblocks = (-(-a.shape[0] // ch), -(-a.shape[1] // cw))
+    groups = _groups(numblocks, size)
+    assert sorted(i for g in groups for i in g) == list(range(len(regions)))
+    asm = TileAssembler(tmp / "joined.tif", grid, x, None)
+    joined_here = 0
+    for members in groups[::-1]:
+        tiles = join_tiles([block_tiles(a[regions[i]], regions[i], grid) for i in members]
+                           + [None], grid)
+        asm.add(tiles)
+        joined_here += len(tiles.complete)
+    asm.finish()
+    assert (tmp / "joined.tif").read_bytes() == (tmp / "one.tif").read_bytes()
+    total = sum(r * c for r, c in map(grid.tiles, range(grid.n_levels)))
+    assert joined_here + asm.encoded_here == total
 
 
 def test_cog_layout_values_and_overviews(tmp_path):

@@ -46,6 +46,33 @@ def test_fit_chunk_halves_until_the_working_set_fits():
     assert fit_chunk(100, 10**6, 1) == 100  # already below the floor: kept
 
 
+@pytest.mark.parametrize(("compute", "side"), [
+    ({}, 1024), ({"scheduler": "processes"}, 1024),
+    ({"scheduler": "tcp://127.0.0.1:8786"}, 2048),
+    ({"scheduler_file": "cluster.json"}, 2048),
+    # a cluster whose workers have little memory: 2048-pixel chunks would not fit
+    ({"scheduler": "tcp://127.0.0.1:8786", "memory_limit": "200MiB"}, 512),
+])
+def test_default_chunks_grow_on_a_cluster_this_process_coordinates(tmp_path, compute, side):
+    # on a cluster each block costs the client ~4 ms of CPU whatever its size: the
+    # default side doubles there (still a multiple of the file's tiles), unless memory
+    # is short; opening connects to nothing
+    from pipeline.config import parse_config
+    from pipeline.stages import open_input
+
+    image = write_raster(tmp_path / "a.tif", np.zeros((1, 2500, 2500), np.uint8), tile=256)
+    cfg = parse_config({"input": str(image), "output": str(tmp_path / "o"),
+                        "compute": compute})
+    opened = open_input(cfg, summarise=False)
+    assert opened.image.chunks[1][0] == side
+    assert opened.features.chunks[1][0] == side
+    if "memory_limit" not in compute:  # never beyond the image
+        small = write_raster(tmp_path / "s.tif", np.zeros((1, 700, 900), np.uint8), tile=256)
+        cfg = parse_config({"input": str(small), "output": str(tmp_path / "o"),
+                            "compute": compute})
+        assert open_input(cfg, summarise=False).image.chunks[1:] == ((700,), (900,))
+
+
 def test_chunk_budget_is_a_worker_threads_share():
     per_thread = chunk_budget(ComputeConfig(scheduler="processes", n_workers=3,
                                             threads_per_worker=2, memory_limit="4GiB"))

@@ -39,7 +39,8 @@ import numpy as np
 from ..errors import writing
 from ._cog import _blocksize, decimate, overview_factors
 
-__all__ = ["BlockTiles", "TileAssembler", "TileGrid", "block_tiles", "encode_tile"]
+__all__ = ["BlockTiles", "TileAssembler", "TileGrid", "block_tiles", "encode_tile",
+           "join_tiles"]
 
 #: the tiles of a COG, as its COG driver's BLOCKSIZE (at least 128)
 _MIN_TILE = 128
@@ -160,6 +161,36 @@ def block_tiles(block: np.ndarray, region: tuple[slice, ...], grid: TileGrid) ->
     return out
 
 
+def join_tiles(shares: list[BlockTiles | None], grid: TileGrid) -> BlockTiles:
+    """Join what neighbouring blocks give a COG (on a worker): tiles their pieces fill.
+
+    The tiles every block holds whole are kept as they are; the pieces of tiles that
+    straddle blocks are put together, and each tile they fill (pieces of different
+    blocks never overlap) is encoded here. Pieces of tiles that other blocks share too
+    are left as pieces (for :class:`TileAssembler`).
+    """
+    out = BlockTiles()
+    pieces: dict[tuple[int, int, int], list[tuple[slice, slice, np.ndarray]]] = {}
+    for share in shares:
+        if share is None:
+            continue
+        out.complete.extend(share.complete)
+        for level, ty, tx, rows, cols, pixels in share.parts:
+            pieces.setdefault((level, ty, tx), []).append((rows, cols, pixels))
+    t = grid.side
+    for (level, ty, tx), parts in pieces.items():
+        h, w = grid.shape(level)
+        shape = (min(t, h - ty * t), min(t, w - tx * t))
+        if sum(p.size for _, _, p in parts) < shape[0] * shape[1]:
+            out.parts.extend((level, ty, tx, rows, cols, p) for rows, cols, p in parts)
+            continue
+        tile = np.empty(shape, dtype=grid.dtype)
+        for rows, cols, p in parts:
+            tile[rows, cols] = p
+        out.complete.append((level, ty, tx, encode_tile(tile, grid)))
+    return out
+
+
 class TileAssembler:
     """Collects a raster's encoded tiles in a spool file and writes its COG at the end.
 
@@ -207,8 +238,7 @@ class TileAssembler:
 
     def add(self, tiles: BlockTiles) -> None:
         """Spool a block's encoded tiles; assemble its pieces, encoding completed tiles."""
-        for level, ty, tx, data in tiles.complete:
-            self._put((level, ty, tx), data)
+        self._put([((level, ty, tx), data) for level, ty, tx, data in tiles.complete])
         t = self.grid.side
         for level, ty, tx, rows, cols, pixels in tiles.parts:
             key = (level, ty, tx)
@@ -222,17 +252,21 @@ class TileAssembler:
             slot[1] -= pixels.size
             if slot[1] == 0:
                 del self._partial[key]
-                self._put(key, encode_tile(slot[0], self.grid))
+                self._put([(key, encode_tile(slot[0], self.grid))])
                 self.encoded_here += 1
 
-    def _put(self, key: tuple[int, int, int], data: bytes) -> None:
-        if key in self._where:
-            raise ValueError(f"{self.path.name}: tile {key} written twice")
+    def _put(self, tiles: list[tuple[tuple[int, int, int], bytes]]) -> None:
+        """Spool encoded tiles (one write for a block's tiles)."""
+        if not tiles:
+            return
+        for key, data in tiles:
+            if key in self._where:
+                raise ValueError(f"{self.path.name}: tile {key} written twice")
+            self._where[key] = (self._size, len(data))
+            self._size += len(data)
         assert self._spool is not None
         with writing(self.path):
-            self._spool.write(data)
-        self._where[key] = (self._size, len(data))
-        self._size += len(data)
+            self._spool.write(b"".join(data for _, data in tiles))
 
     def finish(self) -> None:
         """Write the COG from the spooled tiles and delete the spool."""

@@ -13,7 +13,7 @@ from typing import Any
 import dask
 import xarray as xr
 
-from ..compute import chunk_budget
+from ..compute import chunk_budget, cluster_chunk
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..features import compute_features
@@ -154,11 +154,13 @@ def open_input(config: RunConfig, *, summarise: bool = True) -> Opened:
     if config.chunks is None and not geometry.is_volume:
         assert image.chunks is not None  # read with Dask chunks
         side = max(image.chunks[1][0], image.chunks[2][0])
-        fitted = fit_chunk(side, _bytes_per_pixel(image, features),
+        wanted = min(cluster_chunk(side, config.compute), max(image.shape[1:]))
+        fitted = fit_chunk(wanted, _bytes_per_pixel(image, features),
                            chunk_budget(config.compute))
-        if fitted < side:
+        if fitted < wanted:
             log.info("chunks of %d pixels instead of %d: %d features a pixel", fitted,
-                     side, features.sizes["feature"])
+                     wanted, features.sizes["feature"])
+        if fitted != side:
             image, geometry = _read(config, fitted)
             features = compute_features(image, config.features)
     # the NGFF version ome-zarr outputs are written in (read by the sink from `extra`)

@@ -86,10 +86,63 @@ def _regions(arr: da.Array) -> list[tuple[slice, ...]]:
             for idx in itertools.product(*(range(len(c)) for c in arr.chunks))]
 
 
+#: blocks whose results come back to this process as one (see :func:`store_rasters`)
+GROUP = 4
+
+
+def _gathered(parts: list[list[Any]], grids: list[Any]) -> list[list[Any]]:
+    """On a worker: the results of a group of blocks, as one.
+
+    The COG tiles the group's blocks fill together (an overview's tiles that span
+    them) are put together and encoded here, not in the writer's process: the group's
+    first block carries the group's tiles.
+    """
+    from ..io._cog_tiles import join_tiles
+
+    parts = [list(p) for p in parts]
+    for k, grid in enumerate(grids):
+        if grid is not None:
+            joined = join_tiles([p[k].tiles for p in parts], grid)
+            for p in parts:
+                p[k] = p[k]._replace(tiles=None)
+            parts[0][k] = parts[0][k]._replace(tiles=joined)
+    return parts
+
+
+def _groups(numblocks: tuple[int, ...], size: int) -> list[list[int]]:
+    """Blocks (their C-order indices) in groups: 2 x 2 squares of a 2-D raster.
+
+    Squares hold the overview tiles that span their blocks (4 x 4 blocks at a
+    quarter, ...); the blocks of other rasters go ``size`` at a time in C order.
+    """
+    if size == 1 or len(numblocks) != 2:
+        n = int(np.prod(numblocks))
+        return [list(range(g, min(g + size, n))) for g in range(0, n, size)]
+    ny, nx = numblocks
+    return [[y * nx + x for y in range(gy, min(gy + 2, ny)) for x in range(gx, min(gx + 2, nx))]
+            for gy in range(0, ny, 2) for gx in range(0, nx, 2)]
+
+
 def _store_parts(blocks: list[np.ndarray], region: tuple[slice, ...],
                  remotes: list[dict[str, Any]]) -> list[Any]:
     """On a worker: each raster's share of writing its block (``store_part``)."""
     return [store_part(b, region, r) for b, r in zip(blocks, remotes, strict=True)]
+
+
+def _named_graph(graph: dict[Any, Any], token: str) -> Any:
+    """``graph`` for ``Client.get``, named by ``token`` instead of by its contents.
+
+    ``Client.get`` wraps a dict in an expression whose name is a hash of every task
+    (0.8 ms of this process's CPU a block: the tasks' arguments, the model's included,
+    are hashed again for each batch); the batch's keys are unique already. Falls back
+    to the dict where dask's expression class takes no token.
+    """
+    try:
+        from dask._expr import LLGExpr
+
+        return LLGExpr(graph, _determ_token=token)
+    except (ImportError, TypeError):
+        return graph
 
 
 def workers_share_files(client: Any, writers: list[Any]) -> bool:
@@ -185,55 +238,90 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
                         compute=compute)
     if not compute:
         raise ValueError("compute=False needs the threaded scheduler")
-    from dask.highlevelgraph import HighLevelGraph
+    from dask._task_spec import List, Task, TaskRef
+    from dask.core import flatten
     from dask.optimization import cull
     from dask.utils import ensure_dict
     from distributed import as_completed
 
-    regions = _regions(arrays[0])
-    per_array = [a.to_delayed(optimize_graph=True).ravel().tolist() for a in arrays]
     # workers that see this run's staging directory (a cluster we started, or one on
     # a shared file system) write the Zarr chunks themselves; others send blocks here
     shared = workers_share_files(client, [writers[n] for n in names])
     remotes = [writers[n].remote(shared) for n in names]
-    share = dask.delayed(_store_parts, pure=True)
-    blocks = [share(list(t), region, remotes)
-              for t, region in zip(zip(*per_array, strict=True), regions, strict=True)
-              if region_key(region) not in skip]
-    regions = [r for r in regions if region_key(r) not in skip]
-    if not regions:
+    # the whole graph as one dict, optimised once: each batch is culled from it by
+    # walking back from its own keys (client.compute culls the whole graph for every
+    # batch: 0.09 s of this process's CPU a batch at 16384^2, 0.42 s at 49152^2).
+    # The tasks that store a block are written here as task specs: dask.delayed
+    # tokenises every call's arguments (1.2 ms of this process's CPU a block).
+    optimised = dask.optimize(*arrays)
+    graph: dict[Any, Any] = {}
+    for a in optimised:
+        graph.update(ensure_dict(a.__dask_graph__()))
+    per_array = [list(flatten(a.__dask_keys__())) for a in optimised]  # C order
+    name = f"store-parts-{uuid.uuid4().hex}"
+    regions = _regions(arrays[0])
+    keys = list(zip(*per_array, strict=True))
+    # This process pays ~2-3 ms of CPU for each future it holds (its messages, the
+    # fetch of its result), so the results of GROUP neighbouring blocks come back as
+    # one (a task on a worker gathers them and encodes the overview tiles they fill),
+    # unless the blocks themselves come back (a streamed GeoTIFF, other formats'
+    # sinks): those would travel twice.
+    group = 1 if any(r["block"] for r in remotes) else GROUP
+    grids = [r["cog"] for r in remotes]
+    pending: list[tuple[list[tuple[slice, ...]], Any]] = []
+    for members in _groups(arrays[0].numblocks, group):
+        members = [i for i in members if region_key(regions[i]) not in skip]
+        if not members:
+            continue
+        for i in members:
+            graph[(name, i)] = Task((name, i), _store_parts, List(*map(TaskRef, keys[i])),
+                                    regions[i], remotes)
+        key = (name, members[0])
+        if len(members) > 1:
+            key = (f"{name}-group", members[0])
+            graph[key] = Task(key, _gathered, List(*(TaskRef((name, i)) for i in members)),
+                              grids)
+        pending.append(([regions[i] for i in members], key))
+    if not pending:
         return None
     # Blocks go to the scheduler in batches, each optimised once (one submission per
     # block re-culls the whole graph every time: quadratic), and the next batch is
     # sent while half of the previous one is still running, so workers never idle and
     # at most about two batches of label blocks wait in worker memory.
     batch = 8 * max(1, len(client.scheduler_info().get("workers", {})))
-    pending = list(zip(regions, [b.key for b in blocks], strict=True))[::-1]
-    # results fetched by the event loop as tasks finish, not one blocking call each
-    futures = as_completed(with_results=True)
-    where: dict[str, tuple[slice, ...]] = {}
-    # the whole graph as one dict, once: each batch is culled from it by walking
-    # back from its own keys (client.compute culls the whole graph for every batch:
-    # 0.09 s of the client's CPU a batch at 16384^2, 0.42 s at 49152^2)
-    graph = ensure_dict(HighLevelGraph.merge(*(b.dask for b in blocks)))
+    pending.reverse()
+    futures = as_completed()
+    where: dict[Any, list[tuple[slice, ...]]] = {}
+    running = 0  # blocks submitted and not yet written
 
     def submit_batch() -> None:
-        take = [pending.pop() for _ in range(min(batch, len(pending)))]
+        nonlocal running
+        take: list[tuple[list[tuple[slice, ...]], Any]] = []
+        while pending and sum(len(r) for r, _ in take) < batch:
+            take.append(pending.pop())
         keys = [k for _, k in take]
-        for (region, _), fut in zip(take, client.get(cull(graph, keys)[0], keys, sync=False),
-                                    strict=True):
-            where[fut.key] = region
+        culled = _named_graph(cull(graph, keys)[0], f"{name}-{len(pending)}")
+        for (regions, _), fut in zip(take, client.get(culled, keys, sync=False), strict=True):
+            where[fut.key] = regions
+            running += len(regions)
             futures.add(fut)
 
     submit_batch()
-    for fut, result in futures:
-        region = where.pop(fut.key)
-        for name, remote, part in zip(names, remotes, result, strict=True):
-            writers[name].add(region, part.block, part.hist, tiles=part.tiles,
-                              zarr_written=remote["zarr"] is not None, checksum=part.checksum)
-        progress.update()
-        fut.release()
-        if pending and len(where) <= batch // 2:
+    # the results of every task finished meanwhile are fetched in one call: one
+    # request per worker instead of one per task
+    for done in futures.batches():
+        for fut, results in zip(done, client.gather(done), strict=True):
+            regions = where.pop(fut.key)
+            for region, result in zip(regions, results if len(regions) > 1 else [results],
+                                      strict=True):
+                for raster, remote, part in zip(names, remotes, result, strict=True):
+                    writers[raster].add(region, part.block, part.hist, tiles=part.tiles,
+                                        zarr_written=remote["zarr"] is not None,
+                                        checksum=part.checksum)
+                progress.update()
+            running -= len(regions)
+            fut.release()
+        if pending and running <= batch // 2:
             submit_batch()
 
 
