@@ -8,12 +8,14 @@ what they use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,3 +380,42 @@ def inmemory_safe(n_pixels: int, bands: int) -> tuple[bool, str]:
     msg = (f"needs ~{need / 2**30:.1f} GiB (estimate), limit {limit / 2**30:.1f} GiB "
            f"(half the RAM, 80% of the available)")
     return need <= limit, msg
+
+
+@contextlib.contextmanager
+def cli_cluster(work: Path, n_workers: int, *, memory_limit: str = "4GiB",
+                timeout: float = 120.0) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """A cluster started the usual way, as subprocesses in ``work``.
+
+    ``dask scheduler --scheduler-file F`` and ``dask worker --scheduler-file F
+    --nworkers N --nthreads 1``; yields (F, the worker nanny process) once all ``N``
+    workers have registered with the scheduler, and stops both on exit.
+    """
+    sched_file = work / "scheduler.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                               "--scheduler-file", str(sched_file), "--port", "0",
+                               "--dashboard-address", ":0"], cwd=work, env=env, **quiet)]
+    try:
+        deadline = time.monotonic() + timeout
+        while not sched_file.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the scheduler did not write its file")
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker",
+                                       "--scheduler-file", str(sched_file), "--nworkers",
+                                       str(n_workers), "--nthreads", "1", "--memory-limit",
+                                       memory_limit], cwd=work, env=env, **quiet))
+        from distributed import Client
+
+        with Client(scheduler_file=str(sched_file), timeout=timeout) as client:
+            client.wait_for_workers(n_workers, timeout=timeout)
+        yield sched_file, procs[1]
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()

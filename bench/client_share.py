@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import OUT, SceneParams, ensure_scene
+from _harness import OUT, SceneParams, cli_cluster, ensure_scene
 
 
 def _cpu(pids: list[int]) -> float:
@@ -65,79 +65,71 @@ def main() -> None:
     args = ap.parse_args()
     scene, _ = ensure_scene(SceneParams(size=args.size, tile=512))
     work = Path(tempfile.mkdtemp(prefix="tileseg-client-share-"))
-    sched_file = work / "scheduler.json"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
-                              "--scheduler-file", str(sched_file), "--port", "0",
-                              "--dashboard-address", ":0"], cwd=work, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = None
     try:
-        for _ in range(300):
-            if sched_file.exists():
-                break
-            time.sleep(0.1)
-        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker",
-                                   "--scheduler-file", str(sched_file), "--nworkers",
-                                   str(args.workers), "--nthreads", "1",
-                                   "--memory-limit", "4GiB"], cwd=work, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(5)  # the workers register
-        cfg = {"input": str(scene), "output": str(work / "out"), "features": ["bands"],
-               "cluster": {"method": "kmeans", "k": 8, "seed": 0},
-               "formats": args.formats.split(","),
-               "compute": {"scheduler_file": str(sched_file)}}
-        if args.chunks:
-            cfg["chunks"] = args.chunks
-        if args.segments:
-            cfg["postprocess"] = {"segments": {"connectivity": 8}, "min_size": 16}
-        (work / "c.json").write_text(json.dumps(cfg))
-        w0 = _cpu([worker.pid])
-        t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "pipeline.cli", "run", str(work / "c.json"), "-q"]
-        if args.profile:
-            # --gil: only the thread holding the GIL (what costs this process its CPU)
-            cmd = ["py-spy", "record", "--rate", "200", "--gil", "-o",
-                   str(Path(args.profile).resolve()), "--format",
-                   "raw" if args.profile.endswith(".txt") else "flamegraph",
-                   "--", *cmd]
-        client = subprocess.Popen(cmd, cwd=work, env=env)
-        import psutil
-
-        proc = psutil.Process(client.pid)
-        c_cpu = 0.0
-        while client.poll() is None:
-            try:
-                t = proc.cpu_times()
-                c_cpu = t.user + t.system + t.children_user + t.children_system
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.05)
-        wall = time.perf_counter() - t0
-        w_cpu = _cpu([worker.pid]) - w0
-        mpix = args.size * args.size / 1e6
-        res = {"size": args.size, "workers": args.workers, "formats": args.formats,
-               "chunks": args.chunks,
-               "segments": args.segments, "rc": client.returncode, "wall_s": round(wall, 2),
-               "client_cpu_s": round(c_cpu, 2), "workers_cpu_s": round(w_cpu, 2),
-               "client_cpu_ms_per_mpix": round(1000 * c_cpu / mpix, 2),
-               "workers_cpu_ms_per_mpix": round(1000 * w_cpu / mpix, 2),
-               "client_share": round(c_cpu / max(w_cpu, 1e-9), 4),
-               "load_avg": os.getloadavg()[0]}
-        print(json.dumps(res))
-        OUT.mkdir(parents=True, exist_ok=True)
-        name = (f"client-share-{args.size}-{args.workers}w-{args.formats.replace(',', '+')}"
-                + (f"-c{args.chunks}" if args.chunks else ""))
-        (OUT / f"{name}.json").write_text(json.dumps(res, indent=2))
+        with cli_cluster(work, args.workers) as (sched_file, worker):
+            res = _run(args, scene, work, sched_file, worker)
     finally:
-        for p in (worker, sched):
-            if p is not None:
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
         shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(res))
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = (f"client-share-{args.size}-{args.workers}w-{args.formats.replace(',', '+')}"
+            + (f"-c{args.chunks}" if args.chunks else ""))
+    (OUT / f"{name}.json").write_text(json.dumps(res, indent=2))
+
+
+def run_client(cfg: dict[str, object], work: Path, worker: subprocess.Popen[bytes],
+               profile: str | None = None) -> dict[str, float]:
+    """Run ``tileseg run`` with ``cfg`` in ``work``; its wall time and CPU seconds.
+
+    ``client_cpu_s``: the client process's (its threads and children); ``workers_cpu_s``:
+    the worker processes' under ``worker`` (the ``dask worker`` nanny) over the run.
+    """
+    import psutil
+
+    (work / "c.json").write_text(json.dumps(cfg))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    w0 = _cpu([worker.pid])
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(work / "c.json"), "-q",
+           "--overwrite"]
+    if profile:
+        # --gil: only the thread holding the GIL (what costs this process its CPU)
+        cmd = ["py-spy", "record", "--rate", "200", "--gil", "-o", str(Path(profile).resolve()),
+               "--format", "raw" if profile.endswith(".txt") else "flamegraph", "--", *cmd]
+    client = subprocess.Popen(cmd, cwd=work, env=env)
+    proc = psutil.Process(client.pid)
+    c_cpu = 0.0
+    while client.poll() is None:
+        try:
+            t = proc.cpu_times()
+            c_cpu = t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    return {"rc": client.returncode, "wall_s": round(time.perf_counter() - t0, 2),
+            "client_cpu_s": round(c_cpu, 2), "workers_cpu_s": round(_cpu([worker.pid]) - w0, 2)}
+
+
+def _run(args: argparse.Namespace, scene: Path, work: Path, sched_file: Path,
+         worker: subprocess.Popen[bytes]) -> dict[str, object]:
+    """Run ``tileseg run`` on the cluster; return its times and CPU seconds."""
+    cfg: dict[str, object] = {
+        "input": str(scene), "output": str(work / "out"), "features": ["bands"],
+        "cluster": {"method": "kmeans", "k": 8, "seed": 0},
+        "formats": args.formats.split(","), "compute": {"scheduler_file": str(sched_file)}}
+    if args.chunks:
+        cfg["chunks"] = args.chunks
+    if args.segments:
+        cfg["postprocess"] = {"segments": {"connectivity": 8}, "min_size": 16}
+    run = run_client(cfg, work, worker, args.profile)
+    mpix = args.size * args.size / 1e6
+    c_cpu, w_cpu = run["client_cpu_s"], run["workers_cpu_s"]
+    return {"size": args.size, "workers": args.workers, "formats": args.formats,
+            "chunks": args.chunks, "segments": args.segments, **run,
+            "client_cpu_ms_per_mpix": round(1000 * c_cpu / mpix, 2),
+            "workers_cpu_ms_per_mpix": round(1000 * w_cpu / mpix, 2),
+            "client_share": round(c_cpu / max(w_cpu, 1e-9), 4),
+            "load_avg": os.getloadavg()[0]}
 
 
 if __name__ == "__main__":
