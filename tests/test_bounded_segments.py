@@ -135,6 +135,25 @@ def test_paged_arrays_release_their_pages(tmp_path):
     assert file_rss() < touched - (24 << 20)
     assert a[0] == 5 and a[(32 << 20) - 1] == 5 and a[-1] == 7
     assert (tmp_path / "a.bin").stat().st_size == 64 << 20
+    # a window of rows: only its pages go (rows of 8 bytes here)
+    b = pages.empty("b", (8 << 20, 1), np.int64)
+    b[:] = 3
+    touched = file_rss()
+    pages.release((0, 4 << 20))
+    assert touched - (40 << 20) < file_rss() < touched - (24 << 20)
+    assert b[0, 0] == 3 and b[-1, 0] == 3
+
+
+@given(ids=st.lists(st.integers(0, 5000), unique=True, max_size=300),
+       span=st.integers(1, 700))
+def test_id_windows_cover_every_id_once_within_a_span(ids, span):
+    ids = np.array(ids, dtype=np.int64)
+    windows = list(bounded._id_windows(ids, span))
+    seen = np.concatenate(windows) if windows else np.empty(0, np.int64)
+    assert sorted(seen.tolist()) == list(range(ids.size))
+    for at in windows:
+        assert at.size and ids[at].max() // span == ids[at].min() // span  # one window
+        assert np.all(np.diff(ids[at]) > 0)  # ascending
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -50,7 +50,7 @@ from ._chunk_tasks import (
     SegmentTasks,
     _combine_pairs,
 )
-from ._kernels import _min_into, _reduce_add
+from ._kernels import _min_into, _reduce_add, _reduce_empty
 from ._merge import _count_rows, _fill_rows, merge_arrays, run_merge
 from ._resolve import _LOW, STAT_FIELDS, ChunkedIds, SegmentIndex, SegmentStats, segment_dtype
 
@@ -58,6 +58,8 @@ __all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "resolve_pag
 
 #: IDs a paged kernel is given at a time (the pages of a few rows of a large image)
 STEP = 1 << 20
+#: IDs of a chunk's range written at a time (:func:`_id_windows`)
+WINDOW = 1 << 18
 #: face contacts given at a time (each may touch rows of its own)
 _FACE_STEP = 1 << 14
 _BIG = np.iinfo(np.int64).max
@@ -162,6 +164,7 @@ class Paged:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._maps: dict[str, mmap.mmap] = {}
+        self._row_bytes: dict[str, int] = {}
 
     def empty(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """Return a new array of zeros, backed by ``<directory>/<name>.bin``."""
@@ -172,6 +175,7 @@ class Paged:
             f.truncate(nbytes)  # a sparse file: zeros, no disk until written
             mm = mmap.mmap(f.fileno(), nbytes)
         self._maps[name] = mm
+        self._row_bytes[name] = nbytes // max(shape[0], 1) if shape else nbytes
         return np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)
 
     def full(self, name: str, shape: tuple[int, ...], dtype: Any, value: Any) -> np.ndarray:
@@ -181,17 +185,29 @@ class Paged:
             out[s:e] = value
         return out
 
-    def release(self) -> None:
-        """Drop every page this process has touched (the data stays in the files)."""
+    def release(self, rows: tuple[int, int] | None = None) -> None:
+        """Drop the pages this process has touched (the data stays in the files).
+
+        ``rows``: only those of rows ``start:stop`` of each array (a window of IDs:
+        dropping every page walks every mapping, milliseconds each time).
+        """
         advice = getattr(mmap, "MADV_DONTNEED", None)
         if advice is None:  # pragma: no cover - not on Linux or macOS
             return
-        for mm in self._maps.values():
-            mm.madvise(advice)
+        for name, mm in self._maps.items():
+            if rows is None:
+                mm.madvise(advice)
+                continue
+            row = self._row_bytes[name]
+            start = min(rows[0] * row, len(mm)) // mmap.PAGESIZE * mmap.PAGESIZE
+            stop = min(rows[1] * row, len(mm))
+            if stop > start:
+                mm.madvise(advice, start, stop - start)
 
     def drop(self, name: str) -> None:
         """Forget an array (its views must be gone) and delete its file."""
         self._maps.pop(name, None)
+        self._row_bytes.pop(name, None)
         (self.directory / f"{name}.bin").unlink(missing_ok=True)
 
     def slices(self, total: int, step: int = STEP) -> Iterator[tuple[int, int]]:
@@ -328,19 +344,32 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
         lut[1:][~border] = ids[:inner]
         np.save(_spill_file(spill, c, "raw"), lut)
     del start
-    # --- the raw segments' statistics, a chunk at a time (border segments add up)
+    # --- the raw segments' statistics. A chunk's other pieces are whole segments,
+    # written (not added to initialised rows), a window of IDs at a time
+    # (:func:`_id_windows`); the border segments add up their pieces here (the local
+    # passes returned them) and are written last, in ID order.
     nf = local[0].stats[-1].shape[1] if local else 0
-    raw = _paged_stats(paged, "raw", n_raw, nf)
+    raw = _paged_stats(paged, "raw", n_raw, nf, filled=False)
+    border_stats: list[np.ndarray] = list(_reduce_empty(border_first.size, nf))
     for c in range(n_chunks):
         lut = np.load(_spill_file(spill, c, "raw"))
         with np.load(_spill_file(spill, c, "pieces")) as f:
             border = f["border"]
             lut[1:][border] = border_id[border_seg[c]]
             np.save(_spill_file(spill, c, "raw"), lut)
-            _reduce_add(lut[1:].astype(np.int64) - 1,
-                        *(np.ascontiguousarray(f[k]) for k in STAT_FIELDS),
-                        *raw)
-        paged.release()
+            inner = ~border
+            ids = lut[1:][inner].astype(np.int64) - 1
+            rows = [np.ascontiguousarray(f[k][inner]) for k in STAT_FIELDS]
+        for at in _id_windows(ids):
+            _put_rows(ids[at], *(r[at] for r in rows), *raw)
+            paged.release((int(ids[at[0]]), int(ids[at[-1]]) + 1))
+        _reduce_add(border_seg[c], *local[c].stats, *border_stats)
+    by_id = np.argsort(border_id)
+    sorted_ids = border_id[by_id]
+    for s, e in paged.slices(n_raw):  # a slice of IDs (not of border segments) at a time
+        at = by_id[np.searchsorted(sorted_ids, s + 1):np.searchsorted(sorted_ids, e + 1)]
+        _put_rows(border_id[at] - 1, *(a[at] for a in border_stats), *raw)
+    del border_stats, by_id, sorted_ids
     n_found = n_raw
     if min_pixels is None:
         final_of = None
@@ -366,7 +395,10 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
     for c in range(n_chunks):
         lut = np.load(_spill_file(spill, c, "raw")).astype(np.int64)
         if final_of is not None:
-            lut[1:] = final_of[lut[1:] - 1]
+            raw_ids = lut[1:] - 1
+            for at in _id_windows(raw_ids):
+                lut[1:][at] = final_of[raw_ids[at]]
+                paged.release((int(raw_ids[at[0]]), int(raw_ids[at[-1]]) + 1))
         np.save(_spill_file(spill, c, "final"), lut.astype(dtype))
         _spill_file(spill, c, "raw").unlink()
         paged.release()
@@ -375,8 +407,36 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
     return BoundedIndex(luts, bt.tasks.chunks, bt.tasks.connectivity, n_final, n_found)
 
 
-def _paged_stats(paged: Paged, name: str, n: int, nf: int) -> list[np.ndarray]:
-    """Empty statistics of ``n`` segments (as ``_reduce_empty``), file-backed."""
+def _id_windows(ids: np.ndarray, span: int = WINDOW) -> Iterator[np.ndarray]:
+    """Positions of ``ids`` in ascending order, ``span`` IDs of the range at a time.
+
+    A chunk's segments have the IDs of its rows, spread over the IDs of those rows
+    across the whole image: touched at once, the pages of that whole range were mapped
+    (0.3 GB a chunk at 8192^2, more the wider the image). A window at a time, with the
+    pages dropped after each, maps at most ``span`` IDs' pages.
+    """
+    order = np.argsort(ids, kind="stable")
+    if not order.size:
+        return
+    ranked = ids[order]
+    start = ranked[0] - ranked[0] % span
+    cuts = np.append(np.searchsorted(ranked, np.arange(start, ranked[-1] + 1, span)),
+                     ranked.size)
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        if b > a:
+            yield order[a:b]
+
+
+def _paged_stats(paged: Paged, name: str, n: int, nf: int, filled: bool = True
+                 ) -> list[np.ndarray]:
+    """Empty statistics of ``n`` segments (as ``_reduce_empty``), file-backed.
+
+    ``filled=False``: not initialised (every row will be written by :func:`_put_rows`).
+    """
+    if not filled:
+        return [*(paged.empty(f"{name}.{f}", (n,), np.int64) for f in STAT_FIELDS[:-2]),
+                paged.empty(f"{name}.hi", (n, nf), np.int64),
+                paged.empty(f"{name}.lo", (n, nf), np.int64)]
     return [paged.empty(f"{name}.klass", (n,), np.int64),
             paged.full(f"{name}.first", (n,), np.int64, _BIG),
             paged.empty(f"{name}.count", (n,), np.int64),
@@ -482,6 +542,28 @@ def _merge_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence
     for s, e in paged.slices(n):
         final_of[s:e] = rank[group_min[parent[s:e]]]
     return final_of, n_final, parent
+
+
+@numba.njit(cache=True, nogil=True)
+def _put_rows(group, klass, first, count, rmin, rmax, cmin, cmax, hi, lo,  # pragma: no cover
+              o_klass, o_first, o_count, o_rmin, o_rmax, o_cmin, o_cmax, o_hi, o_lo):
+    """Write rows as the statistics of their groups (each group one row): no read.
+
+    The same statistics :func:`._kernels._reduce_add` gives a group of one row.
+    """
+    nf = hi.shape[1]
+    for i in range(group.size):
+        g = group[i]
+        o_klass[g] = klass[i]
+        o_first[g] = first[i]
+        o_count[g] = count[i]
+        o_rmin[g] = rmin[i]
+        o_rmax[g] = rmax[i]
+        o_cmin[g] = cmin[i]
+        o_cmax[g] = cmax[i]
+        for f in range(nf):
+            o_hi[g, f] = hi[i, f] + (lo[i, f] >> 32)
+            o_lo[g, f] = lo[i, f] & 0xFFFFFFFF
 
 
 @numba.njit(cache=True, nogil=True)
