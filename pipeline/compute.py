@@ -65,10 +65,10 @@ def cluster_chunk(side: int, cfg: ComputeConfig) -> int:
 
     On a cluster this process coordinates, each block costs it about 4 ms of CPU
     whatever its size (distributed's future, the task's messages, its result and its
-    tiles): with 1024-pixel chunks that is 5-8 % of the workers' CPU, so one client
-    drives only 12-20 workers. Doubling the side (a multiple of the file's tiles still)
-    quarters the blocks: about 2 % (bench/RESULTS.md, section 9c). Elsewhere ``side``
-    itself. :func:`~pipeline.io.fit_chunk` then halves it where memory is short.
+    tiles): with 1024-pixel chunks its write stage takes 3.5 % of the workers' CPU,
+    one client for about 29 workers. Doubling the side (a multiple of the file's tiles
+    still) quarters the blocks: 1.1 % (bench/RESULTS.md, section 9c). Elsewhere
+    ``side`` itself. :func:`~pipeline.io.fit_chunk` then halves it where memory is short.
     """
     if not remote_cluster(cfg):
         return side

@@ -6,8 +6,10 @@ every overview, :func:`~._cog.decimate`) into the COG's tiles and DEFLATE-encode
 each tile it holds whole (:func:`block_tiles`). Only the compressed tiles travel
 back. The pieces of tiles that straddle blocks (seams of a chunking that is not a
 multiple of the tile, and the small overviews, whose tiles span many blocks) come
-back as pixels and are encoded here once complete (:class:`TileAssembler`): for
-1024-pixel chunks that is the overviews from factor 4 on, a twelfth of the pixels.
+back as pixels; a worker joins those its group of 2 x 2 blocks fills
+(:func:`join_tiles`), and the rest are encoded here once complete
+(:class:`TileAssembler`): with 2048-pixel chunks, the overviews from factor 16 on,
+1/192 of the pixels.
 
 The COG is then written in GDAL's layout, byte for byte the structure its COG driver
 writes: the structural metadata ("ghost area"), every IFD before any tile, the
