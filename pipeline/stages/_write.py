@@ -301,9 +301,10 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
             take.append(pending.pop())
         keys = [k for _, k in take]
         culled = _named_graph(cull(graph, keys)[0], f"{name}-{len(pending)}")
-        for (regions, _), fut in zip(take, client.get(culled, keys, sync=False), strict=True):
-            where[fut.key] = regions
-            running += len(regions)
+        for (group_regions, _), fut in zip(take, client.get(culled, keys, sync=False),
+                                           strict=True):
+            where[fut.key] = group_regions
+            running += len(group_regions)
             futures.add(fut)
 
     submit_batch()
@@ -311,15 +312,16 @@ def store_rasters(rasters: dict[str, xr.DataArray], writers: dict[str, Any],
     # request per worker instead of one per task
     for done in futures.batches():
         for fut, results in zip(done, client.gather(done), strict=True):
-            regions = where.pop(fut.key)
-            for region, result in zip(regions, results if len(regions) > 1 else [results],
+            done_regions = where.pop(fut.key)  # the group's
+            for region, result in zip(done_regions,
+                                      results if len(done_regions) > 1 else [results],
                                       strict=True):
                 for raster, remote, part in zip(names, remotes, result, strict=True):
                     writers[raster].add(region, part.block, part.hist, tiles=part.tiles,
                                         zarr_written=remote["zarr"] is not None,
                                         checksum=part.checksum)
                 progress.update()
-            running -= len(regions)
+            running -= len(done_regions)
             fut.release()
         if pending and running <= batch // 2:
             submit_batch()
