@@ -160,6 +160,9 @@ def open_input(config: RunConfig, *, summarise: bool = True) -> Opened:
         if fitted < wanted:
             log.info("chunks of %d pixels instead of %d: %d features a pixel", fitted,
                      wanted, features.sizes["feature"])
+        elif wanted > side:
+            log.info("chunks of %d pixels on a cluster (%d locally): fewer blocks for this "
+                     "process to coordinate; `chunks:` sets the side", wanted, side)
         if fitted != side:
             image, geometry = _read(config, fitted)
             features = compute_features(image, config.features)
