@@ -149,11 +149,12 @@ def test_paged_arrays_release_their_pages(tmp_path):
 def test_id_windows_cover_every_id_once_within_a_span(ids, span):
     ids = np.array(ids, dtype=np.int64)
     windows = list(bounded._id_windows(ids, span))
-    seen = np.concatenate(windows) if windows else np.empty(0, np.int64)
+    seen = np.concatenate([at for at, _ in windows]) if windows else np.empty(0, np.int64)
     assert sorted(seen.tolist()) == list(range(ids.size))
-    for at in windows:
+    for at, (start, stop) in windows:
         assert at.size and ids[at].max() // span == ids[at].min() // span  # one window
         assert np.all(np.diff(ids[at]) > 0)  # ascending
+        assert (start, stop) == (ids[at].min(), ids[at].max() + 1)  # the IDs it covers
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,

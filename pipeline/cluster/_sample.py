@@ -33,7 +33,7 @@ __all__ = ["sample_pixels", "pixel_keys", "cell_fraction", "OVERSAMPLE", "SAMPLE
 #: the key range (pixels of the sampled cells), so an image at least
 #: ``1 / OVERSAMPLE`` valid yields a full sample.
 OVERSAMPLE = 4.0
-#: ... and this many more pixels (see _key_fraction)
+#: ... and this many more pixels (see _key_threshold)
 KEY_MARGIN = 64
 #: Side of the sample cells, in pixels (a multiple of the usual 256/512 tiles).
 SAMPLE_CELL = 512
@@ -165,14 +165,15 @@ def _volume_parts(features: xr.DataArray, seed_key, threshold) -> list:
             for k in range(len(starts[2]))]
 
 
-def _key_fraction(size: int, n_pixels: float) -> float:
-    """Fraction of the key range whose pixels a block returns (1: every pixel).
+def _key_threshold(size: int, n_pixels: float) -> np.uint64:
+    """Return the largest key a block keeps: a fraction of the key range (all: every pixel).
 
     ``OVERSAMPLE`` times the sample, plus ``KEY_MARGIN`` pixels: the number of keys
     below the threshold is random (Poisson), and for a small sample four times its size
     is too few (a one-pixel sample came up empty once in 55).
     """
-    return min(1.0, (OVERSAMPLE * size + KEY_MARGIN) / max(n_pixels, 1))
+    fraction = min(1.0, (OVERSAMPLE * size + KEY_MARGIN) / max(n_pixels, 1))
+    return _U(np.iinfo(np.uint64).max) if fraction >= 1.0 else _U(int(fraction * 2.0**64))
 
 
 def _with_fraction(merged, fraction):
@@ -268,18 +269,14 @@ def sample_pixels(features: xr.DataArray, size: int, seed: int, *, cells: bool =
     if features.ndim == 4:  # a volume: every voxel is read (see _select_volume_block)
         nf, depth, height, width = features.shape
         n_voxels = valid_hint if valid_hint else depth * height * width * valid
-        fraction = _key_fraction(size, n_voxels)
-        threshold = (_U(np.iinfo(np.uint64).max) if fraction >= 1.0
-                     else _U(int(fraction * 2.0**64)))
-        parts = _volume_parts(features, _mix(seed)[0], threshold)
+        parts = _volume_parts(features, _mix(seed)[0], _key_threshold(size, n_voxels))
         merged = dask.delayed(_merge, pure=True)(parts, size, nf)
         return dask.delayed(_with_fraction, pure=True)(merged, 1.0)
     nf, height, width = features.shape
     cfrac = cell_fraction(height, width, size, cell, min_cells, valid) if cells else 1.0
     chosen = _chosen_cells(height, width, cfrac, seed, cell)
     n_pixels = valid_hint if valid_hint else height * width * cfrac * valid
-    fraction = _key_fraction(size, n_pixels)
-    threshold = _U(np.iinfo(np.uint64).max) if fraction >= 1.0 else _U(int(fraction * 2.0**64))
+    threshold = _key_threshold(size, n_pixels)
     seed_key = _mix(seed)[0]
     data = features.data.rechunk({0: -1})
     # unoptimised: optimising the graph of every block costs 0.35 s at 16384^2; the

@@ -360,9 +360,9 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
             inner = ~border
             ids = lut[1:][inner].astype(np.int64) - 1
             rows = [np.ascontiguousarray(f[k][inner]) for k in STAT_FIELDS]
-        for at in _id_windows(ids):
+        for at, window in _id_windows(ids):
             _put_rows(ids[at], *(r[at] for r in rows), *raw)
-            paged.release((int(ids[at[0]]), int(ids[at[-1]]) + 1))
+            paged.release(window)
         _reduce_add(border_seg[c], *local[c].stats, *border_stats)
     by_id = np.argsort(border_id)
     sorted_ids = border_id[by_id]
@@ -396,9 +396,9 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
         lut = np.load(_spill_file(spill, c, "raw")).astype(np.int64)
         if final_of is not None:
             raw_ids = lut[1:] - 1
-            for at in _id_windows(raw_ids):
+            for at, window in _id_windows(raw_ids):
                 lut[1:][at] = final_of[raw_ids[at]]
-                paged.release((int(raw_ids[at[0]]), int(raw_ids[at[-1]]) + 1))
+                paged.release(window)
         np.save(_spill_file(spill, c, "final"), lut.astype(dtype))
         _spill_file(spill, c, "raw").unlink()
         paged.release()
@@ -407,8 +407,12 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
     return BoundedIndex(luts, bt.tasks.chunks, bt.tasks.connectivity, n_final, n_found)
 
 
-def _id_windows(ids: np.ndarray, span: int = WINDOW) -> Iterator[np.ndarray]:
+def _id_windows(ids: np.ndarray, span: int = WINDOW
+                ) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
     """Positions of ``ids`` in ascending order, ``span`` IDs of the range at a time.
+
+    Yields the positions and the IDs they cover (``start, stop``: for
+    :meth:`Paged.release`).
 
     A chunk's segments have the IDs of its rows, spread over the IDs of those rows
     across the whole image: touched at once, the pages of that whole range were mapped
@@ -424,7 +428,7 @@ def _id_windows(ids: np.ndarray, span: int = WINDOW) -> Iterator[np.ndarray]:
                      ranked.size)
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         if b > a:
-            yield order[a:b]
+            yield order[a:b], (int(ranked[a]), int(ranked[b - 1]) + 1)
 
 
 def _paged_stats(paged: Paged, name: str, n: int, nf: int, filled: bool = True
