@@ -15,29 +15,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import parse_config
-from pipeline.postprocess._hierarchy import build_hierarchy, cut_hierarchy
+from pipeline.postprocess._hierarchy import CONTRAST_BITS, build_hierarchy, cut_hierarchy
 from pipeline.runner import plan, run
 from pipeline.synthetic import make_scene
 
 # -- the merge loop against a plain greedy implementation ---------------------------
 
-def _greedy(count, means, edges):
-    """Ward merging by brute force: recompute every pair's cost after every merge."""
+def _greedy(count, means, edges, boundary=0.0, contrast=None):
+    """Ward merging by brute force: recompute every pair's cost after every merge.
+
+    With ``boundary``, a cost is multiplied by ``1 + boundary * g``, ``g`` the mean
+    contrast of the pair's border (``contrast``: per edge, the sum in fixed point and
+    the number of pixel pairs), borders summed as regions merge.
+    """
     n = len(count)
-    members = {i: {i} for i in range(n)}
     cnt = {i: float(count[i]) for i in range(n)}
     mu = {i: means[i].astype(float) for i in range(n)}
-    adj = {i: set() for i in range(n)}
-    for a, b in zip(edges[0], edges[1], strict=True):
-        adj[a - 1].add(b - 1)
-        adj[b - 1].add(a - 1)
+    adj: dict = {i: {} for i in range(n)}
+    for t, (a, b) in enumerate(zip(edges[0], edges[1], strict=True)):
+        border = [0.0, 0.0]
+        if contrast is not None:
+            border = [contrast[2][t] / 2.0**CONTRAST_BITS, float(contrast[3][t])]
+        adj[a - 1][b - 1] = adj[b - 1][a - 1] = border
     merges, m = [], n
     while True:
         best = None
         for i in adj:
-            for j in adj[i]:
+            for j, (esum, epair) in adj[i].items():
                 if i < j:
                     c = cnt[i] * cnt[j] / (cnt[i] + cnt[j]) * ((mu[i] - mu[j]) ** 2).sum()
+                    if boundary > 0:
+                        c *= 1.0 + boundary * (esum / epair if epair > 0 else 0.0)
                     if best is None or (c, i, j) < best:
                         best = (c, i, j)
         if best is None:
@@ -45,13 +53,32 @@ def _greedy(count, means, edges):
         c, i, j = best
         cnt[m] = cnt[i] + cnt[j]
         mu[m] = (cnt[i] * mu[i] + cnt[j] * mu[j]) / cnt[m]
-        members[m] = members.pop(i) | members.pop(j)
-        adj[m] = (adj.pop(i) | adj.pop(j)) - {i, j}
-        for h in adj[m]:
-            adj[h] -= {i, j}
-            adj[h].add(m)
+        merged: dict = {}
+        for h, (esum, epair) in [*adj.pop(i).items(), *adj.pop(j).items()]:
+            if h not in (i, j):
+                old = merged.get(h, [0.0, 0.0])
+                merged[h] = [old[0] + esum, old[1] + epair]
+        adj[m] = merged
+        for h, border in merged.items():
+            adj[h].pop(i, None)
+            adj[h].pop(j, None)
+            adj[h][m] = border
         merges.append((i + 1, j + 1, c))
         m += 1
+
+
+def _grid_graph(h, w, rng, diagonal):
+    """A ``h`` x ``w`` grid of leaves, 4- or 8-connected (edges ``a < b``, sorted)."""
+    idx = np.arange(1, h * w + 1).reshape(h, w)
+    a = [idx[:, :-1].ravel(), idx[:-1, :].ravel()]
+    b = [idx[:, 1:].ravel(), idx[1:, :].ravel()]
+    if diagonal:
+        a += [idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel()]
+        b += [idx[1:, 1:].ravel(), idx[1:, :-1].ravel()]
+    a, b = np.concatenate(a), np.concatenate(b)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((hi, lo))
+    return lo[order], hi[order]
 
 
 @settings(max_examples=25, deadline=None)
@@ -59,9 +86,7 @@ def _greedy(count, means, edges):
 def test_merge_loop_is_the_greedy_merge(h, w, seed):
     rng = np.random.default_rng(seed)
     n = h * w
-    idx = np.arange(1, n + 1).reshape(h, w)
-    a = np.concatenate([idx[:, :-1].ravel(), idx[:-1, :].ravel()])
-    b = np.concatenate([idx[:, 1:].ravel(), idx[1:, :].ravel()])
+    a, b = _grid_graph(h, w, rng, diagonal=False)
     count = rng.integers(1, 20, n)
     means = rng.integers(0, 4, (n, 2)).astype(float)  # small integers: many ties
     got = build_hierarchy(count, means, (a, b, np.ones(a.size, np.int64)))
@@ -70,6 +95,36 @@ def test_merge_loop_is_the_greedy_merge(h, w, seed):
         [(x, y) for x, y, _ in want]
     np.testing.assert_allclose(got.cost, [c for *_, c in want], rtol=1e-12, atol=1e-12)
     assert got.size[-1] == count.sum()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 9), st.integers(2, 9), st.integers(0, 2**31 - 1), st.booleans(),
+       st.booleans(), st.integers(1, 6), st.integers(1, 3))
+def test_large_nodes_merge_as_the_greedy_merge(h, w, seed, ties, boundary, giant, nf):
+    """Nodes with ``giant`` neighbours or more find their best through lower bounds.
+
+    Whatever the threshold (1: every node), the merges are the brute force's, ties
+    (small integer means) and 8-connected grids (many common neighbours) included.
+    """
+    rng = np.random.default_rng(seed)
+    n = h * w
+    a, b = _grid_graph(h, w, rng, diagonal=True)
+    count = rng.integers(1, 20, n)
+    means = (rng.integers(0, 4, (n, nf)).astype(float) if ties
+             else rng.normal(size=(n, nf)))
+    kw = {}
+    if boundary:
+        kw = {"boundary": 1.5, "contrast": (a, b, rng.integers(0, 10**6, a.size),
+                                            rng.integers(1, 5, a.size))}
+    got = build_hierarchy(count, means, (a, b, np.ones(a.size, np.int64)),
+                          giant_degree=giant, **kw)
+    want = _greedy(count, means, (a, b), **kw)
+    assert [(int(x), int(y)) for x, y in zip(got.child_a, got.child_b, strict=True)] == \
+        [(x, y) for x, y, _ in want]
+    np.testing.assert_allclose(got.cost, [c for *_, c in want], rtol=1e-12, atol=1e-12)
+    plain = build_hierarchy(count, means, (a, b, np.ones(a.size, np.int64)),
+                            giant_degree=10**9, **kw)
+    assert np.array_equal(plain.cost, got.cost)  # bit for bit, with or without bounds
 
 
 def test_cut_numbers_regions_by_first_pixel():

@@ -30,6 +30,7 @@ ties, so the merge loop is our own (an indexed heap of each node's best neighbou
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +40,16 @@ import dask.array as da
 import numba
 import numpy as np
 import xarray as xr
-from numba import types
-from numba.typed import Dict, List
 
+from . import _rag
 from ._chunk_tasks import _sum_by_pair
+from ._rag import GIANT_DEGREE, merge_loop
 
 __all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_tasks",
            "cut_hierarchy", "leaf_perimeters", "majority_class", "reduce_contrast",
            "region_index", "region_stats", "region_table", "regions_of_leaves"]
+
+log = logging.getLogger(__name__)
 
 #: fixed-point bits of the border contrasts summed per chunk
 CONTRAST_BITS = 16
@@ -249,291 +252,12 @@ class Hierarchy:
         return k
 
 
-@numba.njit(cache=True, nogil=True)
-def _box(lo, hi, ndim):  # pragma: no cover - compiled
-    """Perimeter of a bounding box (its surface in a volume)."""
-    e0 = hi[0] - lo[0] + 1
-    e1 = hi[1] - lo[1] + 1
-    if ndim == 2:
-        return 2.0 * (e0 + e1)
-    e2 = hi[2] - lo[2] + 1
-    return 2.0 * (e0 * e1 + e1 * e2 + e0 * e2)
-
-
-@numba.njit(cache=True, nogil=True)
-def _terms(i, cnt, ssq, per, blo, bhi, ndim):  # pragma: no cover - compiled
-    """Return a node's colour, compactness and smoothness terms (n sd, l n^(1-1/d), n l/box)."""
-    ni = cnt[i]
-    colour = 0.0
-    for f in range(ssq.shape[1]):
-        colour += math.sqrt(ssq[i, f] / ni) * ni
-    root = 0.5 if ndim == 2 else 2.0 / 3.0  # n l / n^root
-    return colour, per[i] * ni ** (1.0 - root), ni * per[i] / _box(blo[i], bhi[i], ndim)
-
-
-@numba.njit(cache=True, nogil=True)
-def _cost(i, j, slot, nodes):  # pragma: no cover - compiled
-    """Return the fusion cost of nodes ``i`` and ``j`` sharing the border of edge ``slot``.
-
-    ``nodes``: the node and edge arrays and the criterion's weights, as
-    :func:`_merge_loop` packs them. Callers pass the lower node first, so a pair has
-    one cost, bit for bit, whichever side asks.
-    """
-    cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, shape, compact, boundary, \
-        ndim = nodes
-    ni = cnt[i]
-    nj = cnt[j]
-    nm = ni + nj
-    w = ni * nj / nm
-    if not baatz:
-        d = 0.0
-        for f in range(mu.shape[1]):
-            d += (mu[i, f] - mu[j, f]) ** 2
-        c = w * d
-    else:
-        colour_m = 0.0
-        for f in range(mu.shape[1]):
-            s_m = ssq[i, f] + ssq[j, f] + w * (mu[i, f] - mu[j, f]) ** 2
-            colour_m += math.sqrt(s_m / nm) * nm
-        ci, pi, si = _terms(i, cnt, ssq, per, blo, bhi, ndim)
-        cj, pj, sj = _terms(j, cnt, ssq, per, blo, bhi, ndim)
-        per_m = per[i] + per[j] - 2.0 * elen[slot]
-        lo = np.minimum(blo[i], blo[j])
-        hi = np.maximum(bhi[i], bhi[j])
-        root = 0.5 if ndim == 2 else 2.0 / 3.0  # n l / n^root
-        h_colour = colour_m - ci - cj
-        h_compact = per_m * nm ** (1.0 - root) - pi - pj
-        h_smooth = nm * per_m / _box(lo, hi, ndim) - si - sj
-        c = (1.0 - shape) * h_colour + shape * (compact * h_compact
-                                                + (1.0 - compact) * h_smooth)
-    if boundary > 0:
-        g = esum[slot] / epair[slot] if epair[slot] > 0 else 0.0
-        f = 1.0 + boundary * g
-        c = c * f if c >= 0 else c / f
-    return c
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _less(c1, a1, b1, c2, a2, b2):  # pragma: no cover - compiled
-    """``(c1, a1, b1) < (c2, a2, b2)``: cost, then the lower node, then the higher."""
-    if c1 != c2:
-        return c1 < c2
-    if a1 != a2:
-        return a1 < a2
-    return b1 < b2
-
-
-@numba.njit(cache=True, nogil=True)
-def _heap_less(u, v, best_c, best_n, lab):  # pragma: no cover - compiled
-    lu, lv, bu, bv = lab[u], lab[v], lab[best_n[u]], lab[best_n[v]]
-    return _less(best_c[u], min(lu, bu), max(lu, bu), best_c[v], min(lv, bv), max(lv, bv))
-
-
-@numba.njit(cache=True, nogil=True)
-def _sift_down(heap, pos, size, k, best_c, best_n, lab):  # pragma: no cover - compiled
-    u = heap[k]
-    while True:
-        c = 2 * k + 1
-        if c >= size:
-            break
-        if c + 1 < size and _heap_less(heap[c + 1], heap[c], best_c, best_n, lab):
-            c += 1
-        if not _heap_less(heap[c], u, best_c, best_n, lab):
-            break
-        heap[k] = heap[c]
-        pos[heap[k]] = k
-        k = c
-    heap[k] = u
-    pos[u] = k
-
-
-@numba.njit(cache=True, nogil=True)
-def _sift(heap, pos, size, k, best_c, best_n, lab):  # pragma: no cover - compiled
-    """Restore the heap property of a valid heap whose slot ``k`` changed."""
-    u = heap[k]
-    moved = False
-    while k > 0:
-        p = (k - 1) >> 1
-        if not _heap_less(u, heap[p], best_c, best_n, lab):
-            break
-        heap[k] = heap[p]
-        pos[heap[k]] = k
-        k = p
-        moved = True
-    heap[k] = u
-    pos[u] = k
-    if not moved:
-        _sift_down(heap, pos, size, k, best_c, best_n, lab)
-
-
-@numba.njit(cache=True, nogil=True)
-def _remove(heap, pos, size, u, best_c, best_n, lab):  # pragma: no cover - compiled
-    """Take node ``u`` out of the heap; return the new size."""
-    k = pos[u]
-    pos[u] = -1
-    size -= 1
-    if k != size:
-        heap[k] = heap[size]
-        pos[heap[k]] = k
-        _sift(heap, pos, size, k, best_c, best_n, lab)
-    return size
-
-
-@numba.njit(cache=True, nogil=True)
-def _offer(u, g, c, best_c, best_n, lab):  # pragma: no cover - compiled
-    """Make ``g``, at cost ``c``, the best neighbour of ``u`` where it beats the current."""
-    b = best_n[u]
-    lu, lg = lab[u], lab[g]
-    if b < 0 or _less(c, min(lu, lg), max(lu, lg), best_c[u], min(lu, lab[b]),
-                      max(lu, lab[b])):
-        best_c[u] = c
-        best_n[u] = g
-        return True
-    return False
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _pair_cost(u, g, e, nodes, lab):  # pragma: no cover - compiled
-    """Return the cost of ``u`` and ``g``, computed with the lower node (by ID) first."""
-    if lab[u] < lab[g]:
-        return _cost(u, g, e, nodes)
-    return _cost(g, u, e, nodes)
-
-
-@numba.njit(cache=True, nogil=True)
-def _rescan(u, adj_u, nodes, best_c, best_n, lab):  # pragma: no cover - compiled
-    """Find the best neighbour of ``u`` among all of its neighbours again."""
-    best_n[u] = -1
-    for g, e in adj_u.items():
-        _offer(u, g, _pair_cost(u, g, e, nodes, lab), best_c, best_n, lab)
-
-
-@numba.njit(cache=True, nogil=True)
-def _merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, shape,
-                compact, boundary, ndim):  # pragma: no cover - compiled
-    """Greedy merging, cheapest pair first; see :func:`build_hierarchy`.
-
-    Each node keeps its best neighbour (cost, then IDs); an indexed binary heap of the
-    nodes orders them by it, so its top is the cheapest pair of the whole graph.
-
-    A merged node lives on in the slot of the child with more neighbours (``lab``
-    maps a slot to the node's ID, ``n`` and up for merged nodes): its adjacency dict,
-    and the dicts of its neighbours, which name it by that slot, stay as they are;
-    only the other child's neighbours are moved over (border length and contrast
-    summed). A region with thousands of neighbours absorbing small ones then touches
-    no dict but the small one's (renaming the merged node in every neighbour's dict
-    was 22 % of the merge on 141 k leaves of noise: 38.8 -> 30.4 s; what is left is
-    re-costing every edge of the merged node, which exact greedy merging needs).
-    After a merge only the merged node's
-    neighbours are looked at: a neighbour whose best was one of the two children looks
-    through its own neighbours again, the others compare their best with the merged
-    node. Costs and ties always take the lower node ID first, so a pair has one
-    cost, bit for bit, whichever side asks.
-    """
-    adj = List()
-    for _ in range(n):
-        adj.append(Dict.empty(key_type=types.int64, value_type=types.int64))
-    for k in range(a.size):
-        adj[a[k]][b[k]] = k
-        adj[b[k]][a[k]] = k
-    lab = np.arange(n, dtype=np.int64)
-    best_c = np.full(n, np.inf)
-    best_n = np.full(n, -1, dtype=np.int64)
-    heap = np.empty(n, dtype=np.int64)
-    pos = np.full(n, -1, dtype=np.int64)
-    size = 0
-    nodes = (cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, shape, compact,
-             boundary, ndim)
-    for u in range(n):
-        _rescan(u, adj[u], nodes, best_c, best_n, lab)
-        if best_n[u] >= 0:
-            heap[size] = u
-            pos[u] = size
-            size += 1
-    for k in range(size // 2 - 1, -1, -1):
-        _sift_down(heap, pos, size, k, best_c, best_n, lab)
-    out_a = np.empty(n, dtype=np.int64)
-    out_b = np.empty(n, dtype=np.int64)
-    out_c = np.empty(n, dtype=np.float64)
-    out_s = np.empty(n, dtype=np.int64)
-    nf = mu.shape[1]
-    m_mu = np.empty(nf)
-    m_ssq = np.empty(nf)
-    m = n
-    while size > 0:
-        u = heap[0]
-        v = best_n[u]
-        c = best_c[u]
-        i, j = (u, v) if lab[u] < lab[v] else (v, u)  # the lower ID first
-        size = _remove(heap, pos, size, i, best_c, best_n, lab)
-        size = _remove(heap, pos, size, j, best_c, best_n, lab)
-        ni = cnt[i]
-        nj = cnt[j]
-        nm = ni + nj
-        for f in range(nf):
-            m_mu[f] = (ni * mu[i, f] + nj * mu[j, f]) / nm
-        big, small = (i, j) if len(adj[i]) >= len(adj[j]) else (j, i)
-        if baatz:
-            w = ni * nj / nm
-            for f in range(nf):
-                m_ssq[f] = ssq[i, f] + ssq[j, f] + w * (mu[i, f] - mu[j, f]) ** 2
-            per_m = per[i] + per[j] - 2.0 * elen[adj[i][j]]
-            for d in range(blo.shape[1]):
-                blo[big, d] = min(blo[i, d], blo[j, d])
-                bhi[big, d] = max(bhi[i, d], bhi[j, d])
-            per[big] = per_m
-            for f in range(nf):
-                ssq[big, f] = m_ssq[f]
-        cnt[big] = nm
-        for f in range(nf):
-            mu[big, f] = m_mu[f]
-        merged = adj[big]
-        merged.pop(small)
-        for h, e in adj[small].items():  # the small child's neighbours move over
-            if h == big:
-                continue
-            ah = adj[h]
-            ah.pop(small)
-            if h in merged:
-                k = merged[h]
-                elen[k] += elen[e]
-                esum[k] += esum[e]
-                epair[k] += epair[e]
-            else:
-                merged[h] = e
-                ah[big] = e
-        adj[small] = Dict.empty(key_type=types.int64, value_type=types.int64)
-        idx = m - n
-        out_a[idx] = lab[i]
-        out_b[idx] = lab[j]
-        out_c[idx] = c
-        out_s[idx] = np.int64(nm)
-        lab[big] = m
-        lab[small] = -1
-        best_n[big] = -1
-        for h, e in merged.items():
-            ch = _cost(h, big, e, nodes)  # lab[h] < m: the lower node first
-            _offer(big, h, ch, best_c, best_n, lab)
-            if best_n[h] == i or best_n[h] == j:  # its best is gone or changed
-                _rescan(h, adj[h], nodes, best_c, best_n, lab)
-                _sift(heap, pos, size, pos[h], best_c, best_n, lab)
-            elif _offer(h, big, ch, best_c, best_n, lab):
-                _sift(heap, pos, size, pos[h], best_c, best_n, lab)
-        if best_n[big] >= 0:
-            heap[size] = big
-            pos[big] = size
-            size += 1
-            _sift(heap, pos, size, size - 1, best_c, best_n, lab)
-        m += 1
-    k = m - n
-    return out_a[:k], out_b[:k], out_c[:k], out_s[:k]
-
-
 def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarray, ...], *,
                     criterion: str = "ward", shape: float = 0.1, compactness: float = 0.5,
                     boundary: float = 0.0, ssq: np.ndarray | None = None,
                     bbox: tuple[np.ndarray, np.ndarray] | None = None,
-                    contrast: tuple[np.ndarray, ...] | None = None) -> Hierarchy:
+                    contrast: tuple[np.ndarray, ...] | None = None,
+                    giant_degree: int | None = None) -> Hierarchy:
     """Merge touching regions, cheapest first, down to one region per connected part.
 
     Parameters
@@ -559,14 +283,15 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarra
         Weight of the mean feature contrast ``g`` across the shared border: a positive
         cost is multiplied by ``1 + boundary * g``, a negative one divided by it.
         Needs ``contrast`` (:func:`reduce_contrast`).
+    giant_degree : int, optional
+        ``ward`` only: the degree from which a node keeps its edges in a heap of lower
+        bounds (:mod:`._rag`); default :data:`._rag.GIANT_DEGREE`. It changes the time
+        taken, never the merges.
     """
     n = int(count.size)
     nf = means.shape[1] if means.ndim == 2 else 0
-    total = 2 * n
-    cnt = np.zeros(total, dtype=np.float64)
-    cnt[:n] = count
-    mu = np.zeros((total, nf))
-    mu[:n] = means
+    cnt = np.asarray(count, dtype=np.float64).copy()
+    mu = np.array(means, dtype=np.float64).reshape(n, nf)
     if criterion not in ("ward", "baatz_schape"):
         raise ValueError(f"criterion must be ward or baatz_schape, got {criterion!r}")
     baatz = criterion == "baatz_schape"
@@ -574,32 +299,46 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarra
         raise ValueError("baatz_schape needs the leaves' ssq and bbox")
     if boundary > 0 and contrast is None:
         raise ValueError("boundary > 0 needs the border contrasts")
-    a, b, length = (np.asarray(x, dtype=np.int64) for x in edges[:3])
+    # the endpoints keep their integer type (32-bit leaf IDs: no 64-bit copies)
+    a, b = np.asarray(edges[0]), np.asarray(edges[1])
+    length = np.asarray(edges[2])
     ndim = 2
-    s2 = np.zeros((total, nf))
-    per = np.zeros(total)
-    blo = bhi = np.zeros((total, 2), dtype=np.int64)
-    if baatz:
+    s2 = np.zeros((0, nf))
+    per = np.zeros(0)
+    blo = bhi = np.zeros((0, 2), dtype=np.int64)
+    elen = np.zeros(0)
+    if baatz:  # only the shape terms need the borders' lengths, boxes and perimeters
         assert ssq is not None and bbox is not None
-        s2[:n] = ssq
-        per[:n] = leaf_perimeters(edges, n)
+        s2 = np.array(ssq, dtype=np.float64).reshape(n, nf)
+        per = leaf_perimeters(edges, n)
         ndim = bbox[0].shape[1]
-        blo = np.zeros((total, ndim), dtype=np.int64)
-        bhi = np.zeros((total, ndim), dtype=np.int64)
-        blo[:n], bhi[:n] = bbox
-    esum = np.zeros(a.size)
-    epairs = np.zeros(a.size)
+        blo = np.array(bbox[0], dtype=np.int64)
+        bhi = np.array(bbox[1], dtype=np.int64)
+        elen = length.astype(np.float64)
+    esum = np.zeros(0)
+    epairs = np.zeros(0)
     if boundary > 0 and contrast is not None and contrast[0].size:
         ca, cb, csum, cpairs = contrast
-        key = a * (n + 1) + b
+        key = a.astype(np.int64) * (n + 1) + b
         ckey = ca * (n + 1) + cb
         pos = np.minimum(np.searchsorted(ckey, key), ckey.size - 1)
         hit = ckey[pos] == key
         esum = np.where(hit, csum[pos], 0).astype(np.float64) / _ONE
         epairs = np.where(hit, cpairs[pos], 0).astype(np.float64)
-    out_a, out_b, out_c, out_s = _merge_loop(
-        n, cnt, mu, s2, per, blo, bhi, a - 1, b - 1, length.astype(np.float64), esum,
-        epairs, baatz, float(shape), float(compactness), float(boundary), ndim)
+    # baatz_schape has no lower bound for large nodes: every node re-costs its edges
+    giant = n + 1 if baatz else int(GIANT_DEGREE if giant_degree is None else giant_degree)
+    it = np.dtype(np.int32 if 2 * n + 3 * a.size + 4096 < 2**31 else np.int64)
+    a0: np.ndarray = a.astype(it)  # 0-based, in place: no temporary of the int64 edges
+    np.subtract(a0, 1, out=a0)
+    b0: np.ndarray = b.astype(it)
+    np.subtract(b0, 1, out=b0)
+    out_a, out_b, out_c, out_s, work = merge_loop(
+        n, cnt, mu, s2, per, blo, bhi, a0, b0, elen, esum, epairs, baatz,
+        float(shape), float(compactness), float(boundary), ndim, max(giant, 1),
+        float(_rag.BUDGET_STEPS))
+    log.debug("merge loop: %d settles of large nodes, %d exact costs from their heaps, "
+              "%d new anchors (%d edges), %d re-costs of small nodes, %d rescans (edges), "
+              "%d between large nodes, %d large nodes", *work[[0, 1, 2, 3, 4, 5, 6, 8]])
     return Hierarchy(n, out_a + 1, out_b + 1, out_c, out_s)
 
 

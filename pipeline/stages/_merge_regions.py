@@ -84,7 +84,8 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     hierarchy = build_hierarchy(
         leaf_stats.count.astype(np.int64), leaf_stats.means(), leaves.edges,
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
-        boundary=cfg.boundary, ssq=ssq, bbox=leaf_stats.bbox(), contrast=contrast)
+        boundary=cfg.boundary, ssq=ssq, contrast=contrast,
+        bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None)
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)
     regions = region_index(leaves, region, n_regions)
