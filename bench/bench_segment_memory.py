@@ -16,7 +16,7 @@ under bench/out/. ``--baseline-rev REV`` also runs tileseg as committed at REV (
 ``git archive`` of pipeline/, e.g. the last commit whose resolver held every segment
 in memory) on the same input, each run in its own process, and prints the ratios.
 Segments and ``min_size`` are bounded by chunks (peak RSS flat in the image size);
-region merging (``merge``) still resolves in memory.
+region merging (``merge``) holds the leaves and their graph in memory (RESULTS 11c).
 """
 
 from __future__ import annotations
