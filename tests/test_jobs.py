@@ -69,6 +69,17 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
+def _holder(lock: Path, proc: subprocess.Popen, timeout: float = 60) -> dict:
+    """The lock's JSON once its run has written it (the file exists a moment before)."""
+    end = time.monotonic() + timeout
+    _wait_for(lock, proc, timeout)
+    while not (text := lock.read_text()):
+        assert proc.poll() is None, f"the run ended first: {proc.communicate()[1]}"
+        assert time.monotonic() < end, f"{lock} stayed empty"
+        time.sleep(0.01)
+    return json.loads(text)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
@@ -96,8 +107,7 @@ def _dead_pid() -> int:
 def test_second_run_on_an_output_exits_2_naming_the_first(cfg):
     c = cfg()
     a = _start(c, "-q")
-    _wait_for(c.parent / ".out.lock", a)
-    holder = json.loads((c.parent / ".out.lock").read_text())
+    holder = _holder(c.parent / ".out.lock", a)
     assert holder["pid"] == a.pid and holder["host"] == socket.gethostname()
     t = time.monotonic()
     rc, err = _run(c, "-q", "--overwrite")

@@ -494,7 +494,7 @@ def _enter(u, h, k, c, nodes, lab, graph, giants, anchor, budget, gidx):  # prag
     else:
         key = _bound(u, h, k, nodes, anchor, budget)
     _lh_push(gi, key, min(lab[u], lab[h]), max(lab[u], lab[h]), k, stamp[k], giants)
-    if giants[2][gi] > 4 * deg[u] + 64:
+    if giants[2][gi] > 2 * deg[u] + 64:  # stale entries at most as many as live ones
         _lh_compact(gi, giants, ea, stamp)
 
 

@@ -22,6 +22,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from ..compute import release_freed_memory
 from ..postprocess._resolve import STAT_FIELDS, VOLUME_FIELDS
 from ._context import RunContext
 
@@ -86,6 +87,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
         boundary=cfg.boundary, ssq=ssq, contrast=contrast,
         bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None)
+    release_freed_memory()  # the merge loop's graph
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)
     regions = region_index(leaves, region, n_regions)
