@@ -338,7 +338,8 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarra
         float(_rag.BUDGET_STEPS))
     log.debug("merge loop: %d settles of large nodes, %d exact costs from their heaps, "
               "%d new anchors (%d edges), %d re-costs of small nodes, %d rescans (edges), "
-              "%d between large nodes, %d large nodes", *work[[0, 1, 2, 3, 4, 5, 6, 8]])
+              "%d re-costs between large nodes, %d edges moved to large nodes, %d large "
+              "nodes, %d looked at again", *work[:10].tolist())
     return Hierarchy(n, out_a + 1, out_b + 1, out_c, out_s)
 
 
