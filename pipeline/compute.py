@@ -9,6 +9,7 @@ settings (:func:`forwarded_env`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -42,16 +43,26 @@ def release_freed_memory() -> bool:
     no ``malloc_trim`` (not glibc); returns whether it ran. Python and numpy offer no
     portable call for this, hence ctypes.
     """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """Return glibc's ``malloc_trim`` (None: none), looked up once.
+
+    ``find_library`` may run ``ldconfig``: not once per chunk.
+    """
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return False
-    trim(0)
-    return True
+        return None
 
 
 def n_workers(cfg: ComputeConfig) -> int:

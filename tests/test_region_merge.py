@@ -67,7 +67,7 @@ def _greedy(count, means, edges, boundary=0.0, contrast=None):
         m += 1
 
 
-def _grid_graph(h, w, rng, diagonal):
+def _grid_graph(h, w, diagonal):
     """A ``h`` x ``w`` grid of leaves, 4- or 8-connected (edges ``a < b``, sorted)."""
     idx = np.arange(1, h * w + 1).reshape(h, w)
     a = [idx[:, :-1].ravel(), idx[:-1, :].ravel()]
@@ -86,7 +86,7 @@ def _grid_graph(h, w, rng, diagonal):
 def test_merge_loop_is_the_greedy_merge(h, w, seed):
     rng = np.random.default_rng(seed)
     n = h * w
-    a, b = _grid_graph(h, w, rng, diagonal=False)
+    a, b = _grid_graph(h, w, diagonal=False)
     count = rng.integers(1, 20, n)
     means = rng.integers(0, 4, (n, 2)).astype(float)  # small integers: many ties
     got = build_hierarchy(count, means, (a, b, np.ones(a.size, np.int64)))
@@ -108,7 +108,7 @@ def test_large_nodes_merge_as_the_greedy_merge(h, w, seed, ties, boundary, giant
     """
     rng = np.random.default_rng(seed)
     n = h * w
-    a, b = _grid_graph(h, w, rng, diagonal=True)
+    a, b = _grid_graph(h, w, diagonal=True)
     count = rng.integers(1, 20, n)
     means = (rng.integers(0, 4, (n, nf)).astype(float) if ties
              else rng.normal(size=(n, nf)))

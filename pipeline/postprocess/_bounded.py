@@ -617,18 +617,17 @@ def _face_ids(keys: np.ndarray, luts: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
-               parts: Sequence[SegmentStats]) -> SegmentIndex:
+               parts: list[SegmentStats]) -> SegmentIndex:
     """Return the :class:`SegmentIndex` of :func:`resolve_paged`'s segments, in memory.
 
-    ``parts``: the statistics ``write_table`` was given, in order (a list is emptied
-    once they are joined). The lookup tables
+    ``parts``: the statistics ``write_table`` was given, in order (emptied once they
+    are joined). The lookup tables
     are loaded from the spill files, and every contact of the chunks and faces (the
     tasks must have collected every one) becomes a pair of final IDs, lengths added:
     the index :func:`._merge.merge_small_segments` returns with ``keep_edges``.
     """
     stats = concat_stats(bt, parts)
-    if isinstance(parts, list):
-        parts.clear()  # the slices are copied into one: keep one copy
+    parts.clear()  # the slices are copied into one: keep one copy
     luts = [np.load(_spill_file(bt.spill, c, "final")) for c in range(len(index.luts))]
     n = index.n_segments
     pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -665,5 +664,6 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
         # the kernel's outputs are views of buffers sized by every chunk's pairs
         edges = tuple(x.copy() for x in joined)
         del joined
+        release_freed_memory()
     return SegmentIndex(stats=stats, luts=luts, edges=edges, chunks=bt.tasks.chunks,
                         connectivity=bt.tasks.connectivity, min_pixels=bt.tasks.min_pixels)

@@ -41,9 +41,8 @@ import numba
 import numpy as np
 import xarray as xr
 
-from . import _rag
 from ._chunk_tasks import _sum_by_pair
-from ._rag import GIANT_DEGREE, merge_loop
+from ._rag import BUDGET_STEPS, GIANT_DEGREE, merge_loop
 
 __all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_tasks",
            "cut_hierarchy", "leaf_perimeters", "majority_class", "reduce_contrast",
@@ -290,7 +289,7 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarra
     """
     n = int(count.size)
     nf = means.shape[1] if means.ndim == 2 else 0
-    cnt = np.asarray(count, dtype=np.float64).copy()
+    cnt = np.array(count, dtype=np.float64)  # a copy: the loop updates it
     mu = np.array(means, dtype=np.float64).reshape(n, nf)
     if criterion not in ("ward", "baatz_schape"):
         raise ValueError(f"criterion must be ward or baatz_schape, got {criterion!r}")
@@ -335,7 +334,7 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray, edges: tuple[np.ndarra
     out_a, out_b, out_c, out_s, work = merge_loop(
         n, cnt, mu, s2, per, blo, bhi, a0, b0, elen, esum, epairs, baatz,
         float(shape), float(compactness), float(boundary), ndim, max(giant, 1),
-        float(_rag.BUDGET_STEPS))
+        BUDGET_STEPS)
     log.debug("merge loop: %d settles of large nodes, %d exact costs from their heaps, "
               "%d new anchors (%d edges), %d re-costs of small nodes, %d rescans (edges), "
               "%d re-costs between large nodes, %d edges moved to large nodes, %d large "

@@ -393,20 +393,24 @@ def _lh_down(K, E, size, k):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _grown(a, used):  # pragma: no cover - compiled
+    """Return ``a`` with room for more: twice its ``used`` entries and some, copied."""
+    b = np.empty((2 * used + 16,) + a.shape[1:], a.dtype)
+    b[:used] = a[:used]
+    return b
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _lh_push(gi, key, lo, hi, e, st, giants):  # pragma: no cover - compiled
     HK, HE, hsize = giants[0], giants[1], giants[2]
     K = HK[gi]
     E = HE[gi]
     s = hsize[gi]
     if s == K.size:
-        K2 = np.empty(2 * s + 8)
-        E2 = np.empty((2 * s + 8, 4), np.int64)
-        K2[:s] = K[:s]
-        E2[:s] = E[:s]
-        HK[gi] = K2
-        HE[gi] = E2
-        K = K2
-        E = E2
+        K = _grown(K, s)
+        E = _grown(E, s)
+        HK[gi] = K
+        HE[gi] = E
     K[s] = key
     E[s, 0] = lo
     E[s, 1] = hi
@@ -553,20 +557,19 @@ def _settle(u, nodes, lab, graph, giants, anchor, budget, gidx, best, blist, pop
         if have and _less(bc, blo, bhi, K[0], E[0, 0], E[0, 1]):
             break
         if npop == popk.size:
-            p2 = np.empty(2 * npop + 16)
-            p2[:npop] = popk[:npop]
-            popk = p2
-            e2 = np.empty(2 * npop + 16, np.int64)
-            e2[:npop] = pope[:npop]
-            pope = e2
-        popk[npop] = K[0]
+            popk = _grown(popk, npop)
+            pope = _grown(pope, npop)
+        old_key = K[0]
+        _lh_pop(gi, giants)
+        h = eb[k] if ea[k] == u else ea[k]
+        c = _pair_cost(u, h, k, nodes, lab)
+        # its entry goes back once the best is known (pushed now, it would come off again)
+        popk[npop] = c if gidx[h] >= 0 else max(old_key, _bound(u, h, k, nodes, anchor,
+                                                                 budget))
         pope[npop] = k
         npop += 1
         stats[1] += 1
         giants[3][u] += 1
-        _lh_pop(gi, giants)
-        h = eb[k] if ea[k] == u else ea[k]
-        c = _pair_cost(u, h, k, nodes, lab)
         lo = min(lab[u], lab[h])
         hi = max(lab[u], lab[h])
         if not have or _less(c, lo, hi, bc, blo, bhi):
@@ -575,11 +578,7 @@ def _settle(u, nodes, lab, graph, giants, anchor, budget, gidx, best, blist, pop
     for r in range(npop):
         k = pope[r]
         h = eb[k] if ea[k] == u else ea[k]
-        if gidx[h] >= 0:
-            key = _pair_cost(u, h, k, nodes, lab)
-        else:
-            key = max(popk[r], _bound(u, h, k, nodes, anchor, budget))
-        _lh_push(gi, key, min(lab[u], lab[h]), max(lab[u], lab[h]), k, stamp[k], giants)
+        _lh_push(gi, popk[r], min(lab[u], lab[h]), max(lab[u], lab[h]), k, stamp[k], giants)
     best[0][u] = bc
     best[1][u] = bn
     best[2][u] = be
@@ -624,10 +623,8 @@ def _gl_add(u, k, gidx, glist):  # pragma: no cover - compiled
     a = GL[gi]
     s = glen[gi]
     if s == a.size:
-        b = np.empty(2 * s + 8, np.int64)
-        b[:s] = a[:s]
-        GL[gi] = b
-        a = b
+        a = _grown(a, s)
+        GL[gi] = a
     a[s] = k
     glen[gi] = s + 1
 
@@ -798,9 +795,7 @@ def merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, s
             while g >= 0:
                 if g != i and g != j:
                     if nredo == redo.size:
-                        r2 = np.empty(2 * nredo, np.int64)
-                        r2[:nredo] = redo[:nredo]
-                        redo = r2
+                        redo = _grown(redo, nredo)
                     redo[nredo] = g
                     nredo += 1
                     dirty[g] = m

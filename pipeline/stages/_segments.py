@@ -18,7 +18,6 @@ import numpy as np
 import xarray as xr
 
 from ..cluster import raw_bands
-from ..compute import release_freed_memory
 from ..config import RunConfig
 from ..io._geometry import Geometry
 from ._context import RunContext
@@ -319,7 +318,6 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
     shutil.rmtree(spill / "paged", ignore_errors=True)
     leaves = leaf_index(bt, joins, index, parts)
     shutil.rmtree(spill, ignore_errors=True)
-    release_freed_memory()  # the per-chunk tables joined into the leaves' index
     return leaves, index.n_found, t_resolve
 
 
