@@ -206,6 +206,8 @@ def test_regions_exact_count_table_and_report(tmp_path, scene):
     assert rep["hierarchy_merges"] == len(h) == rep["leaves"] - 1
     leaves = xr.open_zarr(res.output / "leaves.zarr", consolidated=False)["leaves"].values
     assert leaves.max() == rep["leaves"]
+    # the leaves' lookup tables stay in the spill files until the writes, then go
+    assert not any(p.name.startswith(".") for p in res.output.iterdir())
 
 
 def test_cut_rewrites_what_a_run_writes(tmp_path, scene):

@@ -30,6 +30,7 @@ merge changes the means the next decisions read), in ID order.
 
 from __future__ import annotations
 
+import functools
 import mmap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -606,29 +607,34 @@ def concat_stats(bt: BoundedTasks, parts: Sequence[SegmentStats]) -> SegmentStat
     return stats
 
 
-def _face_ids(keys: np.ndarray, luts: Sequence[np.ndarray]) -> np.ndarray:
-    """Return the final IDs of the pieces named by face keys (chunk << 32 | label)."""
+def _face_ids(keys: np.ndarray, lut: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Return the final IDs of the pieces named by face keys (chunk << 32 | label).
+
+    ``lut(c)``: chunk ``c``'s lookup table.
+    """
     out = np.empty(keys.size, dtype=np.int64)
     chunk = keys >> KEY_SHIFT
     for c in np.unique(chunk):
         at = chunk == c
-        out[at] = luts[int(c)][keys[at] & _LOW]
+        out[at] = lut(int(c))[keys[at] & _LOW]
     return out
 
 
 def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
                parts: list[SegmentStats]) -> SegmentIndex:
-    """Return the :class:`SegmentIndex` of :func:`resolve_paged`'s segments, in memory.
+    """Return the :class:`SegmentIndex` of :func:`resolve_paged`'s segments.
 
     ``parts``: the statistics ``write_table`` was given, in order (emptied once they
-    are joined). The lookup tables
-    are loaded from the spill files, and every contact of the chunks and faces (the
-    tasks must have collected every one) becomes a pair of final IDs, lengths added:
-    the index :func:`._merge.merge_small_segments` returns with ``keep_edges``.
+    are joined). The statistics and every contact of the chunks and faces (the tasks
+    must have collected every one), as pairs of final IDs with their lengths added,
+    are in memory: the index :func:`._merge.merge_small_segments` returns with
+    ``keep_edges``. The lookup tables stay in the spill files (``index.luts``: one
+    Delayed per chunk that loads its table), which must outlive the rasters' writes:
+    they map every raw segment (37.7 million entries at 8192^2 noise, 150 million at
+    16384^2), where the rest is proportional to the leaves.
     """
     stats = concat_stats(bt, parts)
     parts.clear()  # the slices are copied into one: keep one copy
-    luts = [np.load(_spill_file(bt.spill, c, "final")) for c in range(len(index.luts))]
     n = index.n_segments
     pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -640,16 +646,22 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
             lo, hi, ln = _combine_pairs(a[apart], b[apart], length[apart].astype(np.int64), n)
             pairs.append((lo.astype(ids_type), hi.astype(ids_type), ln))
 
-    for c, lut in enumerate(luts):
-        ids = lut.astype(np.int64)
+    @functools.lru_cache(maxsize=8)  # a face's chunks, and the next face's
+    def lut(c: int) -> np.ndarray:
+        return _load_lut(str(bt.spill), c)
+
+    for c in range(len(index.luts)):
+        ids = lut(c).astype(np.int64)
         with np.load(_spill_file(bt.spill, c, "pieces")) as f:
             add(ids[f["edge_a"]], ids[f["edge_b"]], f["edge_len"])
+        del ids
         # a chunk's contacts, freed, stay in glibc's heap otherwise: 0.8 GB over the
         # 64 chunks of 8192^2 noise
         release_freed_memory()
     for j in joins:
         if j.edge_a.size:
-            add(_face_ids(j.edge_a, luts), _face_ids(j.edge_b, luts), j.edge_len)
+            add(_face_ids(j.edge_a, lut), _face_ids(j.edge_b, lut), j.edge_len)
+    lut.cache_clear()
     empty = np.empty(0, dtype=np.int64)
     edges = (empty, empty, empty)
     if pairs:
@@ -665,5 +677,6 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
         edges = tuple(x.copy() for x in joined)
         del joined
         release_freed_memory()
-    return SegmentIndex(stats=stats, luts=luts, edges=edges, chunks=bt.tasks.chunks,
-                        connectivity=bt.tasks.connectivity, min_pixels=bt.tasks.min_pixels)
+    return SegmentIndex(stats=stats, luts=list(index.luts), edges=edges,
+                        chunks=bt.tasks.chunks, connectivity=bt.tasks.connectivity,
+                        min_pixels=bt.tasks.min_pixels)

@@ -426,11 +426,15 @@ def region_index(index: Any, region: np.ndarray, n_regions: int) -> Any:
     """Return the regions' :class:`SegmentIndex`; ``region[i]`` is leaf ``i + 1``'s region.
 
     Statistics from :func:`region_stats`; the lookup tables composed with
-    :func:`region_table`.
+    :func:`region_table` lazily, one task a chunk (the leaves' tables may be Delayed
+    loads of files: they map every raw segment, not every leaf). The run writes the
+    region raster from the leaf raster (:func:`regions_of_leaves`) and never computes
+    them; they are there for :func:`relabel_segments` on the class map.
     """
     from ._resolve import SegmentIndex
 
-    table = region_table(region, n_regions)
+    table = dask.delayed(region_table(region, n_regions))  # one key, every task reads it
+    compose = dask.delayed(_lookup, pure=True)
     return SegmentIndex(stats=region_stats(index.stats, region, n_regions),
-                        luts=[table[lut] for lut in index.luts], edges=None,
+                        luts=[compose(lut, table) for lut in index.luts], edges=None,
                         chunks=index.chunks, connectivity=index.connectivity)

@@ -130,8 +130,9 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
                                     along, after_pass, read_back, t)
         index, n_found, t_resolve = bounded_leaves(ctx, tasks, labels, spill, min_px,
                                                    n_features, along, after_pass)
-        return _segments_of(ctx, model, rasters, index, n_found, min_px, n_features,
-                            read_back, t if along is None else t_resolve)
+        return dataclasses.replace(
+            _segments_of(ctx, model, rasters, index, n_found, min_px, n_features, read_back,
+                         t if along is None else t_resolve), spill=spill)
     pieces, joins = _summary_pass(labels.ndim, along, after_pass, tasks.pieces, tasks.joins)
     check_memory(sum(p.count.size for p in pieces), contacts is not None)
     t_resolve = time.perf_counter()
@@ -304,10 +305,11 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
     then the leaves' statistics, lookup tables and adjacency (every contact, lengths
     added) are gathered in memory: region merging holds them anyway, and they are
     proportional to the leaves, not to the raw pieces (the in-memory resolver held
-    every raw piece and contact). Returns the leaves' ``SegmentIndex``, the number
+    every raw piece and contact); their lookup tables stay in ``spill``, which
+    :func:`write_segments` removes. Returns the leaves' ``SegmentIndex``, the number
     of raw segments found and when the pass ended (``time.perf_counter``).
     """
-    from ..postprocess._bounded import Paged, leaf_index, resolve_paged
+    from ..postprocess._bounded import Paged, _spill_file, leaf_index, resolve_paged
 
     bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass)
     t_resolve = time.perf_counter()
@@ -317,7 +319,9 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
                           write_table=lambda stats, first_id, n, rows: parts.append(stats))
     shutil.rmtree(spill / "paged", ignore_errors=True)
     leaves = leaf_index(bt, joins, index, parts)
-    shutil.rmtree(spill, ignore_errors=True)
+    # the chunks' pieces are read; their lookup tables stay until the writes
+    for c in range(len(index.luts)):
+        _spill_file(spill, c, "pieces").unlink(missing_ok=True)
     return leaves, index.n_found, t_resolve
 
 
@@ -426,8 +430,18 @@ def write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Pa
 
     The polygons are vectorised from the segment raster just written (``writer``'s
     Zarr, else its COG), read back chunk by chunk: no further pass over the input.
-    Where neither was written the segment raster is computed again.
+    Where neither was written the segment raster is computed again. The spill
+    directory (the bounded resolver's lookup tables) is removed after it.
     """
+    try:
+        return _write_segments(seg, raster, writer, staging, config, timings)
+    finally:  # the rasters and polygons are written: the lookup tables are done with
+        if seg.spill is not None:
+            shutil.rmtree(seg.spill, ignore_errors=True)
+
+
+def _write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Path,
+                    config: RunConfig, timings: dict[str, float]) -> list[Path]:
     from ..postprocess import chunk_polygons, dissolve_polygons, polygons_frame
 
     t = time.perf_counter()
@@ -435,8 +449,6 @@ def write_segments(seg: Segments, raster: xr.DataArray, writer: Any, staging: Pa
     table = seg.table
     if seg.table_file is not None:
         shutil.move(seg.table_file, out[0])
-        if seg.spill is not None:
-            shutil.rmtree(seg.spill, ignore_errors=True)
         if config.postprocess.polygons:
             import pandas as pd
 
