@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -137,15 +139,22 @@ def test_segments_that_would_not_fit_in_memory_stop_with_one_line(tmp_path, nois
     not see the staging directory) and that would need more memory than is available,
     the run stops after the pass with a ResourceError (exit 2 on the command line), and
     leaves no output. Bounded by chunks (the workers share the staging), the same run
-    goes through."""
+    goes through: it holds only the leaves' graph to merge them."""
     from pipeline.errors import PipelineError, ResourceError
     from pipeline.stages import _segments, _write
 
-    monkeypatch.setattr(_segments, "_available_memory", lambda: 1000)
     pp = {"segments": True, "min_size": 6,
           "merge": {"criterion": "baatz_schape", "regions": 4}}
+    first = run(_config(tmp_path, noisy_scene, "first", 32, pp)).report["segments"]
+    # memory for the leaves' graph, not for the raw pieces
+    enough = first["merge"]["leaves"] * _segments._BYTES_PER_LEAF
+    assert enough < first["found"] * _segments._BYTES_PER_PIECE[True]
+    monkeypatch.setattr(_segments, "_available_memory", lambda: enough)
     bounded = run(_config(tmp_path, noisy_scene, "bounded", 32, pp))
-    assert bounded.report["segments"]["found"]
+    got = bounded.report["segments"]
+    assert (got["found"], got["segments"], got["merge"]["leaves"]) == (
+        first["found"], first["segments"], first["merge"]["leaves"])
+    shutil.rmtree(tmp_path / "first")
     monkeypatch.setattr(_write, "segment_spill", lambda ctx, staging: None)
     with pytest.raises(ResourceError) as err:
         run(_config(tmp_path, noisy_scene, "tight", 32, pp))
@@ -157,6 +166,27 @@ def test_segments_that_would_not_fit_in_memory_stop_with_one_line(tmp_path, nois
     # with the memory there, the same run goes through
     monkeypatch.setattr(_segments, "_available_memory", lambda: 2**40)
     assert run(_config(tmp_path, noisy_scene, "tight", 32, pp)).report["segments"]["found"]
+
+
+def test_leaves_too_many_to_merge_in_memory_stop_with_one_line(tmp_path, noisy_scene,
+                                                               monkeypatch):
+    """Bounded by chunks, region merging still holds the graph of the leaves: where
+    that needs more memory than is available, the run stops before building it, with
+    a ResourceError naming postprocess.merge, and leaves nothing behind."""
+    from pipeline.errors import ResourceError
+    from pipeline.stages import _segments
+
+    pp = {"segments": True, "min_size": 6, "merge": {"regions": 4}}
+    monkeypatch.setattr(_segments, "_available_memory", lambda: 1000)
+    with pytest.raises(ResourceError) as err:
+        run(_config(tmp_path, noisy_scene, "merge", 32, pp))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("postprocess.merge: ")
+    assert "million leaves need about" in msg and "postprocess.min_size" in msg
+    assert not any(tmp_path.iterdir())
+    # segments and min_size alone, bounded, need no such memory
+    assert run(_config(tmp_path, noisy_scene, "segments", 32, {"segments": True,
+                                                                "min_size": 6}))
 
 
 def test_segments_without_scratch_space_stop_with_one_line(tmp_path, noisy_scene,

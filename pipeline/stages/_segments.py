@@ -33,6 +33,11 @@ _EVERY_CONTACT = 2**62
 #: case (8192^2, 37.6 M pieces: 10.5 GB more than after the pass with min_size 16;
 #: 4096^2 without: 1.6 GB for 9.4 M), rounded up
 _BYTES_PER_PIECE = (180, 300)
+#: memory that region merging takes per leaf when the segments are bounded by chunks
+#: (the leaves' statistics and contacts, the merge loop's graph, the hierarchy; one
+#: leaf per 30 pixels and 4.5 contacts a leaf on noise): the loop alone grew by 302
+#: bytes a leaf at 4096^2 noise, the statistics and contacts add 160; rounded up
+_BYTES_PER_LEAF = 520
 
 
 @dataclass
@@ -318,6 +323,7 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
                           n_similar=n_similar,
                           write_table=lambda stats, first_id, n, rows: parts.append(stats))
     shutil.rmtree(spill / "paged", ignore_errors=True)
+    check_merge_memory(index.n_segments)
     leaves = leaf_index(bt, joins, index, parts)
     # the chunks' pieces are read; their lookup tables stay until the writes
     for c in range(len(index.luts)):
@@ -377,6 +383,27 @@ def check_memory(n_pieces: int, adjacency: bool) -> None:
             f"{' and merge' if adjacency else ''}, and {available / 2**30:.1f} GiB is "
             "available: smooth the class map first (postprocess.majority), use fewer "
             "classes, or run on a machine with more memory")
+
+
+def check_merge_memory(n_leaves: int) -> None:
+    """Refuse, in one line, leaves too many for region merging in the memory available.
+
+    The merge is one greedy sequence over the whole graph of the leaves (each merge
+    changes the costs the next decision reads), so it holds that graph: about
+    ``_BYTES_PER_LEAF`` bytes a leaf, the leaves' statistics included. Where that
+    exceeds the memory available now, the run stops with a
+    :class:`~pipeline.errors.ResourceError` (exit 2) before building it.
+    """
+    from ..errors import ResourceError
+
+    need = n_leaves * _BYTES_PER_LEAF
+    available = _available_memory()
+    if need > available:
+        raise ResourceError(
+            f"postprocess.merge: {n_leaves / 1e6:.1f} million leaves need about "
+            f"{need / 2**30:.1f} GiB more memory to merge, and {available / 2**30:.1f} "
+            "GiB is available: raise postprocess.min_size, smooth the class map first "
+            "(postprocess.majority), or run on a machine with more memory")
 
 
 def squared_too(features: xr.DataArray, mean: Any, scale: Any
