@@ -89,7 +89,10 @@ def test_merge_loop_is_the_greedy_merge(h, w, seed):
     a, b = _grid_graph(h, w, diagonal=False)
     count = rng.integers(1, 20, n)
     means = rng.integers(0, 4, (n, 2)).astype(float)  # small integers: many ties
-    got = build_hierarchy(count, means, (a, b, np.ones(a.size, np.int64)))
+    # a list of the contacts is emptied once read (the run frees them before the loop)
+    edges = [a.copy(), b.copy(), np.ones(a.size, np.int64)]
+    got = build_hierarchy(count, means, edges)
+    assert edges == []
     want = _greedy(count, means, (a, b))
     assert [(int(x), int(y)) for x, y in zip(got.child_a, got.child_b, strict=True)] == \
         [(x, y) for x, y, _ in want]

@@ -82,8 +82,10 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
                                                    model.mean, model.scale))
         contrast = reduce_contrast(list(parts))
     leaf_stats = leaves.stats
+    # the contacts go to the loop, which keeps its own copy: not held here as well
+    edges, leaves.edges = list(leaves.edges), None
     hierarchy = build_hierarchy(
-        leaf_stats.count.astype(np.int64), leaf_stats.means(), leaves.edges,
+        leaf_stats.count, leaf_stats.means(), edges,
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
         boundary=cfg.boundary, ssq=ssq, contrast=contrast,
         bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None)
