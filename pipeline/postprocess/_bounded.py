@@ -57,7 +57,8 @@ from ._kernels import _min_into, _reduce_add, _reduce_empty
 from ._merge import _count_rows, _fill_rows, merge_arrays, run_merge
 from ._resolve import _LOW, STAT_FIELDS, ChunkedIds, SegmentIndex, SegmentStats, segment_dtype
 
-__all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "resolve_paged"]
+__all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "drop_pages",
+           "resolve_paged"]
 
 #: IDs a paged kernel is given at a time (the pages of a few rows of a large image)
 STEP = 1 << 20
@@ -599,12 +600,45 @@ def empty_stats(bt: BoundedTasks) -> SegmentStats:
                         bt.tasks.sum_offset, bt.tasks.sum_scale)
 
 
-def concat_stats(bt: BoundedTasks, parts: Sequence[SegmentStats]) -> SegmentStats:
-    """Return the statistics of consecutive slices (``write_table``'s) as one, in memory."""
+def concat_stats(bt: BoundedTasks, parts: Sequence[SegmentStats],
+                 paged: Paged | None = None) -> SegmentStats:
+    """Return the statistics of consecutive slices (``write_table``'s) as one.
+
+    In memory; with ``paged``, in its file-backed arrays (``stats.<field>``), whose
+    pages are dropped once written (:func:`drop_pages` drops them again after reads),
+    and each slice's field is let go once copied.
+    """
     stats = empty_stats(bt)
     for f in STAT_FIELDS if parts else ():
-        setattr(stats, f, np.concatenate([getattr(p, f) for p in parts]))
+        if paged is None:
+            setattr(stats, f, np.concatenate([getattr(p, f) for p in parts]))
+            continue
+        head = getattr(parts[0], f)
+        n = sum(getattr(p, f).shape[0] for p in parts)
+        out = paged.empty(f"stats.{f}", (n,) + head.shape[1:], head.dtype)
+        at = 0
+        for p in parts:
+            part = getattr(p, f)
+            out[at:at + part.shape[0]] = part
+            at += part.shape[0]
+            setattr(p, f, part[:0])
+        paged.release()
+        setattr(stats, f, out)
     return stats
+
+
+def drop_pages(*arrays: np.ndarray) -> None:
+    """Drop the pages of file-backed arrays (:class:`Paged`'s) that this process touched.
+
+    The data stays in the files; an array in memory is left alone.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    for a in arrays:
+        base: Any = a
+        while isinstance(base, np.ndarray) and base.base is not None:
+            base = base.base
+        if isinstance(base, mmap.mmap) and advice is not None:
+            base.madvise(advice)
 
 
 def _face_ids(keys: np.ndarray, lut: Callable[[int], np.ndarray]) -> np.ndarray:
@@ -621,19 +655,20 @@ def _face_ids(keys: np.ndarray, lut: Callable[[int], np.ndarray]) -> np.ndarray:
 
 
 def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
-               parts: list[SegmentStats]) -> SegmentIndex:
+               parts: list[SegmentStats], paged: Paged | None = None) -> SegmentIndex:
     """Return the :class:`SegmentIndex` of :func:`resolve_paged`'s segments.
 
     ``parts``: the statistics ``write_table`` was given, in order (emptied once they
-    are joined). The statistics and every contact of the chunks and faces (the tasks
-    must have collected every one), as pairs of final IDs with their lengths added,
-    are in memory: the index :func:`._merge.merge_small_segments` returns with
-    ``keep_edges``. The lookup tables stay in the spill files (``index.luts``: one
+    are joined), in ``paged``'s file-backed arrays where given (region merging reads
+    them before and after its loop, not during it). Every contact of the chunks and
+    faces (the tasks must have collected every one), as pairs of final IDs with their
+    lengths added, is in memory: the index :func:`._merge.merge_small_segments`
+    returns with ``keep_edges``. The lookup tables stay in the spill files (``index.luts``: one
     Delayed per chunk that loads its table), which must outlive the rasters' writes:
     they map every raw segment (37.7 million entries at 8192^2 noise, 150 million at
     16384^2), where the rest is proportional to the leaves.
     """
-    stats = concat_stats(bt, parts)
+    stats = concat_stats(bt, parts, paged)
     parts.clear()  # the slices are copied into one: keep one copy
     n = index.n_segments
     pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,7 +258,8 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
                     boundary: float = 0.0, ssq: np.ndarray | None = None,
                     bbox: tuple[np.ndarray, np.ndarray] | None = None,
                     contrast: tuple[np.ndarray, ...] | None = None,
-                    giant_degree: int | None = None) -> Hierarchy:
+                    giant_degree: int | None = None,
+                    before_loop: Callable[[], None] | None = None) -> Hierarchy:
     """Merge touching regions, cheapest first, down to one region per connected part.
 
     Parameters
@@ -289,6 +291,9 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
         ``ward`` only: the degree from which a node keeps its edges in a heap of lower
         bounds (:mod:`._rag`); default :data:`._rag.GIANT_DEGREE`. It changes the time
         taken, never the merges.
+    before_loop : callable, optional
+        Called once the loop's own copies of the inputs are made (the run drops the
+        pages of the leaves' file-backed statistics that the copies read).
     """
     n = int(count.size)
     nf = means.shape[1] if means.ndim == 2 else 0
@@ -338,6 +343,8 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
     if isinstance(edges, list):
         edges.clear()
     del edges, a, b, length  # the loop works on its own copies (a0, b0, elen)
+    if before_loop is not None:
+        before_loop()
     out_a, out_b, out_c, out_s, work = merge_loop(
         n, cnt, mu, s2, per, blo, bhi, a0, b0, elen, esum, epairs, baatz,
         float(shape), float(compactness), float(boundary), ndim, max(giant, 1),

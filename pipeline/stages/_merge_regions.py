@@ -64,6 +64,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     ``ssq``: the leaves' within sums of squares (``baatz_schape``). With ``boundary``,
     computes the border contrasts in one pass over the leaves and the features.
     """
+    from ..postprocess._bounded import drop_pages
     from ..postprocess._hierarchy import (
         build_hierarchy,
         contrast_tasks,
@@ -88,7 +89,9 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
         leaf_stats.count, leaf_stats.means(), edges,
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
         boundary=cfg.boundary, ssq=ssq, contrast=contrast,
-        bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None)
+        bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None,
+        # bounded by chunks, the leaves' statistics are file-backed: not held in the loop
+        before_loop=lambda: drop_pages(*(getattr(leaf_stats, f) for f in STAT_FIELDS)))
     release_freed_memory()  # the merge loop's graph
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)

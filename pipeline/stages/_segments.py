@@ -310,9 +310,11 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
     then the leaves' statistics, lookup tables and adjacency (every contact, lengths
     added) are gathered in memory: region merging holds them anyway, and they are
     proportional to the leaves, not to the raw pieces (the in-memory resolver held
-    every raw piece and contact); their lookup tables stay in ``spill``, which
-    :func:`write_segments` removes. Returns the leaves' ``SegmentIndex``, the number
-    of raw segments found and when the pass ended (``time.perf_counter``).
+    every raw piece and contact); their lookup tables and statistics stay in files
+    in ``spill`` (the statistics mapped: read before and after the merge loop, not
+    held during it), which :func:`write_segments` removes. Returns the leaves'
+    ``SegmentIndex``, the number of raw segments found and when the pass ended
+    (``time.perf_counter``).
     """
     from ..postprocess._bounded import Paged, _spill_file, leaf_index, resolve_paged
 
@@ -324,7 +326,7 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
                           write_table=lambda stats, first_id, n, rows: parts.append(stats))
     shutil.rmtree(spill / "paged", ignore_errors=True)
     check_merge_memory(index.n_segments)
-    leaves = leaf_index(bt, joins, index, parts)
+    leaves = leaf_index(bt, joins, index, parts, Paged(spill / "leaves"))
     # the chunks' pieces are read; their lookup tables stay until the writes
     for c in range(len(index.luts)):
         _spill_file(spill, c, "pieces").unlink(missing_ok=True)
