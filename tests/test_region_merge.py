@@ -130,6 +130,32 @@ def test_large_nodes_merge_as_the_greedy_merge(h, w, seed, ties, boundary, giant
     assert np.array_equal(plain.cost, got.cost)  # bit for bit, with or without bounds
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 7), st.integers(2, 7), st.integers(0, 2**31 - 1))
+def test_consumed_inputs_merge_as_copies(h, w, seed):
+    """``consume=True`` lets the loop update the means, ssq and boxes in place (the
+    run's, made for the call): the same hierarchy, bit for bit; without it the
+    caller's arrays are left as they were."""
+    rng = np.random.default_rng(seed)
+    n = h * w
+    a, b = _grid_graph(h, w, diagonal=True)
+    count = rng.integers(1, 20, n)
+    means = rng.normal(size=(n, 2))
+    ssq = rng.random((n, 2)) * count[:, None]
+    rows, cols = np.divmod(np.arange(n), w)
+    box = np.stack([rows, cols], axis=1).astype(np.int64)
+    args = (a, b, rng.integers(0, 3, a.size))
+    kw = {"criterion": "baatz_schape", "shape": 0.4}
+    given_ = [x.copy() for x in (means, ssq, box)]
+    copied = build_hierarchy(count, means, args, ssq=ssq, bbox=(box, box.copy()), **kw)
+    for x, y in zip((means, ssq, box), given_, strict=True):
+        np.testing.assert_array_equal(x, y)  # untouched
+    consumed = build_hierarchy(count, means, args, ssq=ssq, bbox=(box, box.copy()),
+                               consume=True, **kw)
+    for f in ("child_a", "child_b", "cost", "size"):
+        np.testing.assert_array_equal(getattr(consumed, f), getattr(copied, f), f)
+
+
 def test_cut_numbers_regions_by_first_pixel():
     count = np.ones(4, np.int64)
     means = np.array([[0.0], [5.0], [0.1], [5.1]])

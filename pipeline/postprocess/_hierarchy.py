@@ -259,7 +259,8 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
                     bbox: tuple[np.ndarray, np.ndarray] | None = None,
                     contrast: tuple[np.ndarray, ...] | None = None,
                     giant_degree: int | None = None,
-                    before_loop: Callable[[], None] | None = None) -> Hierarchy:
+                    before_loop: Callable[[], None] | None = None,
+                    consume: bool = False) -> Hierarchy:
     """Merge touching regions, cheapest first, down to one region per connected part.
 
     Parameters
@@ -294,11 +295,17 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
     before_loop : callable, optional
         Called once the loop's own copies of the inputs are made (the run drops the
         pages of the leaves' file-backed statistics that the copies read).
+    consume : bool
+        ``means``, ``ssq`` and ``bbox`` are the loop's to update in place (where their
+        types are already float64 and int64), not copied: for a caller that made them
+        for this call. The run does (48 bytes a leaf with ``baatz_schape``).
     """
     n = int(count.size)
     nf = means.shape[1] if means.ndim == 2 else 0
-    cnt = np.array(count, dtype=np.float64)  # a copy: the loop updates it
-    mu = np.array(means, dtype=np.float64).reshape(n, nf)
+    # the loop updates the nodes' statistics: copies, unless they are the loop's
+    own = np.asarray if consume else np.array
+    cnt = np.array(count, dtype=np.float64)
+    mu = own(means, dtype=np.float64).reshape(n, nf)
     if criterion not in ("ward", "baatz_schape"):
         raise ValueError(f"criterion must be ward or baatz_schape, got {criterion!r}")
     baatz = criterion == "baatz_schape"
@@ -316,11 +323,11 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
     elen = np.zeros(0)
     if baatz:  # only the shape terms need the borders' lengths, boxes and perimeters
         assert ssq is not None and bbox is not None
-        s2 = np.array(ssq, dtype=np.float64).reshape(n, nf)
+        s2 = own(ssq, dtype=np.float64).reshape(n, nf)
         per = leaf_perimeters((a, b, length), n)
         ndim = bbox[0].shape[1]
-        blo = np.array(bbox[0], dtype=np.int64)
-        bhi = np.array(bbox[1], dtype=np.int64)
+        blo = own(bbox[0], dtype=np.int64)
+        bhi = own(bbox[1], dtype=np.int64)
         elen = length.astype(np.float64)
     esum = np.zeros(0)
     epairs = np.zeros(0)

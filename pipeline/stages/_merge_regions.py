@@ -91,7 +91,8 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
         boundary=cfg.boundary, ssq=ssq, contrast=contrast,
         bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None,
         # bounded by chunks, the leaves' statistics are file-backed: not held in the loop
-        before_loop=lambda: drop_pages(*(getattr(leaf_stats, f) for f in STAT_FIELDS)))
+        before_loop=lambda: drop_pages(*(getattr(leaf_stats, f) for f in STAT_FIELDS)),
+        consume=True)  # the means, ssq and boxes are made for it
     release_freed_memory()  # the merge loop's graph
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)
