@@ -663,10 +663,10 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
     them before and after its loop, not during it). Every contact of the chunks and
     faces (the tasks must have collected every one), as pairs of final IDs with their
     lengths added, is in memory: the index :func:`._merge.merge_small_segments`
-    returns with ``keep_edges``. The lookup tables stay in the spill files (``index.luts``: one
-    Delayed per chunk that loads its table), which must outlive the rasters' writes:
-    they map every raw segment (37.7 million entries at 8192^2 noise, 150 million at
-    16384^2), where the rest is proportional to the leaves.
+    returns with ``keep_edges``. The lookup tables stay in the spill files
+    (``index.luts``: one Delayed per chunk that loads its table), which must outlive
+    the rasters' writes: they map every raw segment (37.7 million entries at 8192^2
+    noise, 150 million at 16384^2), where the rest is proportional to the leaves.
     """
     stats = concat_stats(bt, parts, paged)
     parts.clear()  # the slices are copied into one: keep one copy
