@@ -185,8 +185,9 @@ def test_leaves_too_many_to_merge_in_memory_stop_with_one_line(tmp_path, noisy_s
     assert "million leaves need about" in msg and "postprocess.min_size" in msg
     assert not any(tmp_path.iterdir())
     # segments and min_size alone, bounded, need no such memory
-    assert run(_config(tmp_path, noisy_scene, "segments", 32, {"segments": True,
-                                                                "min_size": 6}))
+    alone = run(_config(tmp_path, noisy_scene, "segments", 32, {"segments": True,
+                                                                 "min_size": 6}))
+    assert alone.report["segments"]["segments"] < alone.report["segments"]["found"]
 
 
 def test_segments_without_scratch_space_stop_with_one_line(tmp_path, noisy_scene,

@@ -663,7 +663,8 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
     them before and after its loop, not during it). Every contact of the chunks and
     faces (the tasks must have collected every one), as pairs of final IDs with their
     lengths added, is in memory: the index :func:`._merge.merge_small_segments`
-    returns with ``keep_edges``. The lookup tables stay in the spill files
+    returns with ``keep_edges``; the chunks' pieces files are removed once read. The
+    lookup tables stay in the spill files
     (``index.luts``: one Delayed per chunk that loads its table), which must outlive
     the rasters' writes: they map every raw segment (37.7 million entries at 8192^2
     noise, 150 million at 16384^2), where the rest is proportional to the leaves.
@@ -689,6 +690,7 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
         ids = lut(c).astype(np.int64)
         with np.load(_spill_file(bt.spill, c, "pieces")) as f:
             add(ids[f["edge_a"]], ids[f["edge_b"]], f["edge_len"])
+        _spill_file(bt.spill, c, "pieces").unlink()  # the last reader, as resolve_paged is "raw"'s
         del ids
         # a chunk's contacts, freed, stay in glibc's heap otherwise: 0.8 GB over the
         # 64 chunks of 8192^2 noise

@@ -316,7 +316,7 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
     ``SegmentIndex``, the number of raw segments found and when the pass ended
     (``time.perf_counter``).
     """
-    from ..postprocess._bounded import Paged, _spill_file, leaf_index, resolve_paged
+    from ..postprocess._bounded import Paged, leaf_index, resolve_paged
 
     bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass)
     t_resolve = time.perf_counter()
@@ -327,9 +327,6 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
     shutil.rmtree(spill / "paged", ignore_errors=True)
     check_merge_memory(index.n_segments)
     leaves = leaf_index(bt, joins, index, parts, Paged(spill / "leaves"))
-    # the chunks' pieces are read; their lookup tables stay until the writes
-    for c in range(len(index.luts)):
-        _spill_file(spill, c, "pieces").unlink(missing_ok=True)
     return leaves, index.n_found, t_resolve
 
 
