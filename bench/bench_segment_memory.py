@@ -11,12 +11,15 @@ is the client process here: the threaded scheduler)::
     python bench/bench_segment_memory.py --baseline-rev 181e39f  # and the in-memory resolver
 
 Modes: ``segments`` (no minimum size), ``min_size`` (16 pixels), ``merge``
-(``min_size`` 16 then ward merging to 1000 regions). Prints a table and saves JSON
+(``min_size`` 16 then ward merging to 1000 regions), ``merge_files`` (the same with
+the merge loop's graph in files: ``postprocess.merge.graph: files``). Prints a table
+and saves JSON
 under bench/out/. ``--baseline-rev REV`` also runs tileseg as committed at REV (a
 ``git archive`` of pipeline/, e.g. the last commit whose resolver held every segment
 in memory) on the same input, each run in its own process, and prints the ratios.
 Segments and ``min_size`` are bounded by chunks (peak RSS flat in the image size);
-region merging (``merge``) holds the leaves and their graph in memory (RESULTS 11c).
+region merging (``merge``) holds the leaves' graph in memory where it fits in half the
+memory available, ``merge_files`` a fixed part of it (RESULTS 11e).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ MODES = {
     "min_size": {"segments": {"connectivity": 8}, "min_size": 16},
     "merge": {"segments": {"connectivity": 8}, "min_size": 16,
               "merge": {"criterion": "ward", "regions": 1000}},
+    # the merge loop's graph in files whatever the memory (auto takes them where the
+    # graph in memory would take more than half of it)
+    "merge_files": {"segments": {"connectivity": 8}, "min_size": 16,
+                    "merge": {"criterion": "ward", "regions": 1000, "graph": "files"}},
 }
 
 

@@ -288,6 +288,11 @@ class MergeConfig(_Strict):
     compactness: float = Field(0.5, ge=0, le=1)  # baatz_schape: of shape; smoothness = 1 - it
     # weight of the mean feature contrast across the shared border (0: not used)
     boundary: float = Field(0.0, ge=0)
+    # where the loop keeps the leaves' graph: in memory, or in files in the staging
+    # directory of which it holds 256 MiB at a time (slower: its reads are random);
+    # auto: files where it would take more than half the memory available. Files need
+    # segments bounded by chunks (2-D, workers that share the staging directory)
+    graph: Literal["auto", "memory", "files"] = "auto"
 
     @model_validator(mode="after")
     def _stop(self) -> MergeConfig:

@@ -144,6 +144,29 @@ def test_paged_arrays_release_their_pages(tmp_path):
     assert b[0, 0] == 3 and b[-1, 0] == 3
 
 
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+def test_keep_under_drops_pages_only_past_its_budget(tmp_path):
+    """A loop's pause drops the pages of a Paged store once the process holds more of
+    them than the budget, not before (a random-access loop would fault them in again)."""
+    def file_rss() -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                    if x.startswith("RssFile:"))
+        return int(line.split()[1]) * 1024
+
+    pages = bounded.Paged(tmp_path)
+    pause = pages.keep_under(32 << 20)
+    a = pages.empty("a", (64 << 20,), np.uint8)
+    a[:16 << 20] = 1
+    held = file_rss()
+    pause()  # 16 MiB: under the budget, kept
+    assert file_rss() > held - (4 << 20)
+    a[16 << 20:] = 2
+    held = file_rss()
+    pause()  # 64 MiB: dropped
+    assert file_rss() < held - (48 << 20)
+    assert a[0] == 1 and a[-1] == 2  # the data stays in the file
+
+
 @given(ids=st.lists(st.integers(0, 5000), unique=True, max_size=300),
        span=st.integers(1, 700))
 def test_id_windows_cover_every_id_once_within_a_span(ids, span):
@@ -159,11 +182,13 @@ def test_id_windows_cover_every_id_once_within_a_span(ids, span):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
-@given(data=class_maps(), min_px=st.sampled_from([None, 3, 9]), conn=st.sampled_from([4, 8]))
-def test_bounded_leaves_are_the_in_memory_leaves(tmp_path_factory, data, min_px, conn):
+@given(data=class_maps(), min_px=st.sampled_from([None, 3, 9]), conn=st.sampled_from([4, 8]),
+       span=st.sampled_from([None, 1, 5]))
+def test_bounded_leaves_are_the_in_memory_leaves(tmp_path_factory, data, min_px, conn, span):
     """The leaves region merging starts from (``leaf_index``): the same statistics,
     lookup tables and adjacency (every contact, lengths added) as the in-memory
-    resolver's with ``keep_edges``."""
+    resolver's with ``keep_edges``; with ``span``, the contacts joined into files a
+    window of that many leaf IDs at a time (as for a merge with its graph in files)."""
     classes, feats, chunks, nodata = data
     every = 2**62
     labels, tasks = _tasks(classes, feats, chunks, every, conn, nodata)
@@ -179,8 +204,18 @@ def test_bounded_leaves_are_the_in_memory_leaves(tmp_path_factory, data, min_px,
                                   min_pixels=min_px, n_similar=1,
                                   write_table=lambda stats, *_: parts.append(stats))
     # the statistics file-backed, as a run with merge has them
-    got = bounded.leaf_index(bt, joins, index, parts, bounded.Paged(work / "leaves"))
+    contacts = None if span is None else bounded.Paged(work / "merge")
+    old_span = bounded._ContactWindows.SPAN
+    bounded._ContactWindows.SPAN = span or old_span
+    try:
+        got = bounded.leaf_index(bt, joins, index, parts, bounded.Paged(work / "leaves"),
+                                 contacts)
+    finally:
+        bounded._ContactWindows.SPAN = old_span
     assert got.n_segments == want.n_segments and not parts
+    if contacts is not None:  # the windows' files are gone, the contacts in files
+        assert sorted(p.name for p in contacts.directory.iterdir()) == \
+            ["contact_a.bin", "contact_b.bin", "contact_len.bin"]
     fields = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
     # their pages dropped (as before the merge loop), the values read back from the files
     bounded.drop_pages(*(getattr(got.stats, f) for f in fields))

@@ -156,6 +156,50 @@ def test_consumed_inputs_merge_as_copies(h, w, seed):
         np.testing.assert_array_equal(getattr(consumed, f), getattr(copied, f), f)
 
 
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(2, 9), st.integers(2, 9), st.integers(0, 2**31 - 1), st.booleans(),
+       st.integers(1, 6), st.integers(1, 5))
+def test_file_backed_loop_merges_as_in_memory(tmp_path, monkeypatch, h, w, seed, baatz,
+                                              giant, step):
+    """Bounded by chunks, the loop's arrays are files (:class:`Paged`) whose pages are
+    dropped between its steps, and its pool is repacked into new files: the same
+    hierarchy, bit for bit, as in memory, for any step (every few nodes, edges or
+    merges here), large nodes and ``baatz_schape`` included."""
+    from pipeline.postprocess import _rag
+    from pipeline.postprocess._bounded import Paged
+
+    rng = np.random.default_rng(seed)
+    n = h * w
+    a, b = _grid_graph(h, w, diagonal=True)
+    count = rng.integers(1, 20, n)
+    means = rng.integers(0, 4, (n, 2)).astype(float)  # ties
+    rows, cols = np.divmod(np.arange(n), w)
+    box = np.stack([rows, cols], axis=1).astype(np.int64)
+    kw = {"giant_degree": giant}
+    if baatz:
+        kw = {"criterion": "baatz_schape", "shape": 0.4, "ssq": rng.random((n, 2)) * 3,
+              "bbox": (box, box + 1)}
+    length = rng.integers(0, 3, a.size)
+    want = build_hierarchy(count, means, (a, b, length), **kw)
+    monkeypatch.setattr(_rag, "STEP", 16 * step)  # merges: every `step`
+    monkeypatch.setattr(_rag, "POOL_SPARE", 0)  # repacks: a pool with little room
+    store = Paged(tmp_path / f"merge-{seed}-{step}")
+    made = []
+    empty = store.empty
+    monkeypatch.setattr(store, "empty", lambda name, *args: made.append(name) or
+                        empty(name, *args))
+    pauses = []
+    got = build_hierarchy(count, means, (a, b, length), store=store,
+                          pause=lambda: pauses.append(store.release()), **kw)
+    for f in ("child_a", "child_b", "cost", "size"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f), f)
+    assert len(pauses) > n // step  # paused through the setup and the merges
+    assert "heap" in made and "mu" in made and "pool0" in made
+    if n * 3 > 60:  # small pools: repacked into a new file, the old one deleted
+        assert "pool1" in made and not (store.directory / "pool0.bin").exists()
+
+
 def test_cut_numbers_regions_by_first_pixel():
     count = np.ones(4, np.int64)
     means = np.array([[0.0], [5.0], [0.1], [5.1]])
@@ -212,6 +256,32 @@ def test_same_merges_for_any_chunking(tmp_path_factory, scene, chunks, which):
                                   pd.read_parquet(many.output / "hierarchy.parquet"))
     pd.testing.assert_frame_equal(pd.read_parquet(one.output / "segments.parquet"),
                                   pd.read_parquet(many.output / "segments.parquet"))
+
+
+@pytest.mark.parametrize("merge", [MERGES[0], MERGES[3]])
+def test_graph_in_files_merges_as_in_memory(tmp_path, monkeypatch, scene, merge):
+    """``graph: files``: the contacts joined a window of IDs at a time and the loop's
+    graph in files whose pages are dropped at every step (budget 0 here); the same
+    outputs as with the graph in memory, and the files gone with the staging."""
+    from pipeline.postprocess import _bounded, _rag
+    from pipeline.stages import _merge_regions
+
+    mem = run(_config(tmp_path / "mem", scene, 24, {**merge, "graph": "memory"}, min_size=4))
+    monkeypatch.setattr(_rag, "STEP", 64)
+    monkeypatch.setattr(_merge_regions, "MERGE_RESIDENT", 0)
+    monkeypatch.setattr(_bounded._ContactWindows, "SPAN", 8)
+    files = run(_config(tmp_path / "files", scene, 24, {**merge, "graph": "files"},
+                        min_size=4))
+    assert mem.report["segments"]["merge"]["graph"] == "memory"
+    assert files.report["segments"]["merge"]["graph"] == "files"
+    np.testing.assert_array_equal(_segments(mem.output), _segments(files.output))
+    for name in ("hierarchy.parquet", "segments.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(mem.output / name),
+                                      pd.read_parquet(files.output / name))
+    a = xr.open_zarr(mem.output / "leaves.zarr", consolidated=False)
+    b = xr.open_zarr(files.output / "leaves.zarr", consolidated=False)
+    np.testing.assert_array_equal(a["leaves"].values, b["leaves"].values)
+    assert not any(p.name.startswith(".") for p in files.output.iterdir())
 
 
 def test_regions_exact_count_table_and_report(tmp_path, scene):

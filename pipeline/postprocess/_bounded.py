@@ -51,6 +51,7 @@ from ._chunk_tasks import (
     Joins,
     SegmentTasks,
     _combine_pairs,
+    _sum_by_pair,
 )
 from ._contacts import _combine_kernel
 from ._kernels import _min_into, _reduce_add, _reduce_empty
@@ -185,6 +186,8 @@ class Paged:
     def full(self, name: str, shape: tuple[int, ...], dtype: Any, value: Any) -> np.ndarray:
         """Return a new array filled with ``value`` (a slice at a time)."""
         out = self.empty(name, shape, dtype)
+        if np.all(np.asarray(value) == 0):  # a new file reads as zeros
+            return out
         for s, e in self.slices(shape[0]):
             out[s:e] = value
         return out
@@ -207,6 +210,33 @@ class Paged:
             stop = min(rows[1] * row, len(mm))
             if stop > start:
                 mm.madvise(advice, start, stop - start)
+
+    def keep_under(self, budget: int, *also: np.ndarray) -> Callable[[], None]:
+        """Return a call that drops the pages this process touched, once they are many.
+
+        Many: this process's file-backed memory has grown by ``budget`` bytes since
+        (``/proc/self/statm``); where that cannot be read, every call drops them.
+        ``also``: other file-backed arrays whose pages go at the same time.
+        For a loop that touches its arrays at random (region merging): dropping them
+        at every step would fault every page in again, keeping them all would hold
+        the arrays in memory.
+        """
+        def shared() -> int | None:
+            try:
+                with open("/proc/self/statm", "rb") as f:
+                    return int(f.read().split()[2]) * mmap.PAGESIZE
+            except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
+                return None
+
+        base = shared()
+
+        def pause() -> None:
+            now = shared()
+            if now is None or base is None or now - base > budget:
+                self.release()
+                drop_pages(*also)
+
+        return pause
 
     def drop(self, name: str) -> None:
         """Forget an array (its views must be gone) and delete its file."""
@@ -641,6 +671,60 @@ def drop_pages(*arrays: np.ndarray) -> None:
             base.madvise(advice)
 
 
+class _ContactWindows:
+    """Contacts between leaves joined a window of IDs at a time, into files.
+
+    Each chunk's (and face's) pairs are split by the window of their lower ID and
+    saved; :meth:`join` then joins one window at a time (duplicates across chunks
+    merged, their lengths added) and appends it to file-backed arrays. Windows are
+    ranges of IDs, so the result is sorted by ``(lo, hi)`` as a join of all at once
+    is, and holds the same pairs. IDs follow the raster order: a chunk's pairs fall
+    into the windows of its rows of chunks.
+    """
+
+    #: leaf IDs per window (about 4.5 contacts a leaf on noise: 20 MB of pairs)
+    SPAN = 1 << 19
+
+    def __init__(self, store: Paged, ids_type: Any) -> None:
+        self.store = store
+        self.ids_type = ids_type
+        self.parts: dict[int, list[Path]] = {}
+        self.total = 0
+
+    def add(self, lo: np.ndarray, hi: np.ndarray, length: np.ndarray) -> None:
+        window = lo // self.SPAN  # pairs come sorted by lo: each window is a slice
+        bounds = np.flatnonzero(np.diff(window)) + 1
+        for s, e in zip(np.r_[0, bounds], np.r_[bounds, lo.size], strict=True):
+            w = int(window[s])
+            path = self.store.directory / f"contacts-{w}-{len(self.parts.get(w, []))}.npz"
+            np.savez(path, lo=lo[s:e], hi=hi[s:e], length=length[s:e])
+            self.parts.setdefault(w, []).append(path)
+        self.total += lo.size
+
+    def join(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(lo, hi, length)``, file-backed; the windows' files are removed."""
+        out = (self.store.empty("contact_a", (self.total,), self.ids_type),
+               self.store.empty("contact_b", (self.total,), self.ids_type),
+               self.store.empty("contact_len", (self.total,), np.int64))
+        at = 0
+        for w in sorted(self.parts):
+            got: list[list[np.ndarray]] = [[], [], []]
+            for path in self.parts[w]:
+                with np.load(path) as f:
+                    for k, name in enumerate(("lo", "hi", "length")):
+                        got[k].append(f[name])
+                path.unlink()
+            lo, hi, (length,) = _sum_by_pair(*(np.concatenate(g) for g in got))
+            del got
+            for x, y in zip(out, (lo, hi, length), strict=True):
+                x[at:at + lo.size] = y
+            at += lo.size
+            self.store.release()
+        self.parts.clear()
+        release_freed_memory()
+        return out[0][:at], out[1][:at], out[2][:at]
+
+
 def _face_ids(keys: np.ndarray, lut: Callable[[int], np.ndarray]) -> np.ndarray:
     """Return the final IDs of the pieces named by face keys (chunk << 32 | label).
 
@@ -655,7 +739,8 @@ def _face_ids(keys: np.ndarray, lut: Callable[[int], np.ndarray]) -> np.ndarray:
 
 
 def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
-               parts: list[SegmentStats], paged: Paged | None = None) -> SegmentIndex:
+               parts: list[SegmentStats], paged: Paged | None = None,
+               contacts: Paged | None = None) -> SegmentIndex:
     """Return the :class:`SegmentIndex` of :func:`resolve_paged`'s segments.
 
     ``parts``: the statistics ``write_table`` was given, in order (emptied once they
@@ -668,6 +753,10 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
     (``index.luts``: one Delayed per chunk that loads its table), which must outlive
     the rasters' writes: they map every raw segment (37.7 million entries at 8192^2
     noise, 150 million at 16384^2), where the rest is proportional to the leaves.
+
+    With ``contacts`` (region merging with its graph in files), the contacts are
+    joined a window of leaf IDs at a time instead (:class:`_ContactWindows`), into
+    that store's files: memory bounded by a window, not by the leaves.
     """
     stats = concat_stats(bt, parts, paged)
     parts.clear()  # the slices are copied into one: keep one copy
@@ -675,12 +764,16 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
     pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     ids_type = segment_dtype(n)
+    windows = None if contacts is None else _ContactWindows(contacts, ids_type)
 
     def add(a: np.ndarray, b: np.ndarray, length: np.ndarray) -> None:
         apart = a != b
         if apart.any():
             lo, hi, ln = _combine_pairs(a[apart], b[apart], length[apart].astype(np.int64), n)
-            pairs.append((lo.astype(ids_type), hi.astype(ids_type), ln))
+            if windows is not None:
+                windows.add(lo.astype(ids_type), hi.astype(ids_type), ln)
+            else:
+                pairs.append((lo.astype(ids_type), hi.astype(ids_type), ln))
 
     @functools.lru_cache(maxsize=8)  # a face's chunks, and the next face's
     def lut(c: int) -> np.ndarray:
@@ -700,8 +793,10 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
             add(_face_ids(j.edge_a, lut), _face_ids(j.edge_b, lut), j.edge_len)
     lut.cache_clear()
     empty = np.empty(0, dtype=np.int64)
-    edges = (empty, empty, empty)
-    if pairs:
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray] = (empty, empty, empty)
+    if windows is not None:
+        edges = windows.join()
+    elif pairs:
         # 32-bit IDs where they fit, each part freed once joined, and no second ordering:
         # every part's pairs are (min, max) already (at 8192^2 noise the copies of the
         # 10 million contacts made a 2 GB peak here)

@@ -42,8 +42,9 @@ import numba
 import numpy as np
 import xarray as xr
 
+from . import _rag
 from ._chunk_tasks import _sum_by_pair
-from ._rag import BUDGET_STEPS, GIANT_DEGREE, merge_loop
+from ._rag import BUDGET_STEPS, GIANT_DEGREE, Store, _ranges, merge_loop
 
 __all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_tasks",
            "cut_hierarchy", "leaf_perimeters", "majority_class", "reduce_contrast",
@@ -193,15 +194,28 @@ def reduce_contrast(parts: list[tuple]) -> tuple[np.ndarray, ...]:
     return a, b, c, n
 
 
-def leaf_perimeters(edges: tuple[np.ndarray, ...], n_leaves: int) -> np.ndarray:
+def leaf_perimeters(edges: tuple[np.ndarray, ...], n_leaves: int,
+                    store: Store | None = None,
+                    pause: Callable[[], None] | None = None) -> np.ndarray:
     """Each leaf's perimeter: its border length with other leaves (pixel faces).
 
     The image's edge and nodata do not count: a region they cut is not taken for less
-    compact or smooth for it.
+    compact or smooth for it. With ``store`` (:func:`._rag.merge_loop`'s), into an
+    array it makes, a slice of the edges at a time (sums of integers: the same values).
     """
-    a, b, length = (np.asarray(x, dtype=np.int64) for x in edges[:3])
-    return (np.bincount(a - 1, weights=length, minlength=n_leaves)
-            + np.bincount(b - 1, weights=length, minlength=n_leaves))
+    if store is None:
+        a, b, length = (np.asarray(x, dtype=np.int64) for x in edges[:3])
+        return (np.bincount(a - 1, weights=length, minlength=n_leaves)
+                + np.bincount(b - 1, weights=length, minlength=n_leaves))
+    per = store.full("per", (n_leaves,), np.float64, 0)
+    for lo, hi in _ranges(edges[0].size, _rag.STEP, pause or (lambda: None)):
+        length = np.asarray(edges[2][lo:hi], dtype=np.float64)
+        for ids in (edges[0], edges[1]):
+            x = np.asarray(ids[lo:hi], dtype=np.int64) - 1
+            first = int(x.min())  # the edges are local: a window of IDs, not all of them
+            per[first:first + int(x.max()) - first + 1] += np.bincount(x - first,
+                                                                        weights=length)
+    return per
 
 
 @dataclass
@@ -260,7 +274,8 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
                     contrast: tuple[np.ndarray, ...] | None = None,
                     giant_degree: int | None = None,
                     before_loop: Callable[[], None] | None = None,
-                    consume: bool = False) -> Hierarchy:
+                    consume: bool = False, store: Store | None = None,
+                    pause: Callable[[], None] | None = None) -> Hierarchy:
     """Merge touching regions, cheapest first, down to one region per connected part.
 
     Parameters
@@ -299,13 +314,35 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
         ``means``, ``ssq`` and ``bbox`` are the loop's to update in place (where their
         types are already float64 and int64), not copied: for a caller that made them
         for this call. The run does (48 bytes a leaf with ``baatz_schape``).
+    store, pause : optional
+        Where the loop's arrays live, and a call between steps (:func:`._rag.merge_loop`):
+        with ``store``, the inputs are copied into its arrays too, a slice at a time.
+        The run gives file-backed arrays whose pages ``pause`` drops, so that the
+        graph, proportional to the leaves, is not held in memory.
     """
     n = int(count.size)
     nf = means.shape[1] if means.ndim == 2 else 0
-    # the loop updates the nodes' statistics: copies, unless they are the loop's
-    own = np.asarray if consume else np.array
-    cnt = np.array(count, dtype=np.float64)
-    mu = own(means, dtype=np.float64).reshape(n, nf)
+    pause = pause or (lambda: None)
+
+    def own(x: np.ndarray, name: str, dtype: Any, minus: int = 0) -> np.ndarray:
+        """Return the loop's copy of ``x`` (it updates the nodes' statistics), ``- minus``.
+
+        In memory, ``x`` itself where it is the loop's already (``consume``).
+        """
+        if store is None:
+            out = (np.asarray if consume and not minus else np.array)(x, dtype=dtype)
+            if minus:
+                out -= minus  # in place: no temporary of the int64 edges
+            return out
+        out = store.empty(name, x.shape, dtype)
+        for lo, hi in _ranges(x.shape[0], _rag.STEP, pause):
+            out[lo:hi] = x[lo:hi]
+            if minus:
+                out[lo:hi] -= minus
+        return out
+
+    cnt = own(count, "cnt", np.float64) if store else np.array(count, dtype=np.float64)
+    mu = own(means.reshape(n, nf), "mu", np.float64)
     if criterion not in ("ward", "baatz_schape"):
         raise ValueError(f"criterion must be ward or baatz_schape, got {criterion!r}")
     baatz = criterion == "baatz_schape"
@@ -323,12 +360,12 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
     elen = np.zeros(0)
     if baatz:  # only the shape terms need the borders' lengths, boxes and perimeters
         assert ssq is not None and bbox is not None
-        s2 = own(ssq, dtype=np.float64).reshape(n, nf)
-        per = leaf_perimeters((a, b, length), n)
+        s2 = own(ssq.reshape(n, nf), "ssq", np.float64)
+        per = leaf_perimeters((a, b, length), n, store, pause)
         ndim = bbox[0].shape[1]
-        blo = own(bbox[0], dtype=np.int64)
-        bhi = own(bbox[1], dtype=np.int64)
-        elen = length.astype(np.float64)
+        blo = own(bbox[0], "blo", np.int64)
+        bhi = own(bbox[1], "bhi", np.int64)
+        elen = own(length, "elen", np.float64) if store else length.astype(np.float64)
     esum = np.zeros(0)
     epairs = np.zeros(0)
     if boundary > 0 and contrast is not None and contrast[0].size:
@@ -343,10 +380,7 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
     # baatz_schape has no lower bound for large nodes: every node re-costs its edges
     giant = n + 1 if baatz else int(GIANT_DEGREE if giant_degree is None else giant_degree)
     it = np.dtype(np.int32 if 2 * n + 3 * a.size + 4096 < 2**31 else np.int64)
-    a0: np.ndarray = a.astype(it)  # 0-based, in place: no temporary of the int64 edges
-    np.subtract(a0, 1, out=a0)
-    b0: np.ndarray = b.astype(it)
-    np.subtract(b0, 1, out=b0)
+    a0, b0 = own(a, "a", it, 1), own(b, "b", it, 1)  # 0-based
     if isinstance(edges, list):
         edges.clear()
     del edges, a, b, length  # the loop works on its own copies (a0, b0, elen)
@@ -355,7 +389,7 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
     out_a, out_b, out_c, out_s, work = merge_loop(
         n, cnt, mu, s2, per, blo, bhi, a0, b0, elen, esum, epairs, baatz,
         float(shape), float(compactness), float(boundary), ndim, max(giant, 1),
-        BUDGET_STEPS)
+        BUDGET_STEPS, store, pause)
     log.debug("merge loop: %d settles of large nodes, %d exact costs from their heaps, "
               "%d new anchors (%d edges), %d re-costs of small nodes, %d rescans (edges), "
               "%d re-costs between large nodes, %d edges moved to large nodes, %d large "

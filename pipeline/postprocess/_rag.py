@@ -48,6 +48,8 @@ micro-benchmark.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import numba
 import numpy as np
@@ -62,6 +64,35 @@ GIANT_DEGREE = 128
 BUDGET_STEPS = 3.0
 #: relative slack of the lower bounds, far above float64 rounding
 _SLACK = 1e-9
+#: nodes, edges or merges between two calls of :func:`merge_loop`'s ``pause``
+STEP = 1 << 16
+#: entries of a new pool beyond half as many as it holds again (tests set it to 0 to
+#: repack often)
+POOL_SPARE = 1024
+
+
+class Store(Protocol):
+    """Where :func:`merge_loop`'s arrays live (:class:`~._bounded.Paged` has the same)."""
+
+    def empty(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray: ...
+
+    def full(self, name: str, shape: tuple[int, ...], dtype: Any,
+             value: Any) -> np.ndarray: ...
+
+    def drop(self, name: str) -> None: ...
+
+
+class InMemory:
+    """:func:`merge_loop`'s default :class:`Store`: arrays in this process's memory."""
+
+    def empty(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def full(self, name: str, shape: tuple[int, ...], dtype: Any, value: Any) -> np.ndarray:
+        return np.full(shape, value, dtype)
+
+    def drop(self, name: str) -> None:
+        pass
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -262,44 +293,51 @@ def _find_edge(u, t, graph):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _repack(graph, need):  # pragma: no cover - compiled
-    """Copy every block into a new pool, tightly, with room for ``need`` more and spare."""
-    start, length, cap, P, pend = graph[0], graph[1], graph[2], graph[3], graph[8]
-    pool = P[0]
-    total = 0
-    for u in range(start.size):
-        total += length[u]
-    new = np.empty(total + total // 2 + need + 1024, pool.dtype)
-    at = 0
-    for u in range(start.size):
+def _repack(start, length, cap, old, new, at, lo, hi):  # pragma: no cover - compiled
+    """Copy the blocks of nodes ``lo:hi`` from pool ``old`` into ``new``, tightly.
+
+    ``at[0]``: where the next block goes (carried from one range of nodes to the next).
+    """
+    p = at[0]
+    for u in range(lo, hi):
         ln = length[u]
-        new[at:at + ln] = pool[start[u]:start[u] + ln]
-        start[u] = at
+        new[p:p + ln] = old[start[u]:start[u] + ln]
+        start[u] = p
         cap[u] = ln
-        at += ln
-    P[0] = new
-    pend[0] = at
-    pend[1] = 0
+        p += ln
+    at[0] = p
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _append(u, k, graph):  # pragma: no cover - compiled
-    """Add edge ``k`` to ``u``'s block; a full block moves to the pool's end, twice as large."""
+    """Add edge ``k`` to ``u``'s block; a full block moves to the pool's end, twice as large.
+
+    The loop made sure, before the merge, that the pool has room (:func:`_room`).
+    """
     start, length, cap, P, pend = graph[0], graph[1], graph[2], graph[3], graph[8]
+    pool = P[0]
     if length[u] == cap[u]:
         need = max(4, 2 * cap[u])
-        if pend[0] + need > P[0].size:
-            _repack(graph, need)
-        pool = P[0]
         at = pend[0]
         pool[at:at + length[u]] = pool[start[u]:start[u] + length[u]]
         pend[1] += cap[u]
         start[u] = at
         cap[u] = need
         pend[0] = at + need
-    pool = P[0]
     pool[start[u] + length[u]] = k
     length[u] += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _room(i, j, graph):  # pragma: no cover - compiled
+    """Pool entries that merging ``i`` and ``j`` may take, at most.
+
+    Appending the ``length`` entries of one block to a block of capacity ``cap``
+    moves it (doubling) until it holds ``cap + length``: the new blocks take less than
+    ``4 (cap + length) + 8`` entries in all.
+    """
+    cap = graph[2]
+    return 4 * (cap[i] + cap[j]) + 16
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -667,123 +705,140 @@ def _reanchor(u, nodes, lab, graph, giants, anchor, budget, gidx, step, stats):
         _lh_push(gi, key, min(lab[u], lab[h]), max(lab[u], lab[h]), k, stamp[k], giants)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, shape,
-               compact, boundary, ndim, giant, steps):  # pragma: no cover - compiled
-    """Greedy merging, cheapest pair first (see the module); returns the merges.
+# -- the loop, in steps whose arrays the caller provides ---------------------------------
 
-    ``a``, ``b``: the edges' endpoints (0-based, ``a < b``; overwritten); ``elen``
-    (only read with ``baatz``), ``esum`` and ``epair`` (only with ``boundary``) per
-    edge, summed when edges combine. ``giant``: the degree from which a node keeps a
-    heap of bounds; ``steps``: a large node's budget in shifts of its mean (at least).
-    Returns ``(child_a, child_b, cost, size, work)``: per merge (0-based node IDs), and
-    counters of the work done (for the debug log).
-    """
-    ne = a.size
-    it = a.dtype  # int32 where the graph allows: half the memory
-    ea = a  # the edges' endpoints are rewritten as nodes merge: ``a`` and ``b`` are used up
-    eb = b
-    deg = np.zeros(n, it)
-    stamp = np.zeros(ne, it)
-    for k in range(ne):
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _count(ea, eb, deg, lo, hi):  # pragma: no cover - compiled
+    for k in range(lo, hi):
         deg[ea[k]] += 1
         deg[eb[k]] += 1
-    start = np.zeros(n, it)  # each node's block of edge IDs in the pool
-    for u in range(1, n):
-        start[u] = start[u - 1] + deg[u - 1]
-    length = np.zeros(n, it)
-    pool = np.empty(2 * ne + ne // 2 + 1024, it)
-    for k in range(ne):
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _starts(deg, start, cap, lab, lo, hi):  # pragma: no cover - compiled
+    """Each node's block in the pool (``start[lo - 1]`` is set), its capacity, its ID."""
+    for u in range(lo, hi):
+        if u > 0:
+            start[u] = start[u - 1] + deg[u - 1]
+        cap[u] = deg[u]
+        lab[u] = u
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _fill(ea, eb, start, length, pool, lo, hi):  # pragma: no cover - compiled
+    for k in range(lo, hi):
         for x in (ea[k], eb[k]):
             pool[start[x] + length[x]] = k
             length[x] += 1
-    cap = deg.copy()
-    P = List()
-    P.append(pool)
-    pend = np.array([2 * ne, 0], np.int64)  # the pool's end, its unused entries
-    graph = (start, length, cap, P, ea, eb, deg, stamp, pend)
-    has_len = elen.size == ne and ne > 0
-    has_con = esum.size == ne and ne > 0
-    lab = np.arange(n).astype(it)
-    best_c = np.full(n, np.inf)
-    best_n = np.full(n, -1, it)
-    best_e = np.full(n, -1, it)
-    best_lo = np.zeros(n, it)
-    best_hi = np.zeros(n, it)
-    best = (best_c, best_n, best_e, best_lo, best_hi)
-    ids = (best_lo, best_hi)
-    heap = np.empty(n, it)
-    pos = np.full(n, -1, it)
-    hsz = np.zeros(1, np.int64)
-    gidx = np.full(n, -1, it)
-    anchor = np.empty((n, mu.shape[1]))
-    budget = np.zeros(n)
-    HK = List.empty_list(types.float64[::1])
-    HE = List.empty_list(types.int64[:, ::1])
-    GL = List.empty_list(types.int64[::1])
-    hsize = np.zeros(n, it)
-    glen = np.zeros(n, it)
-    spent = np.zeros(n, it)  # a large node's entries taken off since its anchor
-    giants = (HK, HE, hsize, spent)
-    glist = (GL, glen)
-    bhead = np.full(n, -1, it)
-    bnext = np.full(n, -1, it)
-    bprev = np.full(n, -1, it)
-    bin_ = np.full(n, -1, it)
-    blist = (bhead, bnext, bprev, bin_)
-    dirty = np.full(n, -1, it)
-    stats = np.zeros(10, np.int64)
-    popk = np.empty(64)
-    pope = np.empty(64, np.int64)
-    nodes = (cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, shape, compact,
-             boundary, ndim)
-    nan = np.nan
 
-    for u in range(n):
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _first_giants(lo, hi, giant, nodes, lab, graph, giants, anchor, budget, gidx, glist):
+    # pragma: no cover - compiled
+    deg = graph[6]
+    for u in range(lo, hi):
         if deg[u] >= giant:
             _make_giant(u, nodes, lab, graph, giants, anchor, budget, gidx, glist)
-    for k in range(ne):
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _giant_edges(lo, hi, ea, eb, gidx, glist):  # pragma: no cover - compiled
+    for k in range(lo, hi):
         if gidx[ea[k]] >= 0 and gidx[eb[k]] >= 0:
             _gl_add(ea[k], k, gidx, glist)
             _gl_add(eb[k], k, gidx, glist)
-    for u in range(n):
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _first_bests(lo, hi, nodes, lab, graph, giants, anchor, budget, gidx, best):
+    # pragma: no cover - compiled
+    """Each small node's best neighbour; each large node's heap of bounds."""
+    for u in range(lo, hi):
         if gidx[u] < 0:
             _rescan(u, graph, nodes, best, lab, gidx)
         else:
             nb = _gather(u, graph)
             for r in range(nb.shape[0]):
-                _enter(u, nb[r, 0], nb[r, 1], nan, nodes, lab, graph, giants, anchor,
+                _enter(u, nb[r, 0], nb[r, 1], np.nan, nodes, lab, graph, giants, anchor,
                        budget, gidx)
-    for u in range(n):
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _first_settles(lo, hi, nodes, lab, graph, giants, anchor, budget, gidx, best, blist,
+                   stats):  # pragma: no cover - compiled
+    popk = np.empty(64)
+    pope = np.empty(64, np.int64)
+    for u in range(lo, hi):
         if gidx[u] >= 0:
             popk, pope = _settle(u, nodes, lab, graph, giants, anchor, budget, gidx,
                                    best, blist, popk, pope, stats)
-    size = 0
-    for u in range(n):
-        if best_n[u] >= 0:
-            heap[size] = u
-            pos[u] = size
-            size += 1
-    hsz[0] = size
-    for k in range(size // 2 - 1, -1, -1):
-        _sift_down(heap, pos, size, k, best_c, ids)
 
-    out_a = np.empty(n, dtype=np.int64)
-    out_b = np.empty(n, dtype=np.int64)
-    out_c = np.empty(n, dtype=np.float64)
-    out_s = np.empty(n, dtype=np.int64)
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _heap_add(lo, hi, best_n, heap, pos, hsz):  # pragma: no cover - compiled
+    for u in range(lo, hi):
+        if best_n[u] >= 0:
+            heap[hsz[0]] = u
+            pos[u] = hsz[0]
+            hsz[0] += 1
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _heapify(lo, hi, heap, pos, hsz, best):  # pragma: no cover - compiled
+    """Sift down slots ``hi - 1`` to ``lo`` (called from the last range to the first)."""
+    for k in range(hi - 1, lo - 1, -1):
+        _sift_down(heap, pos, hsz[0], k, best[0], (best[3], best[4]))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _live(length, lo, hi):  # pragma: no cover - compiled
+    total = 0
+    for u in range(lo, hi):
+        total += length[u]
+    return total
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _merges(n, limit, mstate, graph, nodes, lab, best, heap, pos, hsz, gidx, giants, glist,
+            blist, anchor, budget, dirty, stats, out, giant, steps):
+    # pragma: no cover - compiled
+    """Up to ``limit`` merges of the loop (see the module), from merge ``mstate[0] - n``.
+
+    Returns 0 after ``limit`` merges, 2 once the heap is empty, and 1 where the next
+    merge may need more room in the pool than is left (``pend[2]`` entries): the
+    caller repacks it into a new one (:func:`_repack`) and calls again.
+    """
+    start, length, cap, P, ea, eb, deg, stamp, pend = graph
+    cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz = nodes[:10]
+    best_c, best_n, best_e = best[0], best[1], best[2]
+    HK, HE, hsize = giants[0], giants[1], giants[2]
+    GL, glen = glist
+    bhead, bnext = blist[0], blist[1]
+    out_a, out_b, out_c, out_s = out
+    ne = ea.size
+    has_len = elen.size == ne and ne > 0
+    has_con = esum.size == ne and ne > 0
+    nan = np.nan
     nf = mu.shape[1]
     m_mu = np.empty(nf)
     m_ssq = np.empty(nf)
     old_mu = np.empty(nf)
     redo = np.empty(16, np.int64)
-    m = n
+    popk = np.empty(64)
+    pope = np.empty(64, np.int64)
+    m = mstate[0]
     while hsz[0] > 0:
+        if m - mstate[0] == limit:
+            break
         u = heap[0]
         v = best_n[u]
         c = best_c[u]
         eij = best_e[u]
         i, j = (u, v) if lab[u] < lab[v] else (v, u)  # the lower ID first
+        if pend[0] + _room(i, j, graph) > P[0].size:  # the caller repacks the pool first
+            pend[2] = _room(i, j, graph)
+            mstate[0] = m
+            return 1
         for x in (i, j):
             if pos[x] >= 0:
                 best_n[x] = -1
@@ -967,5 +1022,120 @@ def merge_loop(n, cnt, mu, ssq, per, blo, bhi, a, b, elen, esum, epair, baatz, s
             _heap_fix(g, heap, pos, hsz, best)
         _heap_fix(big, heap, pos, hsz, best)
         m += 1
-    k = m - n
-    return out_a[:k], out_b[:k], out_c[:k], out_s[:k], stats
+    mstate[0] = m
+    return 2 if hsz[0] == 0 else 0
+
+
+def _ranges(total: int, step: int, pause: Callable[[], None]) -> Iterator[tuple[int, int]]:
+    for lo in range(0, total, step):
+        yield lo, min(lo + step, total)
+        pause()
+
+
+def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np.ndarray,
+               blo: np.ndarray, bhi: np.ndarray, a: np.ndarray, b: np.ndarray,
+               elen: np.ndarray, esum: np.ndarray, epair: np.ndarray, baatz: bool,
+               shape: float, compact: float, boundary: float, ndim: int, giant: int,
+               steps: float, store: Store | None = None,
+               pause: Callable[[], None] | None = None, step: int | None = None) -> tuple:
+    """Greedy merging, cheapest pair first (see the module); returns the merges.
+
+    ``a``, ``b``: the edges' endpoints (0-based, ``a < b``; overwritten); ``elen``
+    (only read with ``baatz``), ``esum`` and ``epair`` (only with ``boundary``) per
+    edge, summed when edges combine. ``giant``: the degree from which a node keeps a
+    heap of bounds; ``steps``: a large node's budget in shifts of its mean (at least).
+
+    ``store`` makes the loop's arrays (default: in memory; the run gives file-backed
+    ones, :class:`~pipeline.postprocess._bounded.Paged`),
+    and ``pause()`` is called after every ``step`` nodes or edges, or ``step / 16``
+    merges (the run
+    drops the pages it touched there). The merges are the same either way.
+    Returns ``(child_a, child_b, cost, size, work)``: per merge (0-based node IDs), and
+    counters of the work done (for the debug log).
+    """
+    store = store or InMemory()
+    step = STEP if step is None else step
+
+    def alloc(name: str, shape: tuple[int, ...], dtype: Any, fill: Any = None) -> np.ndarray:
+        assert store is not None
+        return store.empty(name, shape, dtype) if fill is None else \
+            store.full(name, shape, dtype, fill)
+
+    pause = pause or (lambda: None)
+    ne = a.size
+    it = a.dtype  # int32 where the graph allows: half the memory
+    ea, eb = a, b  # the edges' endpoints are rewritten as nodes merge: used up
+    deg = alloc("deg", (n,), it, 0)
+    for lo, hi in _ranges(ne, step, pause):
+        _count(ea, eb, deg, lo, hi)
+    start = alloc("start", (n,), it, 0)  # each node's block of edge IDs in the pool
+    cap = alloc("cap", (n,), it)
+    lab = alloc("lab", (n,), it)
+    for lo, hi in _ranges(n, step, pause):
+        _starts(deg, start, cap, lab, lo, hi)
+    length = alloc("length", (n,), it, 0)
+    P = List()
+    P.append(alloc("pool0", (2 * ne + ne // 2 + POOL_SPARE,), it))
+    for lo, hi in _ranges(ne, step, pause):
+        _fill(ea, eb, start, length, P[0], lo, hi)
+    pend = np.array([2 * ne, 0, 0], np.int64)  # the pool's end, its unused entries, need
+    stamp = alloc("stamp", (ne,), it, 0)
+    graph = (start, length, cap, P, ea, eb, deg, stamp, pend)
+    best = (alloc("best_c", (n,), np.float64, np.inf), alloc("best_n", (n,), it, -1),
+            alloc("best_e", (n,), it, -1), alloc("best_lo", (n,), it, 0),
+            alloc("best_hi", (n,), it, 0))
+    heap = alloc("heap", (n,), it)
+    pos = alloc("pos", (n,), it, -1)
+    hsz = np.zeros(1, np.int64)
+    gidx = alloc("gidx", (n,), it, -1)
+    anchor = alloc("anchor", (n, mu.shape[1]), np.float64)
+    budget = alloc("budget", (n,), np.float64, 0)
+    # a large node's heap, and its edges to other large nodes (few nodes: in memory)
+    giants = (List.empty_list(types.float64[::1]), List.empty_list(types.int64[:, ::1]),
+              alloc("hsize", (n,), it, 0),
+              alloc("spent", (n,), it, 0))  # entries taken off since its anchor
+    glist = (List.empty_list(types.int64[::1]), alloc("glen", (n,), it, 0))
+    blist = tuple(alloc(f"b{name}", (n,), it, -1) for name in ("head", "next", "prev", "in"))
+    dirty = alloc("dirty", (n,), it, -1)
+    stats = np.zeros(10, np.int64)
+    nodes = (cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, shape, compact,
+             boundary, ndim)
+    for lo, hi in _ranges(n, step, pause):
+        _first_giants(lo, hi, giant, nodes, lab, graph, giants, anchor, budget, gidx, glist)
+    for lo, hi in _ranges(ne, step, pause):
+        _giant_edges(lo, hi, ea, eb, gidx, glist)
+    for lo, hi in _ranges(n, step, pause):
+        _first_bests(lo, hi, nodes, lab, graph, giants, anchor, budget, gidx, best)
+    for lo, hi in _ranges(n, step, pause):
+        _first_settles(lo, hi, nodes, lab, graph, giants, anchor, budget, gidx, best, blist,
+                       stats)
+    for lo, hi in _ranges(n, step, pause):
+        _heap_add(lo, hi, best[1], heap, pos, hsz)
+    for hi in range(int(hsz[0]) // 2, 0, -step):
+        _heapify(max(0, hi - step), hi, heap, pos, hsz, best)
+        pause()
+    out = (alloc("out_a", (n,), np.int64), alloc("out_b", (n,), np.int64),
+           alloc("out_c", (n,), np.float64), alloc("out_s", (n,), np.int64))
+    mstate = np.array([n], np.int64)
+    generation = 0
+    while True:
+        status = _merges(n, max(1, step // 16), mstate, graph, nodes, lab, best, heap, pos,
+                         hsz, gidx, giants, glist, blist, anchor, budget, dirty, stats, out,
+                         giant, steps)
+        if status == 2:
+            break
+        if status == 1:  # a new pool, every block copied in tightly, with room to spare
+            total = sum(_live(length, lo, hi) for lo, hi in _ranges(n, step, pause))
+            generation += 1
+            size = total + total // 2 + int(pend[2]) + POOL_SPARE
+            new = alloc(f"pool{generation}", (size,), it)
+            at = np.zeros(1, np.int64)
+            for lo, hi in _ranges(n, step, pause):
+                _repack(start, length, cap, P[0], new, at, lo, hi)
+            P[0] = new
+            pend[0], pend[1] = at[0], 0
+            del new
+            store.drop(f"pool{generation - 1}")
+        pause()
+    k = int(mstate[0]) - n
+    return out[0][:k], out[1][:k], out[2][:k], out[3][:k], stats

@@ -30,6 +30,10 @@ __all__ = ["MergedRegions", "region_merge", "save_hierarchy", "load_leaves", "LE
 
 log = logging.getLogger("pipeline.runner")
 
+#: bounded by chunks, the pages of the merge loop's files this process holds at most
+#: (a few merges' worth past it): the loop reads its graph at random, so that every
+#: page dropped is read again from the system's file cache where memory allows
+MERGE_RESIDENT = 256 * 2**20
 #: the SegmentStats fields saved with the leaves (volumes add zmin, zmax, coord_sum)
 LEAF_FIELDS = STAT_FIELDS
 _VOLUME_FIELDS = VOLUME_FIELDS
@@ -46,6 +50,7 @@ class MergedRegions:
     criterion: str
     seconds: float
     model: Any = field(default=None, repr=False)  # the features' names and units
+    graph: str = "memory"  # where the loop kept the leaves' graph: memory or files
 
     def summary(self) -> dict[str, Any]:
         """report.json's ``segments.merge``."""
@@ -54,17 +59,20 @@ class MergedRegions:
         return {"criterion": self.criterion, "leaves": int(h.n_leaves),
                 "merges": int(self.n_merges), "hierarchy_merges": int(h.cost.size),
                 "regions": int(self.regions.n_segments), "last_cost": last,
-                "seconds": round(self.seconds, 3)}
+                "graph": self.graph, "seconds": round(self.seconds, 3)}
 
 
 def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataArray,
-                 ssq: np.ndarray | None = None) -> MergedRegions:
+                 ssq: np.ndarray | None = None,
+                 graph_files: Path | None = None) -> MergedRegions:
     """Build the hierarchy of ``leaves`` (a SegmentIndex with every contact) and cut it.
 
     ``ssq``: the leaves' within sums of squares (``baatz_schape``). With ``boundary``,
     computes the border contrasts in one pass over the leaves and the features.
+    ``graph_files``: a directory where the merge loop keeps its graph in files, of
+    which it holds :data:`MERGE_RESIDENT` bytes at a time (``postprocess.merge.graph``).
     """
-    from ..postprocess._bounded import drop_pages
+    from ..postprocess._bounded import Paged, drop_pages
     from ..postprocess._hierarchy import (
         build_hierarchy,
         contrast_tasks,
@@ -85,6 +93,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     leaf_stats = leaves.stats
     # the contacts go to the loop, which keeps its own copy: not held here as well
     edges, leaves.edges = list(leaves.edges), None
+    store = None if graph_files is None else Paged(graph_files)
     hierarchy = build_hierarchy(
         leaf_stats.count, leaf_stats.means(), edges,
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
@@ -92,15 +101,19 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
         bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None,
         # bounded by chunks, the leaves' statistics are file-backed: not held in the loop
         before_loop=lambda: drop_pages(*(getattr(leaf_stats, f) for f in STAT_FIELDS)),
-        consume=True)  # the means, ssq and boxes are made for it
+        consume=True,  # the means, ssq and boxes are made for it
+        store=store,
+        pause=None if store is None else store.keep_under(MERGE_RESIDENT, *edges))
     release_freed_memory()  # the merge loop's graph
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)
     regions = region_index(leaves, region, n_regions)
     seconds = time.perf_counter() - t
-    log.info("merge: %d leaves, %d merges (%s), %d regions", leaves.n_segments, k,
-             cfg.criterion, n_regions)
-    return MergedRegions(hierarchy, region, regions, k, cfg.criterion, seconds, model)
+    log.info("merge: %d leaves, %d merges (%s, graph in %s), %d regions",
+             leaves.n_segments, k, cfg.criterion, "memory" if store is None else "files",
+             n_regions)
+    return MergedRegions(hierarchy, region, regions, k, cfg.criterion, seconds, model,
+                         "memory" if store is None else "files")
 
 
 def save_hierarchy(merged: MergedRegions, leaves: Any, staging: Path) -> list[Path]:

@@ -38,6 +38,11 @@ _BYTES_PER_PIECE = (180, 300)
 #: leaf per 30 pixels and 4.5 contacts a leaf on noise): the loop alone grew by 302
 #: bytes a leaf at 4096^2 noise, the statistics and contacts add 160; rounded up
 _BYTES_PER_LEAF = 520
+#: with the loop's graph in files (``postprocess.merge.graph``): the memory a leaf
+#: still takes (its contacts, joined in memory before they go to the files; the
+#: hierarchy's cut), and the scratch space (the loop's arrays, about 150 bytes a leaf
+#: and 22 a contact, its pool copied when it is repacked): rounded up from 16384^2 noise
+_BYTES_PER_LEAF_FILES = (200, 450)
 
 
 @dataclass
@@ -133,11 +138,12 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
         if pp.merge is None:
             return bounded_segments(ctx, model, tasks, rasters, spill, min_px, n_features,
                                     along, after_pass, read_back, t)
-        index, n_found, t_resolve = bounded_leaves(ctx, tasks, labels, spill, min_px,
-                                                   n_features, along, after_pass)
+        index, n_found, t_resolve, files = bounded_leaves(ctx, tasks, labels, spill, min_px,
+                                                          n_features, along, after_pass)
         return dataclasses.replace(
             _segments_of(ctx, model, rasters, index, n_found, min_px, n_features, read_back,
-                         t if along is None else t_resolve), spill=spill)
+                         t if along is None else t_resolve, spill / "merge" if files else None),
+            spill=spill)
     pieces, joins = _summary_pass(labels.ndim, along, after_pass, tasks.pieces, tasks.joins)
     check_memory(sum(p.count.size for p in pieces), contacts is not None)
     t_resolve = time.perf_counter()
@@ -153,11 +159,13 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
 
 def _segments_of(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray], index: Any,
                  n_found: int, min_px: int | None, n_features: int,
-                 read_back: Callable[[], xr.DataArray] | None, t: float) -> Segments:
+                 read_back: Callable[[], xr.DataArray] | None, t: float,
+                 graph_files: Path | None = None) -> Segments:
     """Finish :func:`segments_stage` from the resolved (and merged) ``index``.
 
     Region merging (``postprocess.merge``) over its segments as leaves; the lazy
     segment raster and the table. ``t``: when the timing of "segments" starts.
+    ``graph_files``: where the merge loop keeps its graph, if not in memory.
     """
     from ..postprocess import relabel_segments
     from ..postprocess._hierarchy import regions_of_leaves
@@ -176,7 +184,7 @@ def _segments_of(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray], 
     if pp.merge is not None:
         leaves = index
         rasters["leaves"] = relabel_segments(class_map, leaves)
-        hierarchy = region_merge(ctx, model, leaves, rasters["leaves"], ssq)
+        hierarchy = region_merge(ctx, model, leaves, rasters["leaves"], ssq, graph_files)
         index = hierarchy.regions
         summary["merge"] = hierarchy.summary()
         summary["segments"] = index.n_segments
@@ -303,7 +311,7 @@ def _summary_pass(ndim: int, along: Any, after_pass: Callable[[], None] | None,
 
 def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Path,
                    min_px: int | None, n_similar: int, along: Any,
-                   after_pass: Callable[[], None] | None) -> tuple[Any, int, float]:
+                   after_pass: Callable[[], None] | None) -> tuple[Any, int, float, bool]:
     """Resolve the leaves of region merging with the bounded resolver (computes).
 
     The segments and their minimum-size merge as :func:`bounded_segments` makes them;
@@ -313,8 +321,9 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
     every raw piece and contact); their lookup tables and statistics stay in files
     in ``spill`` (the statistics mapped: read before and after the merge loop, not
     held during it), which :func:`write_segments` removes. Returns the leaves'
-    ``SegmentIndex``, the number of raw segments found and when the pass ended
-    (``time.perf_counter``).
+    ``SegmentIndex``, the number of raw segments found, when the pass ended
+    (``time.perf_counter``) and whether the merge loop keeps its graph in files
+    (:func:`merge_graph`).
     """
     from ..postprocess._bounded import Paged, leaf_index, resolve_paged
 
@@ -325,9 +334,13 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
                           n_similar=n_similar,
                           write_table=lambda stats, first_id, n, rows: parts.append(stats))
     shutil.rmtree(spill / "paged", ignore_errors=True)
-    check_merge_memory(index.n_segments)
-    leaves = leaf_index(bt, joins, index, parts, Paged(spill / "leaves"))
-    return leaves, index.n_found, t_resolve
+    merge = ctx.config.postprocess.merge
+    where = merge_graph(index.n_segments, merge.graph if merge is not None else "memory")
+    check_merge_memory(index.n_segments, where, spill)
+    files = where == "files"  # then the contacts are joined into the loop's files too
+    leaves = leaf_index(bt, joins, index, parts, Paged(spill / "leaves"),
+                        Paged(spill / "merge") if files else None)
+    return leaves, index.n_found, t_resolve, files
 
 
 def _free_space(path: Path) -> int:
@@ -356,10 +369,47 @@ def check_spill_space(spill: Path, n_pieces: int, n_contacts: int, n_features: i
 
 
 def _available_memory() -> int:
-    """Bytes this process may still take: the system's available memory (psutil)."""
+    """Bytes this process may still take: the system's available memory (psutil).
+
+    Under a control group's memory limit (a SLURM job, a container), no more than the
+    limit less what the group uses, its inactive file cache not counted (the kernel
+    reclaims that first): the system's figure does not see the limit.
+    """
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    available = int(psutil.virtual_memory().available)
+    group = _cgroup_room()
+    return available if group is None else min(available, group)
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes left under this process's control group memory limit (None: no limit).
+
+    cgroup v2 (``memory.max``, ``memory.current``) or v1 (``memory/memory.limit_in_bytes``,
+    ``memory.usage_in_bytes``); the file cache the kernel would drop first
+    (``inactive_file``) counts as room, as the kubelet's working set does.
+    """
+    for limit_f, usage_f, stat_f, key in (
+            ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+            ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+             "memory/memory.stat", "total_inactive_file")):
+        try:
+            limit_s = (root / limit_f).read_text().strip()
+            usage = int((root / usage_f).read_text())
+        except (OSError, ValueError):
+            continue
+        if not limit_s.isdigit() or int(limit_s) >= 2**60:  # "max", or v1's no limit
+            return None
+        inactive = 0
+        try:
+            for line in (root / stat_f).read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == key:
+                    inactive = int(value)
+        except (OSError, ValueError):
+            pass
+        return max(int(limit_s) - usage + inactive, 0)
+    return None
 
 
 def check_memory(n_pieces: int, adjacency: bool) -> None:
@@ -384,25 +434,52 @@ def check_memory(n_pieces: int, adjacency: bool) -> None:
             "classes, or run on a machine with more memory")
 
 
-def check_merge_memory(n_leaves: int) -> None:
+def merge_graph(n_leaves: int, graph: str) -> str:
+    """Where the merge loop keeps the leaves' graph: ``"memory"`` or ``"files"``.
+
+    ``graph`` (``postprocess.merge.graph``): ``auto`` takes files where the graph in
+    memory (``_BYTES_PER_LEAF`` bytes a leaf) would take more than half the memory
+    available: the loop then holds a fixed part of it, and reads the rest from the
+    system's file cache (or the disk). For segments bounded by chunks only.
+    """
+    if graph != "auto":
+        return graph
+    return "files" if n_leaves * _BYTES_PER_LEAF > _available_memory() // 2 else "memory"
+
+
+def check_merge_memory(n_leaves: int, where: str = "memory",
+                       spill: Path | None = None) -> None:
     """Refuse, in one line, leaves too many for region merging in the memory available.
 
     The merge is one greedy sequence over the whole graph of the leaves (each merge
-    changes the costs the next decision reads), so it holds that graph: about
-    ``_BYTES_PER_LEAF`` bytes a leaf, the leaves' statistics included. Where that
-    exceeds the memory available now, the run stops with a
+    changes the costs the next decision reads). In memory it holds that graph: about
+    ``_BYTES_PER_LEAF`` bytes a leaf, the leaves' statistics included. With the graph
+    in files (``where``), ``_BYTES_PER_LEAF_FILES``: memory, and scratch space in
+    ``spill``. Where either exceeds what is available now, the run stops with a
     :class:`~pipeline.errors.ResourceError` (exit 2) before building it.
     """
     from ..errors import ResourceError
 
-    need = n_leaves * _BYTES_PER_LEAF
+    files = where == "files"
+    need = n_leaves * (_BYTES_PER_LEAF_FILES[0] if files else _BYTES_PER_LEAF)
     available = _available_memory()
     if need > available:
+        hint = "" if files or spill is None else ", set postprocess.merge.graph: files"
         raise ResourceError(
             f"postprocess.merge: {n_leaves / 1e6:.1f} million leaves need about "
             f"{need / 2**30:.1f} GiB more memory to merge, and {available / 2**30:.1f} "
             "GiB is available: raise postprocess.min_size, smooth the class map first "
-            "(postprocess.majority), or run on a machine with more memory")
+            f"(postprocess.majority){hint}, or run on a machine with more memory")
+    if files and spill is not None:
+        need = n_leaves * _BYTES_PER_LEAF_FILES[1]
+        free = _free_space(spill)
+        if need > free:
+            raise ResourceError(
+                f"postprocess.merge: {n_leaves / 1e6:.1f} million leaves need about "
+                f"{need / 2**30:.1f} GiB of scratch space in {spill.parent} to merge with "
+                f"postprocess.merge.graph: files, and {free / 2**30:.1f} GiB is free: "
+                "free some space, raise postprocess.min_size, or smooth the class map "
+                "first (postprocess.majority)")
 
 
 def squared_too(features: xr.DataArray, mean: Any, scale: Any
