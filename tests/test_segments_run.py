@@ -190,6 +190,59 @@ def test_leaves_too_many_to_merge_in_memory_stop_with_one_line(tmp_path, noisy_s
     assert alone.report["segments"]["segments"] < alone.report["segments"]["found"]
 
 
+def test_auto_keeps_the_graph_in_files_where_memory_is_short(tmp_path, noisy_scene,
+                                                             monkeypatch):
+    """``graph: auto`` merges in memory where the graph takes less than half the
+    memory available, in files otherwise, with the same outputs; in files, the run
+    needs scratch space for them, and stops with one line where there is too little."""
+    from pipeline.errors import ResourceError
+    from pipeline.stages import _segments
+
+    pp = {"segments": True, "min_size": 6, "merge": {"regions": 4}}
+    monkeypatch.setattr(_segments, "_available_memory", lambda: 2**40)
+    mem = run(_config(tmp_path, noisy_scene, "mem", 32, pp))
+    leaves = mem.report["segments"]["merge"]["leaves"]
+    assert mem.report["segments"]["merge"]["graph"] == "memory"
+    monkeypatch.setattr(_segments, "_available_memory",
+                        lambda: leaves * _segments._BYTES_PER_LEAF * 3 // 2)
+    files = run(_config(tmp_path, noisy_scene, "files", 32, pp))
+    assert files.report["segments"]["merge"]["graph"] == "files"
+    for name in ("segments.tif", "segments.parquet"):
+        assert (mem.output / name).read_bytes() == (files.output / name).read_bytes()
+    calls = []  # the segments' scratch space first (plenty), then the merge's (none)
+    monkeypatch.setattr(_segments, "_free_space",
+                        lambda path: 1000 if calls.append(path) or len(calls) > 1
+                        else 2**50)
+    with pytest.raises(ResourceError) as err:
+        run(_config(tmp_path, noisy_scene, "full", 32, pp))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("postprocess.merge: ")
+    assert "of scratch space in" in msg and "graph: files" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["files", "mem"]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_available_memory_honours_a_control_group_limit(tmp_path, version):
+    """Under a cgroup memory limit (a SLURM job, a container) the room left is the
+    limit less the group's use, its inactive file cache counted as room."""
+    from pipeline.stages._segments import _cgroup_room
+
+    names = (("memory.max", "memory.current", "memory.stat", "inactive_file")
+             if version == 2 else
+             ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+              "memory/memory.stat", "total_inactive_file"))
+    (tmp_path / "memory").mkdir()
+    limit, usage, stat = (tmp_path / n for n in names[:3])
+    key = names[3]
+    limit.write_text("4000000000\n")
+    usage.write_text("3000000000\n")
+    stat.write_text(f"anon 5\n{key} 500000000\nactive_file 7\n")
+    assert _cgroup_room(tmp_path) == 1_500_000_000
+    limit.write_text("max\n" if version == 2 else f"{2**63 - 4096}\n")  # no limit
+    assert _cgroup_room(tmp_path) is None
+    assert _cgroup_room(tmp_path / "absent") is None
+
+
 def test_segments_without_scratch_space_stop_with_one_line(tmp_path, noisy_scene,
                                                            monkeypatch):
     """The bounded resolver's file-backed arrays need scratch space in the staging

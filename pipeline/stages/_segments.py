@@ -144,6 +144,9 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
             _segments_of(ctx, model, rasters, index, n_found, min_px, n_features, read_back,
                          t if along is None else t_resolve, spill / "merge" if files else None),
             spill=spill)
+    if pp.merge is not None and pp.merge.graph == "files":
+        log.warning("postprocess.merge.graph: files needs segments bounded by chunks (2-D, "
+                    "workers that see the staging directory): the graph stays in memory")
     pieces, joins = _summary_pass(labels.ndim, along, after_pass, tasks.pieces, tasks.joins)
     check_memory(sum(p.count.size for p in pieces), contacts is not None)
     t_resolve = time.perf_counter()
