@@ -30,6 +30,7 @@ merge changes the means the next decisions read), in ID order.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import mmap
 from collections.abc import Callable, Iterator, Sequence
@@ -214,9 +215,10 @@ class Paged:
     def keep_under(self, budget: int, *also: np.ndarray) -> Callable[[], None]:
         """Return a call that drops the pages this process touched, once they are many.
 
-        Many: this process's file-backed memory has grown by ``budget`` bytes since
-        (``/proc/self/statm``); where that cannot be read, every call drops them.
-        ``also``: other file-backed arrays whose pages go at the same time.
+        Many: this process's file-backed memory is ``budget`` bytes above the least
+        it has been since (``/proc/self/statm``; pages dropped elsewhere lower that
+        floor); where that cannot be read, every call drops them. ``also``: other
+        file-backed arrays whose pages go at the same time.
         For a loop that touches its arrays at random (region merging): dropping them
         at every step would fault every page in again, keeping them all would hold
         the arrays in memory.
@@ -231,12 +233,34 @@ class Paged:
         base = shared()
 
         def pause() -> None:
+            nonlocal base
             now = shared()
+            if now is not None and base is not None:
+                base = min(base, now)
             if now is None or base is None or now - base > budget:
                 self.release()
                 drop_pages(*also)
 
         return pause
+
+    def hold(self, stats: SegmentStats, prefix: str) -> SegmentStats:
+        """Return ``stats`` with its per-segment fields in files (``<prefix>.<field>``).
+
+        Their pages are dropped: slices of statistics kept until all are there (the
+        leaves' ``write_table``) are then not held in memory (0.65 GB at 16384^2 noise).
+        """
+        fields = {}
+        for f in STAT_FIELDS:
+            value = getattr(stats, f)
+            fields[f] = self.empty(f"{prefix}.{f}", value.shape, value.dtype)
+            fields[f][...] = value
+        self.release()
+        return dataclasses.replace(stats, **fields)
+
+    def drop_prefix(self, prefix: str) -> None:
+        """:meth:`drop` every array whose name starts with ``prefix``."""
+        for name in [n for n in self._maps if n.startswith(prefix)]:
+            self.drop(name)
 
     def drop(self, name: str) -> None:
         """Forget an array (its views must be gone) and delete its file."""

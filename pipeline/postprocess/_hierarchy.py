@@ -404,29 +404,37 @@ def cut_hierarchy(h: Hierarchy, n_merges: int) -> tuple[np.ndarray, int]:
     ``i + 1``; regions are numbered by their lowest leaf ID, i.e. by first pixel.
     """
     n = h.n_leaves
-    parent = np.arange(n + n_merges, dtype=np.int64)
-    ca, cb = h.child_a[:n_merges] - 1, h.child_b[:n_merges] - 1
-    parent[ca] = np.arange(n, n + n_merges)
-    parent[cb] = np.arange(n, n + n_merges)
-    root = _roots(parent, n)
-    # the lowest leaf of each root, in leaf order: the region's number
-    first = np.full(n + n_merges, n, dtype=np.int64)
-    np.minimum.at(first, root, np.arange(n, dtype=np.int64))
-    roots = np.unique(root)
-    order = np.argsort(first[roots], kind="stable")
-    number = np.zeros(n + n_merges, dtype=np.int64)
-    number[roots[order]] = np.arange(1, roots.size + 1)
-    return number[root], int(roots.size)
+    it = np.int32 if n + n_merges < 2**31 else np.int64  # 12 bytes a leaf, not 64
+    region = np.empty(n, dtype=np.int64)
+    found = _cut(h.child_a, h.child_b, n, int(n_merges), np.empty(n + n_merges, it),
+                 np.zeros(n + n_merges, it), region)
+    return region, int(found)
 
 
-@numba.njit(cache=True)
-def _roots(parent, n):  # pragma: no cover - compiled
-    """Root of each leaf (children always have lower IDs than their parent)."""
-    for i in range(parent.size - 1, -1, -1):  # parents before children
+@numba.njit(cache=True, nogil=True)
+def _cut(child_a, child_b, n, k, parent, number, region):  # pragma: no cover - compiled
+    """Fill ``region`` (see :func:`cut_hierarchy`); return the number of regions.
+
+    Children always have lower IDs than their parent, so one pass from the top finds
+    every node's root; the leaves, in order, meet the roots by their lowest leaf.
+    """
+    for i in range(n + k):
+        parent[i] = i
+    for m in range(k):
+        parent[child_a[m] - 1] = n + m
+        parent[child_b[m] - 1] = n + m
+    for i in range(n + k - 1, -1, -1):  # parents before children
         p = parent[i]
         if p != i:
             parent[i] = parent[p]
-    return parent[:n].copy()
+    found = 0
+    for i in range(n):
+        r = parent[i]
+        if number[r] == 0:
+            found += 1
+            number[r] = found
+        region[i] = number[r]
+    return found
 
 
 def majority_class(klass: np.ndarray, count: np.ndarray, group: np.ndarray,

@@ -26,7 +26,8 @@ from ..compute import release_freed_memory
 from ..postprocess._resolve import STAT_FIELDS, VOLUME_FIELDS
 from ._context import RunContext
 
-__all__ = ["MergedRegions", "region_merge", "save_hierarchy", "load_leaves", "LEAF_FIELDS"]
+__all__ = ["MergedRegions", "region_merge", "save_hierarchy", "load_leaves", "LEAF_FIELDS",
+           "write_hierarchy"]
 
 log = logging.getLogger("pipeline.runner")
 
@@ -124,7 +125,7 @@ def save_hierarchy(merged: MergedRegions, leaves: Any, staging: Path) -> list[Pa
     import zarr
 
     out = staging / "hierarchy.parquet"
-    merged.hierarchy.to_frame().to_parquet(out, index=False)
+    write_hierarchy(merged.hierarchy, out)
     group = zarr.open_group(str(staging / "leaves.zarr"), mode="a")
     stats = leaves.stats
     names = LEAF_FIELDS + (_VOLUME_FIELDS if stats.zmin is not None else ())
@@ -141,6 +142,27 @@ def save_hierarchy(merged: MergedRegions, leaves: Any, staging: Path) -> list[Pa
         "chunks": [list(c) for c in leaves.chunks],
     }
     return [out]
+
+
+def write_hierarchy(h: Any, path: Path, rows: int = 1 << 20) -> None:
+    """Write ``h`` (a Hierarchy) as Parquet, ``rows`` merges at a time.
+
+    The same file as ``h.to_frame().to_parquet(path, index=False)``, without a frame
+    and a table of every merge at once in memory: 80 bytes a leaf, 0.7 GB at 16384^2
+    noise.
+    """
+    import pandas as pd
+
+    from ..io._parquet import ParquetParts
+
+    total = int(h.child_a.size)
+    with ParquetParts(path) as out:
+        for s in range(0, max(total, 1), rows):
+            e = min(s + rows, total)
+            out.write(pd.DataFrame({
+                "parent": np.arange(s, e, dtype=np.int64) + h.n_leaves + 1,
+                "child_a": h.child_a[s:e], "child_b": h.child_b[s:e],
+                "cost": h.cost[s:e], "size": h.size[s:e]}))
 
 
 def load_leaves(path: Path) -> tuple[Any, dict[str, Any], Any]:

@@ -215,9 +215,7 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
     segments.parquet is written a slice of IDs at a time (to ``spill``, moved into the
     output by :func:`write_segments`).
     """
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
-
+    from ..io._parquet import ParquetParts
     from ..postprocess import relabel_segments
     from ..postprocess._bounded import Paged, resolve_paged
 
@@ -227,33 +225,24 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
     bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass)
     t_resolve = time.perf_counter()
     table_file = spill / "segments.parquet"
-    writer: Any = None
     # instances select objects from every segment's statistics: kept in memory
     kept: list[Any] | None = [] if ctx.config.postprocess.instances is not None else None
 
-    def write_rows(stats: Any, first_id: int, n_segments: int, rows: int) -> None:
-        nonlocal writer
-        if kept is not None:
-            kept.append(stats)
-        frame = table_of(stats, model, geometry, transform,
-                         ids=np.arange(first_id, first_id + rows), n_segments=n_segments)
-        part = pa.Table.from_pandas(frame, preserve_index=False)
-        if writer is None:
-            writer = pq.ParquetWriter(table_file, part.schema)
-        writer.write_table(part)
+    with ParquetParts(table_file) as table:
+        def write_rows(stats: Any, first_id: int, n_segments: int, rows: int) -> None:
+            if kept is not None:
+                kept.append(stats)
+            table.write(table_of(stats, model, geometry, transform,
+                           ids=np.arange(first_id, first_id + rows), n_segments=n_segments))
 
-    try:
         index = resolve_paged(bt, local, joins, Paged(spill / "paged"), min_pixels=min_px,
                               n_similar=n_features, write_table=write_rows)
-    finally:
-        if writer is not None:
-            writer.close()
     shutil.rmtree(spill / "paged", ignore_errors=True)
     if kept is not None:
         from ..postprocess._bounded import concat_stats
 
         index.stats = concat_stats(bt, kept)
-    if writer is None:  # no segment at all: the table's columns, no row
+    if not table.written:  # no segment at all: the table's columns, no row
         from ..postprocess._bounded import empty_stats
 
         table_of(empty_stats(bt), model, geometry, transform).to_parquet(table_file,
@@ -319,11 +308,13 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
 
     The segments and their minimum-size merge as :func:`bounded_segments` makes them;
     then the leaves' statistics, lookup tables and adjacency (every contact, lengths
-    added) are gathered in memory: region merging holds them anyway, and they are
-    proportional to the leaves, not to the raw pieces (the in-memory resolver held
-    every raw piece and contact); their lookup tables and statistics stay in files
-    in ``spill`` (the statistics mapped: read before and after the merge loop, not
-    held during it), which :func:`write_segments` removes. Returns the leaves'
+    added) are gathered, proportional to the leaves, not to the raw pieces (the
+    in-memory resolver held every raw piece and contact). Their lookup tables and
+    statistics stay in files in ``spill`` (the statistics mapped, slice by slice as
+    the resolver hands them over, then joined: read before and after the merge loop,
+    not held during it); the contacts are in memory, or in files where the merge
+    loop's graph is (:func:`merge_graph`). :func:`write_segments` removes the
+    files. Returns the leaves'
     ``SegmentIndex``, the number of raw segments found, when the pass ended
     (``time.perf_counter``) and whether the merge loop keeps its graph in files
     (:func:`merge_graph`).
@@ -333,16 +324,18 @@ def bounded_leaves(ctx: RunContext, tasks: Any, labels: xr.DataArray, spill: Pat
     bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass)
     t_resolve = time.perf_counter()
     parts: list[Any] = []
+    held = Paged(spill / "leaves")  # each slice's statistics in files until joined
     index = resolve_paged(bt, local, joins, Paged(spill / "paged"), min_pixels=min_px,
                           n_similar=n_similar,
-                          write_table=lambda stats, first_id, n, rows: parts.append(stats))
+                          write_table=lambda stats, first_id, n, rows: parts.append(
+                              held.hold(stats, f"part{len(parts)}")))
     shutil.rmtree(spill / "paged", ignore_errors=True)
     merge = ctx.config.postprocess.merge
     where = merge_graph(index.n_segments, merge.graph if merge is not None else "memory")
     check_merge_memory(index.n_segments, where, spill)
     files = where == "files"  # then the contacts are joined into the loop's files too
-    leaves = leaf_index(bt, joins, index, parts, Paged(spill / "leaves"),
-                        Paged(spill / "merge") if files else None)
+    leaves = leaf_index(bt, joins, index, parts, held, Paged(spill / "merge") if files else None)
+    held.drop_prefix("part")  # joined into the leaves' statistics
     return leaves, index.n_found, t_resolve, files
 
 
