@@ -44,7 +44,9 @@ import xarray as xr
 
 from . import _rag
 from ._chunk_tasks import _sum_by_pair
+from ._kernels import _reduce_add, _reduce_empty
 from ._rag import BUDGET_STEPS, GIANT_DEGREE, Store, _ranges, merge_loop
+from ._resolve import STAT_FIELDS
 
 __all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_tasks",
            "cut_hierarchy", "leaf_perimeters", "majority_class", "reduce_contrast",
@@ -439,7 +441,26 @@ def _cut(child_a, child_b, n, k, parent, number, region):  # pragma: no cover - 
 
 def majority_class(klass: np.ndarray, count: np.ndarray, group: np.ndarray,
                    n_groups: int) -> np.ndarray:
-    """Class covering most pixels of each group (ties: the lowest class ID)."""
+    """Class covering most pixels of each group (ties: the lowest class ID).
+
+    Where groups x classes is at most a few times the members (regions of leaves), a
+    table of their pixel counts, filled a slice of members at a time (file-backed
+    statistics: their pages dropped after each); else a sort of every pair.
+    """
+    from ._bounded import drop_pages
+
+    n = klass.size
+    lo = int(klass.min()) if n else 0
+    nk = int(klass.max()) + 1 if n else 1
+    if lo >= 0 and n_groups * nk <= max(4 * n, 1 << 20):
+        sums = np.zeros(n_groups * nk)  # pixel counts, exact in float64 below 2**53
+        for s in range(0, n, _rag.STEP):
+            e = min(s + _rag.STEP, n)
+            key = group[s:e].astype(np.int64) * nk + klass[s:e]
+            part = np.bincount(key, weights=count[s:e])
+            sums[:part.size] += part
+            drop_pages(klass, count)
+        return sums.reshape(n_groups, nk).argmax(axis=1).astype(np.int64)  # first: lowest
     gg, kk, (sums,) = _sum_by_pair(group.astype(np.int64), klass.astype(np.int64),
                                    count.astype(np.int64))
     # per group: the largest sum, then the lowest class (sorted by class already)
@@ -457,8 +478,20 @@ def region_stats(stats: Any, region: np.ndarray, n_regions: int) -> Any:
     Reduced exactly from the leaves'; a region's class is the class covering most of
     its pixels (ties: the lowest class ID).
     """
+    from ._bounded import drop_pages
+    from ._resolve import SegmentStats
+
     group = np.asarray(region, dtype=np.int64) - 1
-    out = stats.reduce(group, n_regions)
+    if stats.zmin is not None:  # volumes (in memory)
+        out = stats.reduce(group, n_regions)
+    else:  # a slice of leaves at a time: file-backed statistics are not all read at once
+        fields = [getattr(stats, f) for f in STAT_FIELDS]
+        acc = _reduce_empty(int(n_regions), fields[-1].shape[1])
+        for s in range(0, group.size, _rag.STEP):
+            e = min(s + _rag.STEP, group.size)
+            _reduce_add(group[s:e], *(x[s:e] for x in fields), *acc)  # type: ignore[call-arg]
+            drop_pages(*fields)
+        out = SegmentStats(*acc, stats.sum_offset, stats.sum_scale)
     out.klass = majority_class(stats.klass, stats.count, group, n_regions)
     return out
 

@@ -108,6 +108,8 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     release_freed_memory()  # the merge loop's graph
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)
+    h = hierarchy
+    drop_pages(h.child_a, h.child_b, h.cost, h.size)  # in files with the graph: read again
     regions = region_index(leaves, region, n_regions)
     seconds = time.perf_counter() - t
     log.info("merge: %d leaves, %d merges (%s, graph in %s), %d regions",
@@ -124,6 +126,8 @@ def save_hierarchy(merged: MergedRegions, leaves: Any, staging: Path) -> list[Pa
     """
     import zarr
 
+    from ..postprocess._bounded import drop_pages
+
     out = staging / "hierarchy.parquet"
     write_hierarchy(merged.hierarchy, out)
     group = zarr.open_group(str(staging / "leaves.zarr"), mode="a")
@@ -132,6 +136,7 @@ def save_hierarchy(merged: MergedRegions, leaves: Any, staging: Path) -> list[Pa
     for name in names:
         value = np.ascontiguousarray(getattr(stats, name), dtype=np.int64)
         group.create_array(f"stats/{name}", data=value, overwrite=True)
+        drop_pages(value)  # file-backed where bounded: read once, not held
     group.attrs["tileseg_leaves"] = {
         "n_leaves": int(leaves.n_segments), "connectivity": int(leaves.connectivity),
         "sum_offset": [float(v) for v in stats.sum_offset],
@@ -154,6 +159,7 @@ def write_hierarchy(h: Any, path: Path, rows: int = 1 << 20) -> None:
     import pandas as pd
 
     from ..io._parquet import ParquetParts
+    from ..postprocess._bounded import drop_pages
 
     total = int(h.child_a.size)
     with ParquetParts(path) as out:
@@ -163,6 +169,7 @@ def write_hierarchy(h: Any, path: Path, rows: int = 1 << 20) -> None:
                 "parent": np.arange(s, e, dtype=np.int64) + h.n_leaves + 1,
                 "child_a": h.child_a[s:e], "child_b": h.child_b[s:e],
                 "cost": h.cost[s:e], "size": h.size[s:e]}))
+            drop_pages(h.child_a, h.child_b, h.cost, h.size)  # file-backed: read once
 
 
 def load_leaves(path: Path) -> tuple[Any, dict[str, Any], Any]:
