@@ -165,6 +165,13 @@ def test_keep_under_drops_pages_only_past_its_budget(tmp_path):
     pause()  # 64 MiB: dropped
     assert file_rss() < held - (48 << 20)
     assert a[0] == 1 and a[-1] == 2  # the data stays in the file
+    # another store's arrays (views of them) go with it: drop_pages finds their mapping
+    other = bounded.Paged(tmp_path / "other").empty("b", (48 << 20,), np.uint8)
+    pause = pages.keep_under(32 << 20, other[8:])
+    other[:] = 3
+    held = file_rss()
+    pause()
+    assert file_rss() < held - (40 << 20) and other[-1] == 3
 
 
 @given(ids=st.lists(st.integers(0, 5000), unique=True, max_size=300),

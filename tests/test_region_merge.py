@@ -182,7 +182,7 @@ def test_file_backed_loop_merges_as_in_memory(tmp_path, monkeypatch, h, w, seed,
               "bbox": (box, box + 1)}
     length = rng.integers(0, 3, a.size)
     want = build_hierarchy(count, means, (a, b, length), **kw)
-    monkeypatch.setattr(_rag, "STEP", 16 * step)  # merges: every `step`
+    monkeypatch.setattr(_rag, "STEP", 16 * step)  # nodes, edges: 16 x step; merges: one
     monkeypatch.setattr(_rag, "POOL_SPARE", 0)  # repacks: a pool with little room
     store = Paged(tmp_path / f"merge-{seed}-{step}")
     made = []

@@ -691,6 +691,8 @@ def drop_pages(*arrays: np.ndarray) -> None:
         base: Any = a
         while isinstance(base, np.ndarray) and base.base is not None:
             base = base.base
+        if isinstance(base, memoryview):  # np.frombuffer's base: the mapping exports it
+            base = base.obj
         if isinstance(base, mmap.mmap) and advice is not None:
             base.madvise(advice)
 

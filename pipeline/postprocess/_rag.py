@@ -1047,8 +1047,8 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
 
     ``store`` makes the loop's arrays (default: in memory; the run gives file-backed
     ones, :class:`~pipeline.postprocess._bounded.Paged`),
-    and ``pause()`` is called after every ``step`` nodes or edges, or ``step / 16``
-    merges (the run
+    and ``pause()`` is called after every ``step`` nodes or edges, or ``step / 256``
+    merges (each touches pages all over the graph; the run
     drops the pages it touched there). The merges are the same either way.
     Returns ``(child_a, child_b, cost, size, work)``: per merge (0-based node IDs), and
     counters of the work done (for the debug log).
@@ -1119,7 +1119,7 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     mstate = np.array([n], np.int64)
     generation = 0
     while True:
-        status = _merges(n, max(1, step // 16), mstate, graph, nodes, lab, best, heap, pos,
+        status = _merges(n, max(1, step // 256), mstate, graph, nodes, lab, best, heap, pos,
                          hsz, gidx, giants, glist, blist, anchor, budget, dirty, stats, out,
                          giant, steps)
         if status == 2:
