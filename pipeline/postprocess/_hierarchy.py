@@ -239,11 +239,15 @@ class Hierarchy:
     def parent(self) -> np.ndarray:
         return np.arange(self.child_a.size, dtype=np.int64) + self.n_leaves + 1
 
-    def to_frame(self) -> Any:
+    def to_frame(self, start: int = 0, stop: int | None = None) -> Any:
+        """Return merges ``start:stop`` as a data frame (hierarchy.parquet's columns)."""
         import pandas as pd
 
-        return pd.DataFrame({"parent": self.parent, "child_a": self.child_a,
-                             "child_b": self.child_b, "cost": self.cost, "size": self.size})
+        stop = self.child_a.size if stop is None else stop
+        return pd.DataFrame({
+            "parent": np.arange(start, stop, dtype=np.int64) + self.n_leaves + 1,
+            "child_a": self.child_a[start:stop], "child_b": self.child_b[start:stop],
+            "cost": self.cost[start:stop], "size": self.size[start:stop]})
 
     @classmethod
     def from_frame(cls, frame: Any, n_leaves: int) -> Hierarchy:

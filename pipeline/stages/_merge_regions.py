@@ -156,19 +156,13 @@ def write_hierarchy(h: Any, path: Path, rows: int = 1 << 20) -> None:
     and a table of every merge at once in memory: 80 bytes a leaf, 0.7 GB at 16384^2
     noise.
     """
-    import pandas as pd
-
     from ..io._parquet import ParquetParts
     from ..postprocess._bounded import drop_pages
 
     total = int(h.child_a.size)
     with ParquetParts(path) as out:
         for s in range(0, max(total, 1), rows):
-            e = min(s + rows, total)
-            out.write(pd.DataFrame({
-                "parent": np.arange(s, e, dtype=np.int64) + h.n_leaves + 1,
-                "child_a": h.child_a[s:e], "child_b": h.child_b[s:e],
-                "cost": h.cost[s:e], "size": h.size[s:e]}))
+            out.write(h.to_frame(s, min(s + rows, total)))
             drop_pages(h.child_a, h.child_b, h.cost, h.size)  # file-backed: read once
 
 
