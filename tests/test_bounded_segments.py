@@ -144,6 +144,26 @@ def test_paged_arrays_release_their_pages(tmp_path):
     assert b[0, 0] == 3 and b[-1, 0] == 3
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_random_paged_arrays_fault_in_little_at_a_time(tmp_path):
+    """A store for random access (the merge loop's) maps a few pages per touch, not the
+    large folios a file's cache is made of otherwise (up to 2 MiB a touch): touching
+    one byte every 4 MiB of an array written before holds at most 256 kB a touch."""
+    def file_rss() -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                    if x.startswith("RssFile:"))
+        return int(line.split()[1]) * 1024
+
+    pages = bounded.Paged(tmp_path, random=True)
+    a = pages.empty("a", (128 << 20,), np.uint8)
+    a[:] = 1
+    pages.release()
+    held = file_rss()
+    touched = int(a[::4 << 20].sum())  # 32 touches
+    assert touched == 32
+    assert file_rss() - held <= 32 * (256 << 10)
+
+
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
 def test_keep_under_drops_pages_only_past_its_budget(tmp_path):
     """A loop's pause drops the pages of a Paged store once the process holds more of

@@ -184,6 +184,7 @@ def test_file_backed_loop_merges_as_in_memory(tmp_path, monkeypatch, h, w, seed,
     want = build_hierarchy(count, means, (a, b, length), **kw)
     monkeypatch.setattr(_rag, "STEP", 16 * step)  # nodes, edges: 16 x step; merges: one
     monkeypatch.setattr(_rag, "POOL_SPARE", 0)  # repacks: a pool with little room
+    monkeypatch.setattr(_rag, "HEAP_ARENA", 8 * step)  # and the large nodes' heaps
     store = Paged(tmp_path / f"merge-{seed}-{step}")
     made = []
     empty = store.empty
@@ -198,6 +199,33 @@ def test_file_backed_loop_merges_as_in_memory(tmp_path, monkeypatch, h, w, seed,
     assert "heap" in made and "mu" in made and "pool0" in made
     if n * 3 > 60:  # small pools: repacked into a new file, the old one deleted
         assert "pool1" in made and not (store.directory / "pool0.bin").exists()
+    if not baatz and giant <= 3:  # every node has a heap, in a small arena: repacked
+        assert "heaps_k1" in made and not (store.directory / "heaps_k0.bin").exists()
+
+
+def test_loop_pauses_after_merges_that_look_at_many_edges(tmp_path, monkeypatch):
+    """Between two pauses the loop looks at ``STEP / 16`` edges at most (and one
+    merge): on a star of small nodes, every merge re-costs the centre's edges, so it
+    pauses at almost every merge instead of every ``STEP / 256`` merges; the
+    hierarchy is the same."""
+    from pipeline.postprocess import _rag
+    from pipeline.postprocess._bounded import Paged
+
+    n = 2001
+    rng = np.random.default_rng(3)
+    a, b = np.zeros(n - 1, np.int64) + 1, np.arange(2, n + 1)  # node 1 touches all
+    count = rng.integers(1, 20, n)
+    means = rng.random((n, 1))
+    kw = {"giant_degree": 10**6}  # no heaps of bounds: each merge re-costs every edge
+    want = build_hierarchy(count, means, (a, b, np.ones(n - 1, np.int64)), **kw)
+    monkeypatch.setattr(_rag, "STEP", 4096)  # 16 merges or 256 edges between pauses
+    store = Paged(tmp_path / "star", random=True)
+    pauses = []
+    got = build_hierarchy(count, means, (a, b, np.ones(n - 1, np.int64)), store=store,
+                          pause=lambda: pauses.append(1), **kw)
+    for f in ("child_a", "child_b", "cost", "size"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f), f)
+    assert len(pauses) > 1500  # about one a merge while the centre has 256 edges or more
 
 
 def test_cut_numbers_regions_by_first_pixel():

@@ -69,6 +69,9 @@ STEP = 1 << 16
 #: entries of a new pool beyond half as many as it holds again (tests set it to 0 to
 #: repack often)
 POOL_SPARE = 1024
+#: entries of the large nodes' heaps' arena beyond four times what they hold, with a
+#: store that is not memory (tests set it low to repack often)
+HEAP_ARENA = 1 << 16
 
 
 class Store(Protocol):
@@ -439,16 +442,72 @@ def _grown(a, used):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _lh_push(gi, key, lo, hi, e, st, giants):  # pragma: no cover - compiled
+def _lh_block(gi, size, keep, giants):  # pragma: no cover - compiled
+    """Give large node ``gi``'s heap a block of ``size`` entries, its first ``keep`` copied.
+
+    The block comes from the arena (``giants[4:7]``: keys, entries and ``[end,
+    entries outside]``) where it has room, else from memory; :func:`merge_loop`
+    repacks the heaps into a new arena between steps (:func:`_lh_repack`).
+    """
+    HK, HE, AK, AE, aend = giants[0], giants[1], giants[4], giants[5], giants[6]
+    at = aend[0]
+    if at + size <= AK.size:
+        K = AK[at:at + size]
+        E = AE[at:at + size]
+        aend[0] = at + size
+    else:
+        K = np.empty(size)
+        E = np.empty((size, 4), AE.dtype)
+        aend[1] += size
+    if keep > 0:
+        K[:keep] = HK[gi][:keep]
+        E[:keep] = HE[gi][:keep]
+    HK[gi] = K
+    HE[gi] = E
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _lh_repack(giants, AK, AE, at, lo, hi):  # pragma: no cover - compiled
+    """Copy the heaps of large nodes ``lo:hi`` into a new arena, tightly, with room.
+
+    ``at[0]``: where the next block goes (carried from one range to the next).
+    """
     HK, HE, hsize = giants[0], giants[1], giants[2]
-    K = HK[gi]
-    E = HE[gi]
-    s = hsize[gi]
-    if s == K.size:
-        K = _grown(K, s)
-        E = _grown(E, s)
+    p = at[0]
+    for gi in range(lo, hi):
+        if HK[gi].size == 0:  # absorbed by another large node
+            continue
+        s = hsize[gi]
+        size = 2 * s + 16
+        K = AK[p:p + size]
+        E = AE[p:p + size]
+        K[:s] = HK[gi][:s]
+        E[:s] = HE[gi][:s]
         HK[gi] = K
         HE[gi] = E
+        p += size
+    at[0] = p
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _lh_live(giants, lo, hi):  # pragma: no cover - compiled
+    """Entries the heaps of large nodes ``lo:hi`` take once repacked."""
+    HK, hsize = giants[0], giants[2]
+    total = 0
+    for gi in range(lo, hi):
+        if HK[gi].size > 0:
+            total += 2 * hsize[gi] + 16
+    return total
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _lh_push(gi, key, lo, hi, e, st, giants):  # pragma: no cover - compiled
+    HK, HE, hsize = giants[0], giants[1], giants[2]
+    s = hsize[gi]
+    if s == HK[gi].size:
+        _lh_block(gi, 2 * s + 16, s, giants)
+    K = HK[gi]
+    E = HE[gi]
     K[s] = key
     E[s, 0] = lo
     E[s, 1] = hi
@@ -642,9 +701,10 @@ def _make_giant(u, nodes, lab, graph, giants, anchor, budget, gidx, glist):
     HK, HE, hsize = giants[0], giants[1], giants[2]
     GL, glen = glist
     gi = len(HK)
-    HK.append(np.empty(16))
-    HE.append(np.empty((16, 4), np.int64))
-    GL.append(np.empty(8, np.int64))
+    HK.append(np.empty(0))
+    HE.append(np.empty((0, 4), gidx.dtype))  # int32 where the graph allows
+    _lh_block(gi, 16, 0, giants)
+    GL.append(np.empty(8, gidx.dtype))
     hsize[gi] = 0
     glen[gi] = 0
     gidx[u] = gi
@@ -798,13 +858,21 @@ def _live(length, lo, hi):  # pragma: no cover - compiled
     return total
 
 
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _work(stats):  # pragma: no cover - compiled
+    """Edges the loop has looked at so far: costed, rescanned, moved or re-anchored."""
+    return stats[1] + stats[3] + stats[4] + stats[5] + stats[6] + stats[7]
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _merges(n, limit, mstate, graph, nodes, lab, best, heap, pos, hsz, gidx, giants, glist,
-            blist, anchor, budget, dirty, stats, out, giant, steps):
+def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, gidx, giants,
+            glist, blist, anchor, budget, dirty, stats, out, giant, steps):
     # pragma: no cover - compiled
     """Up to ``limit`` merges of the loop (see the module), from merge ``mstate[0] - n``.
 
-    Returns 0 after ``limit`` merges, 2 once the heap is empty, and 1 where the next
+    Returns 0 after ``limit`` merges or once they have looked at ``wlimit`` edges or
+    more (:func:`_work`: a merge of large nodes touches thousands), 2 once the heap is
+    empty, and 1 where the next
     merge may need more room in the pool than is left (``pend[2]`` entries): the
     caller repacks it into a new one (:func:`_repack`) and calls again.
     """
@@ -827,8 +895,9 @@ def _merges(n, limit, mstate, graph, nodes, lab, best, heap, pos, hsz, gidx, gia
     popk = np.empty(64)
     pope = np.empty(64, np.int64)
     m = mstate[0]
+    w0 = _work(stats)
     while hsz[0] > 0:
-        if m - mstate[0] == limit:
+        if m - mstate[0] == limit or _work(stats) - w0 >= wlimit:
             break
         u = heap[0]
         v = best_n[u]
@@ -928,8 +997,8 @@ def _merges(n, limit, mstate, graph, nodes, lab, best, heap, pos, hsz, gidx, gia
         if gidx[small] >= 0:  # a large node absorbed by a larger one: drop its heap
             gs = gidx[small]
             HK[gs] = np.empty(0)
-            HE[gs] = np.empty((0, 4), np.int64)
-            GL[gs] = np.empty(0, np.int64)
+            HE[gs] = np.empty((0, 4), gidx.dtype)
+            GL[gs] = np.empty(0, gidx.dtype)
             hsize[gs] = 0
             glen[gs] = 0
         best_n[big] = -1
@@ -1048,7 +1117,8 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     ``store`` makes the loop's arrays (default: in memory; the run gives file-backed
     ones, :class:`~pipeline.postprocess._bounded.Paged`),
     and ``pause()`` is called after every ``step`` nodes or edges, or ``step / 256``
-    merges (each touches pages all over the graph; the run
+    merges or ``step / 16`` edges looked at in merges (each touches pages all over the
+    graph; the run
     drops the pages it touched there). The merges are the same either way.
     Returns ``(child_a, child_b, cost, size, work)``: per merge (0-based node IDs), and
     counters of the work done (for the debug log).
@@ -1061,6 +1131,9 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
         return store.empty(name, shape, dtype) if fill is None else \
             store.full(name, shape, dtype, fill)
 
+    # a pause also after ``step / 16`` edges looked at: between two pauses, the pages
+    # touched stay near the budget even where merges of large nodes touch thousands
+    wlimit = (1 << 62) if pause is None else max(1, step // 16)
     pause = pause or (lambda: None)
     ne = a.size
     it = a.dtype  # int32 where the graph allows: half the memory
@@ -1090,11 +1163,39 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     gidx = alloc("gidx", (n,), it, -1)
     anchor = alloc("anchor", (n, mu.shape[1]), np.float64)
     budget = alloc("budget", (n,), np.float64, 0)
-    # a large node's heap, and its edges to other large nodes (few nodes: in memory)
-    giants = (List.empty_list(types.float64[::1]), List.empty_list(types.int64[:, ::1]),
+    # a large node's heap: blocks of an arena the store makes (in memory, each its own
+    # array), repacked into a new arena between steps; its edges to other large nodes
+    # (few: in memory)
+    ityp = numba.from_dtype(it)
+    arena = not isinstance(store, InMemory)
+    heaps = HEAP_ARENA if arena else 0
+    giants = (List.empty_list(types.float64[::1]), List.empty_list(ityp[:, ::1]),
               alloc("hsize", (n,), it, 0),
-              alloc("spent", (n,), it, 0))  # entries taken off since its anchor
-    glist = (List.empty_list(types.int64[::1]), alloc("glen", (n,), it, 0))
+              alloc("spent", (n,), it, 0),  # entries taken off since its anchor
+              alloc("heaps_k0", (heaps,), np.float64), alloc("heaps_e0", (heaps, 4), it),
+              np.zeros(2, np.int64))  # the arena's end, entries outside it
+    generations = [0, 0]  # of the pool, of the heaps' arena
+
+    def repack_heaps(giants: tuple) -> tuple:
+        """Move the heaps to a new arena once half of it is used or heaps lie outside it."""
+        AK, aend = giants[4], giants[6]
+        if not arena or (aend[1] == 0 and aend[0] <= AK.size // 2):
+            return giants
+        count = len(giants[0])
+        live = sum(_lh_live(giants, lo, hi) for lo, hi in _ranges(count, step, pause))
+        generations[1] += 1
+        g = generations[1]
+        size = 4 * live + HEAP_ARENA
+        K, E = alloc(f"heaps_k{g}", (size,), np.float64), alloc(f"heaps_e{g}", (size, 4), it)
+        at = np.zeros(1, np.int64)
+        for lo, hi in _ranges(count, step, pause):
+            _lh_repack(giants, K, E, at, lo, hi)
+        aend[0], aend[1] = at[0], 0
+        store.drop(f"heaps_k{g - 1}")
+        store.drop(f"heaps_e{g - 1}")
+        return giants[:4] + (K, E, aend)
+
+    glist = (List.empty_list(ityp[::1]), alloc("glen", (n,), it, 0))
     blist = tuple(alloc(f"b{name}", (n,), it, -1) for name in ("head", "next", "prev", "in"))
     dirty = alloc("dirty", (n,), it, -1)
     stats = np.zeros(10, np.int64)
@@ -1102,6 +1203,7 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
              boundary, ndim)
     for lo, hi in _ranges(n, step, pause):
         _first_giants(lo, hi, giant, nodes, lab, graph, giants, anchor, budget, gidx, glist)
+        giants = repack_heaps(giants)
     for lo, hi in _ranges(ne, step, pause):
         _giant_edges(lo, hi, ea, eb, gidx, glist)
     for lo, hi in _ranges(n, step, pause):
@@ -1109,6 +1211,7 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     for lo, hi in _ranges(n, step, pause):
         _first_settles(lo, hi, nodes, lab, graph, giants, anchor, budget, gidx, best, blist,
                        stats)
+        giants = repack_heaps(giants)
     for lo, hi in _ranges(n, step, pause):
         _heap_add(lo, hi, best[1], heap, pos, hsz)
     for hi in range(int(hsz[0]) // 2, 0, -step):
@@ -1117,16 +1220,16 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     out = (alloc("out_a", (n,), np.int64), alloc("out_b", (n,), np.int64),
            alloc("out_c", (n,), np.float64), alloc("out_s", (n,), np.int64))
     mstate = np.array([n], np.int64)
-    generation = 0
     while True:
-        status = _merges(n, max(1, step // 256), mstate, graph, nodes, lab, best, heap, pos,
-                         hsz, gidx, giants, glist, blist, anchor, budget, dirty, stats, out,
-                         giant, steps)
+        status = _merges(n, max(1, step // 256), wlimit, mstate, graph, nodes, lab, best,
+                         heap, pos, hsz, gidx, giants, glist, blist, anchor, budget, dirty,
+                         stats, out, giant, steps)
         if status == 2:
             break
         if status == 1:  # a new pool, every block copied in tightly, with room to spare
             total = sum(_live(length, lo, hi) for lo, hi in _ranges(n, step, pause))
-            generation += 1
+            generations[0] += 1
+            generation = generations[0]
             size = total + total // 2 + int(pend[2]) + POOL_SPARE
             new = alloc(f"pool{generation}", (size,), it)
             at = np.zeros(1, np.int64)
@@ -1136,6 +1239,7 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
             pend[0], pend[1] = at[0], 0
             del new
             store.drop(f"pool{generation - 1}")
+        giants = repack_heaps(giants)
         pause()
     k = int(mstate[0]) - n
     return out[0][:k], out[1][:k], out[2][:k], out[3][:k], stats

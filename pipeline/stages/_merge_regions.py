@@ -94,7 +94,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     leaf_stats = leaves.stats
     # the contacts go to the loop, which keeps its own copy: not held here as well
     edges, leaves.edges = list(leaves.edges), None
-    store = None if graph_files is None else Paged(graph_files)
+    store = None if graph_files is None else Paged(graph_files, random=True)
     hierarchy = build_hierarchy(
         leaf_stats.count, leaf_stats.means(), edges,
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
