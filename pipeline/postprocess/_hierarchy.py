@@ -317,9 +317,10 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
         Called once the loop's own copies of the inputs are made (the run drops the
         pages of the leaves' file-backed statistics that the copies read).
     consume : bool
-        ``means``, ``ssq`` and ``bbox`` are the loop's to update in place (where their
-        types are already float64 and int64), not copied: for a caller that made them
-        for this call. The run does (48 bytes a leaf with ``baatz_schape``).
+        ``ssq`` and ``bbox`` are the loop's to update in place (where their types are
+        already float64 and int64), not copied: for a caller that made them for this
+        call. The run does (40 bytes a leaf with ``baatz_schape``). ``means`` are
+        copied, beside the counts, a row a leaf.
     store, pause : optional
         Where the loop's arrays live, and a call between steps (:func:`._rag.merge_loop`):
         with ``store``, the inputs are copied into its arrays too, a slice at a time.
@@ -330,25 +331,28 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
     nf = means.shape[1] if means.ndim == 2 else 0
     pause = pause or (lambda: None)
 
-    def own(x: np.ndarray, name: str, dtype: Any, minus: int = 0) -> np.ndarray:
-        """Return the loop's copy of ``x`` (it updates the nodes' statistics), ``- minus``.
+    def own(x: np.ndarray, name: str, dtype: Any) -> np.ndarray:
+        """Return the loop's copy of ``x`` (it updates the nodes' statistics).
 
         In memory, ``x`` itself where it is the loop's already (``consume``).
         """
         if store is None:
-            out = (np.asarray if consume and not minus else np.array)(x, dtype=dtype)
-            if minus:
-                out -= minus  # in place: no temporary of the int64 edges
-            return out
+            return (np.asarray if consume else np.array)(x, dtype=dtype)
         out = store.empty(name, x.shape, dtype)
         for lo, hi in _ranges(x.shape[0], _rag.STEP, pause):
             out[lo:hi] = x[lo:hi]
-            if minus:
-                out[lo:hi] -= minus
         return out
 
-    cnt = own(count, "cnt", np.float64) if store else np.array(count, dtype=np.float64)
-    mu = own(means.reshape(n, nf), "mu", np.float64)
+    def table(name: str, shape: tuple[int, int], dtype: Any) -> np.ndarray:
+        return np.empty(shape, dtype) if store is None else store.empty(name, shape, dtype)
+
+    # a leaf's count and means side by side, a row a leaf (as the loop's own tables:
+    # looking at a node touches a page or two)
+    leaf = table("leaves", (n, 1 + nf), np.float64)
+    for lo, hi in _ranges(n, _rag.STEP, pause):
+        leaf[lo:hi, 0] = count[lo:hi]
+        leaf[lo:hi, 1:] = means.reshape(n, nf)[lo:hi]
+    cnt, mu = leaf[:, 0], leaf[:, 1:]
     if criterion not in ("ward", "baatz_schape"):
         raise ValueError(f"criterion must be ward or baatz_schape, got {criterion!r}")
     baatz = criterion == "baatz_schape"
@@ -386,16 +390,20 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
     # baatz_schape has no lower bound for large nodes: every node re-costs its edges
     giant = n + 1 if baatz else int(GIANT_DEGREE if giant_degree is None else giant_degree)
     it = np.dtype(np.int32 if 2 * n + 3 * a.size + 4096 < 2**31 else np.int64)
-    a0, b0 = own(a, "a", it, 1), own(b, "b", it, 1)  # 0-based
+    ends = table("ends", (a.size, 3), it)  # 0-based endpoints, and the edge's version
+    for lo, hi in _ranges(a.size, _rag.STEP, pause):
+        ends[lo:hi, 0] = a[lo:hi] - 1
+        ends[lo:hi, 1] = b[lo:hi] - 1
+        ends[lo:hi, 2] = 0
     if isinstance(edges, list):
         edges.clear()
     del edges, a, b, length  # the loop works on its own copies (a0, b0, elen)
     if before_loop is not None:
         before_loop()
     out_a, out_b, out_c, out_s, work = merge_loop(
-        n, cnt, mu, s2, per, blo, bhi, a0, b0, elen, esum, epairs, baatz,
+        n, cnt, mu, s2, per, blo, bhi, ends[:, 0], ends[:, 1], elen, esum, epairs, baatz,
         float(shape), float(compactness), float(boundary), ndim, max(giant, 1),
-        BUDGET_STEPS, store, pause)
+        BUDGET_STEPS, store, pause, stamp=ends[:, 2])
     log.debug("merge loop: %d settles of large nodes, %d exact costs from their heaps, "
               "%d new anchors (%d edges), %d re-costs of small nodes, %d rescans (edges), "
               "%d re-costs between large nodes, %d edges moved to large nodes, %d large "

@@ -1106,10 +1106,13 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
                elen: np.ndarray, esum: np.ndarray, epair: np.ndarray, baatz: bool,
                shape: float, compact: float, boundary: float, ndim: int, giant: int,
                steps: float, store: Store | None = None,
-               pause: Callable[[], None] | None = None, step: int | None = None) -> tuple:
+               pause: Callable[[], None] | None = None, step: int | None = None,
+               stamp: np.ndarray | None = None) -> tuple:
     """Greedy merging, cheapest pair first (see the module); returns the merges.
 
-    ``a``, ``b``: the edges' endpoints (0-based, ``a < b``; overwritten); ``elen``
+    ``a``, ``b``: the edges' endpoints (0-based, ``a < b``; overwritten), and
+    ``stamp`` zeros (made here if not given): columns of one table of the edges, a
+    row an edge, where the caller can (as ``cnt`` and ``mu`` of the nodes); ``elen``
     (only read with ``baatz``), ``esum`` and ``epair`` (only with ``boundary``) per
     edge, summed when edges combine. ``giant``: the degree from which a node keeps a
     heap of bounds; ``steps``: a large node's budget in shifts of its mean (at least).
@@ -1138,31 +1141,40 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     ne = a.size
     it = a.dtype  # int32 where the graph allows: half the memory
     ea, eb = a, b  # the edges' endpoints are rewritten as nodes merge: used up
-    deg = alloc("deg", (n,), it, 0)
+    # a node's fields side by side, a row a node: looking at a node touches a page or
+    # two, not one a field (with the graph in files, a page not held is a fault)
+    fields = ("deg", "start", "cap", "lab", "length", "best_lo", "best_hi", "spent",
+              "best_n", "best_e", "pos", "gidx", "bhead", "bnext", "bprev", "bin", "dirty")
+    table = alloc("nodes", (n, len(fields)), it, 0)
+    for lo, hi in _ranges(n, step, pause):
+        table[lo:hi, fields.index("best_n"):] = -1  # none yet
+    col = {f: table[:, c] for c, f in enumerate(fields)}
+    reals = alloc("nodes_f", (n, 2 + mu.shape[1]), np.float64, 0)  # best cost, budget, anchor
+    for lo, hi in _ranges(n, step, pause):
+        reals[lo:hi, 0] = np.inf
+    deg = col["deg"]
     for lo, hi in _ranges(ne, step, pause):
         _count(ea, eb, deg, lo, hi)
-    start = alloc("start", (n,), it, 0)  # each node's block of edge IDs in the pool
-    cap = alloc("cap", (n,), it)
-    lab = alloc("lab", (n,), it)
+    start = col["start"]  # each node's block of edge IDs in the pool
+    cap = col["cap"]
+    lab = col["lab"]
     for lo, hi in _ranges(n, step, pause):
         _starts(deg, start, cap, lab, lo, hi)
-    length = alloc("length", (n,), it, 0)
+    length = col["length"]
     P = List()
     P.append(alloc("pool0", (2 * ne + ne // 2 + POOL_SPARE,), it))
     for lo, hi in _ranges(ne, step, pause):
         _fill(ea, eb, start, length, P[0], lo, hi)
     pend = np.array([2 * ne, 0, 0], np.int64)  # the pool's end, its unused entries, need
-    stamp = alloc("stamp", (ne,), it, 0)
+    stamp = alloc("stamp", (ne,), it, 0) if stamp is None else stamp
     graph = (start, length, cap, P, ea, eb, deg, stamp, pend)
-    best = (alloc("best_c", (n,), np.float64, np.inf), alloc("best_n", (n,), it, -1),
-            alloc("best_e", (n,), it, -1), alloc("best_lo", (n,), it, 0),
-            alloc("best_hi", (n,), it, 0))
+    best = (reals[:, 0], col["best_n"], col["best_e"], col["best_lo"], col["best_hi"])
     heap = alloc("heap", (n,), it)
-    pos = alloc("pos", (n,), it, -1)
+    pos = col["pos"]
     hsz = np.zeros(1, np.int64)
-    gidx = alloc("gidx", (n,), it, -1)
-    anchor = alloc("anchor", (n, mu.shape[1]), np.float64)
-    budget = alloc("budget", (n,), np.float64, 0)
+    gidx = col["gidx"]
+    anchor = reals[:, 2:]
+    budget = reals[:, 1]
     # a large node's heap: blocks of an arena the store makes (in memory, each its own
     # array), repacked into a new arena between steps; its edges to other large nodes
     # (few: in memory)
@@ -1171,7 +1183,7 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     heaps = HEAP_ARENA if arena else 0
     giants = (List.empty_list(types.float64[::1]), List.empty_list(ityp[:, ::1]),
               alloc("hsize", (n,), it, 0),
-              alloc("spent", (n,), it, 0),  # entries taken off since its anchor
+              col["spent"],  # entries taken off since its anchor
               alloc("heaps_k0", (heaps,), np.float64), alloc("heaps_e0", (heaps, 4), it),
               np.zeros(2, np.int64))  # the arena's end, entries outside it
     generations = [0, 0]  # of the pool, of the heaps' arena
@@ -1196,8 +1208,8 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
         return giants[:4] + (K, E, aend)
 
     glist = (List.empty_list(ityp[::1]), alloc("glen", (n,), it, 0))
-    blist = tuple(alloc(f"b{name}", (n,), it, -1) for name in ("head", "next", "prev", "in"))
-    dirty = alloc("dirty", (n,), it, -1)
+    blist = tuple(col[f"b{name}"] for name in ("head", "next", "prev", "in"))
+    dirty = col["dirty"]
     stats = np.zeros(10, np.int64)
     nodes = (cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz, shape, compact,
              boundary, ndim)
