@@ -293,6 +293,9 @@ class MergeConfig(_Strict):
     # auto: files where it would take more than half the memory available. Files need
     # segments bounded by chunks (2-D, workers that share the staging directory)
     graph: Literal["auto", "memory", "files"] = "auto"
+    # with the graph in files: MiB of their pages the loop holds (a few steps' worth
+    # past it) before it drops them; more is faster: fewer come back from the cache
+    resident_mib: int = Field(256, ge=16)
 
     @model_validator(mode="after")
     def _stop(self) -> MergeConfig:

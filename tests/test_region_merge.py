@@ -292,11 +292,12 @@ def test_graph_in_files_merges_as_in_memory(tmp_path, monkeypatch, scene, merge)
     graph in files whose pages are dropped at every step (budget 0 here); the same
     outputs as with the graph in memory, and the files gone with the staging."""
     from pipeline.postprocess import _bounded, _rag
-    from pipeline.stages import _merge_regions
 
     mem = run(_config(tmp_path / "mem", scene, 24, {**merge, "graph": "memory"}, min_size=4))
     monkeypatch.setattr(_rag, "STEP", 64)
-    monkeypatch.setattr(_merge_regions, "MERGE_RESIDENT", 0)
+    keep_under = _bounded.Paged.keep_under
+    monkeypatch.setattr(_bounded.Paged, "keep_under",
+                        lambda self, budget, *also: keep_under(self, 0, *also))
     monkeypatch.setattr(_bounded._ContactWindows, "SPAN", 8)
     files = run(_config(tmp_path / "files", scene, 24, {**merge, "graph": "files"},
                         min_size=4))

@@ -221,6 +221,27 @@ def test_auto_keeps_the_graph_in_files_where_memory_is_short(tmp_path, noisy_sce
     assert sorted(p.name for p in tmp_path.iterdir()) == ["files", "mem"]
 
 
+def test_graph_in_files_holds_resident_mib_of_its_pages(tmp_path, noisy_scene,
+                                                        monkeypatch):
+    """With the graph in files, the loop drops its pages once they pass
+    ``postprocess.merge.resident_mib`` (256 by default); the merges are the same."""
+    from pipeline.postprocess import _bounded
+
+    budgets = []
+    keep_under = _bounded.Paged.keep_under
+    monkeypatch.setattr(_bounded.Paged, "keep_under", lambda self, budget, *also:
+                        budgets.append(budget) or keep_under(self, budget, *also))
+    merge = {"regions": 4, "graph": "files"}
+    pp = {"segments": True, "min_size": 6}
+    default = run(_config(tmp_path, noisy_scene, "default", 32, {**pp, "merge": merge}))
+    small = run(_config(tmp_path, noisy_scene, "small", 32, {
+        **pp, "merge": {**merge, "resident_mib": 16}}))
+    assert budgets == [256 << 20, 16 << 20]
+    assert small.report["segments"]["merge"]["graph"] == "files"
+    for name in ("segments.tif", "segments.parquet"):
+        assert (default.output / name).read_bytes() == (small.output / name).read_bytes()
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_available_memory_honours_a_control_group_limit(tmp_path, version):
     """Under a cgroup memory limit (a SLURM job, a container) the room left is the

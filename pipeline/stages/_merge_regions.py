@@ -31,10 +31,6 @@ __all__ = ["MergedRegions", "region_merge", "save_hierarchy", "load_leaves", "LE
 
 log = logging.getLogger("pipeline.runner")
 
-#: bounded by chunks, the pages of the merge loop's files this process holds at most
-#: (a few merges' worth past it): the loop reads its graph at random, so that every
-#: page dropped is read again from the system's file cache where memory allows
-MERGE_RESIDENT = 256 * 2**20
 #: the SegmentStats fields saved with the leaves (volumes add zmin, zmax, coord_sum)
 LEAF_FIELDS = STAT_FIELDS
 _VOLUME_FIELDS = VOLUME_FIELDS
@@ -71,7 +67,9 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     ``ssq``: the leaves' within sums of squares (``baatz_schape``). With ``boundary``,
     computes the border contrasts in one pass over the leaves and the features.
     ``graph_files``: a directory where the merge loop keeps its graph in files, of
-    which it holds :data:`MERGE_RESIDENT` bytes at a time (``postprocess.merge.graph``).
+    which it holds ``resident_mib`` at a time (``postprocess.merge``): the loop reads
+    its graph at random, so that every page dropped is read again from the system's
+    file cache where memory allows.
     """
     from ..postprocess._bounded import Paged, drop_pages
     from ..postprocess._hierarchy import (
@@ -104,7 +102,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
         before_loop=lambda: drop_pages(*(getattr(leaf_stats, f) for f in STAT_FIELDS)),
         consume=True,  # the means, ssq and boxes are made for it
         store=store,
-        pause=None if store is None else store.keep_under(MERGE_RESIDENT, *edges))
+        pause=None if store is None else store.keep_under(cfg.resident_mib << 20, *edges))
     release_freed_memory()  # the merge loop's graph
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)

@@ -451,7 +451,9 @@ def check_merge_memory(n_leaves: int, where: str = "memory",
     changes the costs the next decision reads). In memory it holds that graph: about
     ``_BYTES_PER_LEAF`` bytes a leaf, the leaves' statistics included. With the graph
     in files (``where``), ``_BYTES_PER_LEAF_FILES``: memory, and scratch space in
-    ``spill``. Where either exceeds what is available now, the run stops with a
+    ``spill`` (the file pages the loop holds, ``resident_mib``, are not counted: the
+    system can write them back and take them when memory runs short). Where either
+    exceeds what is available now, the run stops with a
     :class:`~pipeline.errors.ResourceError` (exit 2) before building it.
     """
     from ..errors import ResourceError
