@@ -19,7 +19,10 @@ under bench/out/. ``--baseline-rev REV`` also runs tileseg as committed at REV (
 in memory) on the same input, each run in its own process, and prints the ratios.
 Segments and ``min_size`` are bounded by chunks (peak RSS flat in the image size);
 region merging (``merge``) holds the leaves' graph in memory where it fits in half the
-memory available, ``merge_files`` a fixed part of it (RESULTS 11e).
+memory available, ``merge_files`` a fixed part of it (RESULTS 11e, 11f).
+Before the measured runs, each source and mode runs once on 512^2 noise (not
+recorded): the compiled kernels are then in numba's cache, so that no measured run
+pays for compiling them (seconds, and a few hundred MiB of the peak).
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ def main() -> None:
     sources: dict[str, Path | None] = {"tree": None}
     if args.baseline_rev:
         sources[f"rev {args.baseline_rev}"] = snapshot_pipeline(args.baseline_rev, work)[0]
+    for mode in args.modes:  # numba's cache filled for each source: not measured
+        for code in sources.values():
+            _run_one(work, noise(512), 512, mode, "warm-up", code)
     rows = []
     for size in args.sizes:
         src = noise(size)
@@ -88,8 +94,9 @@ def main() -> None:
                 row = _run_one(work, src, size, mode, label, code)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print("\n| size | mode | tileseg | wall s | peak RSS MiB | segments found | after |")
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    print("\n| size | mode | tileseg | wall s | merge s | peak RSS MiB | segments found "
+          "| after |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         base = next((b for b in rows if b["size"] == r["size"] and b["mode"] == r["mode"]
                      and b["source"] != "tree"), None)
@@ -97,7 +104,8 @@ def main() -> None:
             f" ({r['wall_s'] / base['wall_s']:.2f}x time, " \
             f"{r['peak_rss_mib'] / max(base['peak_rss_mib'], 1):.2f}x RSS)"
         print(f"| {r['size']}^2 | {r['mode']} | {r['source']}{ratio} | {r['wall_s']} | "
-              f"{r['peak_rss_mib']} | {r.get('found', '-')} | {r.get('segments', '-')} |")
+              f"{r.get('merge_s', '-')} | {r['peak_rss_mib']} | {r.get('found', '-')} | "
+              f"{r.get('segments', '-')} |")
     (OUT / "segment-memory.json").write_text(json.dumps(rows, indent=2))
 
 
@@ -120,6 +128,8 @@ def _run_one(work: Path, src: Path, size: int, mode: str, label: str, code: Path
     if m.returncode == 0 and report.exists():
         seg = json.loads(report.read_text()).get("segments", {})
         row.update(found=seg.get("found"), segments=seg.get("segments"))
+        if "merge" in seg:  # the merge: its graph, loop, cut and region statistics
+            row.update(merge_s=seg["merge"]["seconds"], graph=seg["merge"]["graph"])
     return row
 
 

@@ -159,13 +159,14 @@ def test_consumed_inputs_merge_as_copies(h, w, seed):
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(2, 9), st.integers(2, 9), st.integers(0, 2**31 - 1), st.booleans(),
-       st.integers(1, 6), st.integers(1, 5))
+       st.integers(1, 6), st.integers(1, 5), st.booleans())
 def test_file_backed_loop_merges_as_in_memory(tmp_path, monkeypatch, h, w, seed, baatz,
-                                              giant, step):
+                                              giant, step, boundary):
     """Bounded by chunks, the loop's arrays are files (:class:`Paged`) whose pages are
     dropped between its steps, and its pool is repacked into new files: the same
     hierarchy, bit for bit, as in memory, for any step (every few nodes, edges or
-    merges here), large nodes and ``baatz_schape`` included."""
+    merges here), large nodes, ``baatz_schape`` and border contrasts (some edges
+    without one, matched a slice of edges at a time) included."""
     from pipeline.postprocess import _rag
     from pipeline.postprocess._bounded import Paged
 
@@ -181,6 +182,10 @@ def test_file_backed_loop_merges_as_in_memory(tmp_path, monkeypatch, h, w, seed,
         kw = {"criterion": "baatz_schape", "shape": 0.4, "ssq": rng.random((n, 2)) * 3,
               "bbox": (box, box + 1)}
     length = rng.integers(0, 3, a.size)
+    if boundary:
+        some = np.sort(rng.choice(a.size, rng.integers(1, a.size + 1), replace=False))
+        kw.update(boundary=1.5, contrast=(a[some], b[some], rng.integers(0, 1 << 20, some.size),
+                                         rng.integers(1, 5, some.size)))
     want = build_hierarchy(count, means, (a, b, length), **kw)
     monkeypatch.setattr(_rag, "STEP", 16 * step)  # nodes, edges: 16 x step; merges: one
     monkeypatch.setattr(_rag, "POOL_SPARE", 0)  # repacks: a pool with little room
@@ -286,11 +291,12 @@ def test_same_merges_for_any_chunking(tmp_path_factory, scene, chunks, which):
                                   pd.read_parquet(many.output / "segments.parquet"))
 
 
-@pytest.mark.parametrize("merge", [MERGES[0], MERGES[3]])
+@pytest.mark.parametrize("merge", [MERGES[0], MERGES[2], MERGES[3]])
 def test_graph_in_files_merges_as_in_memory(tmp_path, monkeypatch, scene, merge):
-    """``graph: files``: the contacts joined a window of IDs at a time and the loop's
-    graph in files whose pages are dropped at every step (budget 0 here); the same
-    outputs as with the graph in memory, and the files gone with the staging."""
+    """``graph: files``: the contacts (and the border contrasts) joined a window of IDs
+    at a time and the loop's graph in files whose pages are dropped at every step
+    (budget 0 here); the same outputs as with the graph in memory, and the files gone
+    with the staging."""
     from pipeline.postprocess import _bounded, _rag
 
     mem = run(_config(tmp_path / "mem", scene, 24, {**merge, "graph": "memory"}, min_size=4))
@@ -299,10 +305,15 @@ def test_graph_in_files_merges_as_in_memory(tmp_path, monkeypatch, scene, merge)
     monkeypatch.setattr(_bounded.Paged, "keep_under",
                         lambda self, budget, *also: keep_under(self, 0, *also))
     monkeypatch.setattr(_bounded._ContactWindows, "SPAN", 8)
+    joined = []  # the contrasts: saved by the tasks, joined in windows
+    windows = _bounded.contrast_windows
+    monkeypatch.setattr(_bounded, "contrast_windows", lambda paths, store:
+                        joined.append(len(paths)) or windows(paths, store))
     files = run(_config(tmp_path / "files", scene, 24, {**merge, "graph": "files"},
                         min_size=4))
     assert mem.report["segments"]["merge"]["graph"] == "memory"
     assert files.report["segments"]["merge"]["graph"] == "files"
+    assert bool(joined) == ("boundary" in merge)
     np.testing.assert_array_equal(_segments(mem.output), _segments(files.output))
     for name in ("hierarchy.parquet", "segments.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(mem.output / name),

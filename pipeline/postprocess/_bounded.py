@@ -59,8 +59,8 @@ from ._kernels import _min_into, _reduce_add, _reduce_empty
 from ._merge import _count_rows, _fill_rows, merge_arrays, run_merge
 from ._resolve import _LOW, STAT_FIELDS, ChunkedIds, SegmentIndex, SegmentStats, segment_dtype
 
-__all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "drop_pages",
-           "resolve_paged"]
+__all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "contrast_windows",
+           "drop_pages", "resolve_paged"]
 
 #: IDs a paged kernel is given at a time (the pages of a few rows of a large image)
 STEP = 1 << 20
@@ -704,57 +704,84 @@ def drop_pages(*arrays: np.ndarray) -> None:
 
 
 class _ContactWindows:
-    """Contacts between leaves joined a window of IDs at a time, into files.
+    """Pairs of leaves with values to add, joined a window of IDs at a time, into files.
 
-    Each chunk's (and face's) pairs are split by the window of their lower ID and
-    saved; :meth:`join` then joins one window at a time (duplicates across chunks
-    merged, their lengths added) and appends it to file-backed arrays. Windows are
-    ranges of IDs, so the result is sorted by ``(lo, hi)`` as a join of all at once
-    is, and holds the same pairs. IDs follow the raster order: a chunk's pairs fall
-    into the windows of its rows of chunks.
+    Each chunk's (and face's) pairs, sorted by their lower ID, are split by the window
+    of that ID and saved; :meth:`join` then joins one window at a time (duplicates
+    across chunks merged, their values added) and appends it to file-backed arrays.
+    Windows are ranges of IDs, so the result is sorted by ``(lo, hi)`` as a join of
+    all at once is, and holds the same pairs. IDs follow the raster order: a chunk's
+    pairs fall into the windows of its rows of chunks. The contacts (``values``: their
+    lengths) and the border contrasts (their sums and faces) are joined so.
     """
 
     #: leaf IDs per window (about 4.5 contacts a leaf on noise: 20 MB of pairs)
     SPAN = 1 << 19
 
-    def __init__(self, store: Paged, ids_type: Any) -> None:
+    def __init__(self, store: Paged, ids_type: Any, prefix: str = "contact",
+                 values: Sequence[str] = ("len",)) -> None:
         self.store = store
         self.ids_type = ids_type
+        self.prefix = prefix
+        self.values = tuple(values)
         self.parts: dict[int, list[Path]] = {}
         self.total = 0
 
-    def add(self, lo: np.ndarray, hi: np.ndarray, length: np.ndarray) -> None:
+    def add(self, lo: np.ndarray, hi: np.ndarray, *values: np.ndarray) -> None:
         window = lo // self.SPAN  # pairs come sorted by lo: each window is a slice
         bounds = np.flatnonzero(np.diff(window)) + 1
         for s, e in zip(np.r_[0, bounds], np.r_[bounds, lo.size], strict=True):
             w = int(window[s])
-            path = self.store.directory / f"contacts-{w}-{len(self.parts.get(w, []))}.npz"
-            np.savez(path, lo=lo[s:e], hi=hi[s:e], length=length[s:e])
+            path = self.store.directory / \
+                f"{self.prefix}s-{w}-{len(self.parts.get(w, []))}.npz"
+            arrays: dict[str, Any] = {"lo": lo[s:e], "hi": hi[s:e]}
+            arrays.update((k, v[s:e]) for k, v in zip(self.values, values, strict=True))
+            np.savez(path, **arrays)
             self.parts.setdefault(w, []).append(path)
         self.total += lo.size
 
-    def join(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return ``(lo, hi, length)``, file-backed; the windows' files are removed."""
-        out = (self.store.empty("contact_a", (self.total,), self.ids_type),
-               self.store.empty("contact_b", (self.total,), self.ids_type),
-               self.store.empty("contact_len", (self.total,), np.int64))
+    def join(self) -> tuple[np.ndarray, ...]:
+        """Return ``(lo, hi, *values)``, file-backed; the windows' files are removed."""
+        p = self.prefix
+        out = (self.store.empty(f"{p}_a", (self.total,), self.ids_type),
+               self.store.empty(f"{p}_b", (self.total,), self.ids_type),
+               *(self.store.empty(f"{p}_{k}", (self.total,), np.int64) for k in self.values))
+        names = ("lo", "hi", *self.values)
         at = 0
         for w in sorted(self.parts):
-            got: list[list[np.ndarray]] = [[], [], []]
+            got: list[list[np.ndarray]] = [[] for _ in names]
             for path in self.parts[w]:
                 with np.load(path) as f:
-                    for k, name in enumerate(("lo", "hi", "length")):
+                    for k, name in enumerate(names):
                         got[k].append(f[name])
                 path.unlink()
-            lo, hi, (length,) = _sum_by_pair(*(np.concatenate(g) for g in got))
+            lo, hi, values = _sum_by_pair(*(np.concatenate(g) for g in got))
             del got
-            for x, y in zip(out, (lo, hi, length), strict=True):
+            for x, y in zip(out, (lo, hi, *values), strict=True):
                 x[at:at + lo.size] = y
             at += lo.size
             self.store.release()
         self.parts.clear()
         release_freed_memory()
-        return out[0][:at], out[1][:at], out[2][:at]
+        return tuple(x[:at] for x in out)
+
+
+def contrast_windows(paths: Sequence[str], store: Paged) -> tuple[np.ndarray, ...]:
+    """Join the border contrasts that tasks saved (``a``, ``b``, ``sum``, ``faces``).
+
+    Returns :func:`._hierarchy.reduce_contrast`'s arrays, the same values, file-backed
+    in ``store``: each file is read in turn and split into windows of leaf IDs
+    (:class:`_ContactWindows`), then deleted.
+    """
+    windows = _ContactWindows(store, np.int64, "contrast", ("sum", "faces"))
+    for path in paths:
+        with np.load(path) as f:
+            a, b, c, n = (f[k] for k in ("a", "b", "sum", "faces"))
+        if a.size:
+            order = np.argsort(a, kind="stable")  # by the lower ID, as windows need
+            windows.add(a[order], b[order], c[order], n[order])
+        Path(path).unlink()
+    return windows.join()
 
 
 def _face_ids(keys: np.ndarray, lut: Callable[[int], np.ndarray]) -> np.ndarray:
@@ -827,7 +854,8 @@ def leaf_index(bt: BoundedTasks, joins: Sequence[Joins], index: BoundedIndex,
     empty = np.empty(0, dtype=np.int64)
     edges: tuple[np.ndarray, np.ndarray, np.ndarray] = (empty, empty, empty)
     if windows is not None:
-        edges = windows.join()
+        ea, eb, ln = windows.join()
+        edges = (ea, eb, ln)
     elif pairs:
         # 32-bit IDs where they fit, each part freed once joined, and no second ordering:
         # every part's pairs are (min, max) already (at 8192^2 noise the copies of the

@@ -34,6 +34,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -48,9 +49,9 @@ from ._kernels import _reduce_add, _reduce_empty
 from ._rag import BUDGET_STEPS, GIANT_DEGREE, Store, _ranges, merge_loop
 from ._resolve import STAT_FIELDS
 
-__all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_tasks",
-           "cut_hierarchy", "leaf_perimeters", "majority_class", "reduce_contrast",
-           "region_index", "region_stats", "region_table", "regions_of_leaves"]
+__all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_files",
+           "contrast_tasks", "cut_hierarchy", "leaf_perimeters", "majority_class",
+           "reduce_contrast", "region_index", "region_stats", "region_table", "regions_of_leaves"]
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,49 @@ def contrast_tasks(leaves: xr.DataArray, features: xr.DataArray, offset: Any,
             if nxt[ax] < ids.numblocks[ax]:
                 out.append(join(task, done[nxt], ax, off, scl))
     return out
+
+
+def _save_contrast(part: tuple, path: str) -> str:
+    a, b, c, n = part
+    np.savez(path, a=a, b=b, sum=c, faces=n)
+    return path
+
+
+def contrast_files(parts: list[Any], directory: Path) -> list[Any]:
+    """Save each of :func:`contrast_tasks`' parts into ``directory``, in its own task.
+
+    Returns Delayed paths, for :func:`._bounded.contrast_windows`: names reach the
+    client, not the contrasts of every contact.
+    """
+    save = dask.delayed(_save_contrast, pure=True)
+    return [save(p, str(directory / f"contrast-{i}.npz")) for i, p in enumerate(parts)]
+
+
+def _edge_contrasts(a: np.ndarray, b: np.ndarray, contrast: tuple[np.ndarray, ...], n: int,
+                    store: Store, pause: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+    """Each edge's contrast sum and faces, into ``store``'s arrays, a slice at a time.
+
+    The edges and the contrasts are both sorted by ``(a, b)``: a slice of edges looks
+    among the contrasts of its own lower IDs only. The same values as in memory.
+    """
+    ca, cb, csum, cpairs = contrast
+    esum = store.empty("esum", (a.size,), np.float64)
+    epairs = store.empty("epair", (a.size,), np.float64)
+    for lo, hi in _ranges(a.size, _rag.STEP, pause):
+        ka = np.asarray(a[lo:hi], dtype=np.int64)
+        key = ka * (n + 1) + b[lo:hi]
+        s = int(np.searchsorted(ca, ka.min()))
+        e = int(np.searchsorted(ca, ka.max(), side="right"))
+        if e == s:
+            esum[lo:hi] = 0.0
+            epairs[lo:hi] = 0.0
+            continue
+        ckey = np.asarray(ca[s:e], dtype=np.int64) * (n + 1) + cb[s:e]
+        pos = np.minimum(np.searchsorted(ckey, key), ckey.size - 1)
+        hit = ckey[pos] == key
+        esum[lo:hi] = np.where(hit, csum[s:e][pos], 0).astype(np.float64) / _ONE
+        epairs[lo:hi] = np.where(hit, cpairs[s:e][pos], 0).astype(np.float64)
+    return esum, epairs
 
 
 def reduce_contrast(parts: list[tuple]) -> tuple[np.ndarray, ...]:
@@ -378,7 +422,9 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
         elen = own(length, "elen", np.float64) if store else length.astype(np.float64)
     esum = np.zeros(0)
     epairs = np.zeros(0)
-    if boundary > 0 and contrast is not None and contrast[0].size:
+    if boundary > 0 and contrast is not None and contrast[0].size and store is not None:
+        esum, epairs = _edge_contrasts(a, b, contrast, n, store, pause)
+    elif boundary > 0 and contrast is not None and contrast[0].size:
         ca, cb, csum, cpairs = contrast
         key = a.astype(np.int64) * (n + 1) + b
         ckey = ca * (n + 1) + cb

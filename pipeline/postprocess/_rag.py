@@ -12,7 +12,13 @@ lean on large graphs (millions of leaves, as on noise):
   end, twice as large, when full; the pool is repacked when it runs out). An edge to a
   common neighbour is combined, its border summed, and dies; dead edges leave a block
   when it is next read. Typed dictionaries per node, as before, took 1.4-2.5 kB per
-  leaf.
+  leaf. A node's fields are one row of a table (and an edge's, of another): a node
+  looked at touches a page or two, whatever its fields.
+- **Bounded** (with a :class:`Store` of files and a ``pause``, :func:`merge_loop`):
+  every array the graph needs comes from the store, the large nodes' heaps included
+  (blocks of an arena that is repacked into a new one between steps), and the loop
+  pauses after a number of nodes, edges or merges, or of edges looked at by merges,
+  so that the caller can drop the pages it touched.
 - **Time**: each node keeps its best neighbour, and an indexed heap of the nodes orders
   them by it. A region with thousands of neighbours that absorbs small ones one by one
   (on noise, Ward's merging grows such regions: 10,848 neighbours among 141 k leaves)

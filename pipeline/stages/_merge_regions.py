@@ -71,9 +71,10 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     its graph at random, so that every page dropped is read again from the system's
     file cache where memory allows.
     """
-    from ..postprocess._bounded import Paged, drop_pages
+    from ..postprocess._bounded import Paged, contrast_windows, drop_pages
     from ..postprocess._hierarchy import (
         build_hierarchy,
+        contrast_files,
         contrast_tasks,
         cut_hierarchy,
         reduce_contrast,
@@ -83,23 +84,29 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     cfg = ctx.config.postprocess.merge
     assert cfg is not None and leaves.edges is not None
     t = time.perf_counter()
+    store = None if graph_files is None else Paged(graph_files, random=True)
     contrast = None
     if cfg.boundary > 0:
         with ctx.timings.stage("merge_contrast"):
-            (parts,) = dask.compute(contrast_tasks(leaf_raster, ctx.opened.features,
-                                                   model.mean, model.scale))
-        contrast = reduce_contrast(list(parts))
+            parts = contrast_tasks(leaf_raster, ctx.opened.features, model.mean, model.scale)
+            if graph_files is None:
+                (parts,) = dask.compute(parts)
+                contrast = reduce_contrast(list(parts))
+            else:  # the tasks save them; joined a window of leaf IDs at a time, in files
+                (paths,) = dask.compute(contrast_files(parts, graph_files))
+                contrast = contrast_windows(paths, Paged(graph_files / "contrast"))
     leaf_stats = leaves.stats
     # the contacts go to the loop, which keeps its own copy: not held here as well
     edges, leaves.edges = list(leaves.edges), None
-    store = None if graph_files is None else Paged(graph_files, random=True)
+    # bounded by chunks, the leaves' statistics (and the contrasts) are file-backed:
+    # their pages are dropped before the loop, not held in it
+    inputs = [getattr(leaf_stats, f) for f in STAT_FIELDS] + list(contrast or ())
     hierarchy = build_hierarchy(
         leaf_stats.count, leaf_stats.means(), edges,
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
         boundary=cfg.boundary, ssq=ssq, contrast=contrast,
         bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None,
-        # bounded by chunks, the leaves' statistics are file-backed: not held in the loop
-        before_loop=lambda: drop_pages(*(getattr(leaf_stats, f) for f in STAT_FIELDS)),
+        before_loop=lambda: drop_pages(*inputs),
         consume=True,  # the means, ssq and boxes are made for it
         store=store,
         pause=None if store is None else store.keep_under(cfg.resident_mib << 20, *edges))
