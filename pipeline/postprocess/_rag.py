@@ -473,14 +473,20 @@ def _lh_block(gi, size, keep, giants):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _lh_repack(giants, AK, AE, at, lo, hi):  # pragma: no cover - compiled
+def _lh_repack(giants, AK, AE, at, lo, hi, limit):  # pragma: no cover - compiled
     """Copy the heaps of large nodes ``lo:hi`` into a new arena, tightly, with room.
 
-    ``at[0]``: where the next block goes (carried from one range to the next).
+    ``at[0]``: where the next block goes (carried from one call to the next). Stops
+    once ``limit`` entries are copied (the heaps of large regions are large) and
+    returns the next large node to copy (``hi``: done).
     """
     HK, HE, hsize = giants[0], giants[1], giants[2]
     p = at[0]
+    first = p
     for gi in range(lo, hi):
+        if p - first >= limit:
+            at[0] = p
+            return gi
         if HK[gi].size == 0:  # absorbed by another large node
             continue
         s = hsize[gi]
@@ -493,6 +499,7 @@ def _lh_repack(giants, AK, AE, at, lo, hi):  # pragma: no cover - compiled
         HE[gi] = E
         p += size
     at[0] = p
+    return hi
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -1206,8 +1213,10 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
         size = 4 * live + HEAP_ARENA
         K, E = alloc(f"heaps_k{g}", (size,), np.float64), alloc(f"heaps_e{g}", (size, 4), it)
         at = np.zeros(1, np.int64)
-        for lo, hi in _ranges(count, step, pause):
-            _lh_repack(giants, K, E, at, lo, hi)
+        gi = 0
+        while gi < count:  # a pause every few MB copied: late heaps are large
+            gi = _lh_repack(giants, K, E, at, gi, count, 4 * step)
+            pause()
         aend[0], aend[1] = at[0], 0
         store.drop(f"heaps_k{g - 1}")
         store.drop(f"heaps_e{g - 1}")
