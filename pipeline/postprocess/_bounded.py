@@ -777,9 +777,8 @@ def contrast_windows(paths: Sequence[str], store: Paged) -> tuple[np.ndarray, ..
     for path in paths:
         with np.load(path) as f:
             a, b, c, n = (f[k] for k in ("a", "b", "sum", "faces"))
-        if a.size:
-            order = np.argsort(a, kind="stable")  # by the lower ID, as windows need
-            windows.add(a[order], b[order], c[order], n[order])
+        if a.size:  # sorted by (a, b) already (_sum_by_pair)
+            windows.add(a, b, c, n)
         Path(path).unlink()
     return windows.join()
 

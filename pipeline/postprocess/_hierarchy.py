@@ -204,10 +204,11 @@ def contrast_files(parts: list[Any], directory: Path) -> list[Any]:
 
 def _edge_contrasts(a: np.ndarray, b: np.ndarray, contrast: tuple[np.ndarray, ...], n: int,
                     store: Store, pause: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
-    """Each edge's contrast sum and faces, into ``store``'s arrays, a slice at a time.
+    """Each edge's contrast sum and faces (0: none), into ``store``'s arrays.
 
-    The edges and the contrasts are both sorted by ``(a, b)``: a slice of edges looks
-    among the contrasts of its own lower IDs only. The same values as in memory.
+    A slice of edges at a time: the contrasts are sorted by ``(a, b)``, so a slice
+    looks among the contrasts of its own lower IDs only (the edges, sorted too, keep
+    that range short). In memory or in files, the same values.
     """
     ca, cb, csum, cpairs = contrast
     esum = store.empty("esum", (a.size,), np.float64)
@@ -422,17 +423,8 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
         elen = own(length, "elen", np.float64) if store else length.astype(np.float64)
     esum = np.zeros(0)
     epairs = np.zeros(0)
-    if boundary > 0 and contrast is not None and contrast[0].size and store is not None:
-        esum, epairs = _edge_contrasts(a, b, contrast, n, store, pause)
-    elif boundary > 0 and contrast is not None and contrast[0].size:
-        ca, cb, csum, cpairs = contrast
-        key = a.astype(np.int64) * (n + 1) + b
-        ckey = ca * (n + 1) + cb
-        pos = np.minimum(np.searchsorted(ckey, key), ckey.size - 1)
-        hit = ckey[pos] == key
-        esum = np.where(hit, csum[pos], 0).astype(np.float64) / _ONE
-        epairs = np.where(hit, cpairs[pos], 0).astype(np.float64)
-        del key, ckey, pos, hit
+    if boundary > 0 and contrast is not None and contrast[0].size:
+        esum, epairs = _edge_contrasts(a, b, contrast, n, store or _rag.InMemory(), pause)
     # baatz_schape has no lower bound for large nodes: every node re-costs its edges
     giant = n + 1 if baatz else int(GIANT_DEGREE if giant_degree is None else giant_degree)
     it = np.dtype(np.int32 if 2 * n + 3 * a.size + 4096 < 2**31 else np.int64)
@@ -443,7 +435,7 @@ def build_hierarchy(count: np.ndarray, means: np.ndarray,
         ends[lo:hi, 2] = 0
     if isinstance(edges, list):
         edges.clear()
-    del edges, a, b, length  # the loop works on its own copies (a0, b0, elen)
+    del edges, a, b, length  # the loop works on its own copies (ends, elen)
     if before_loop is not None:
         before_loop()
     out_a, out_b, out_c, out_s, work = merge_loop(

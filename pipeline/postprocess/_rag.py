@@ -447,6 +447,12 @@ def _grown(a, used):  # pragma: no cover - compiled
     return b
 
 
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _lh_room(s):  # pragma: no cover - compiled
+    """Entries a heap of ``s`` entries gets when it grows or is repacked."""
+    return 2 * s + 16
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _lh_block(gi, size, keep, giants):  # pragma: no cover - compiled
     """Give large node ``gi``'s heap a block of ``size`` entries, its first ``keep`` copied.
@@ -490,7 +496,7 @@ def _lh_repack(giants, AK, AE, at, lo, hi, limit):  # pragma: no cover - compile
         if HK[gi].size == 0:  # absorbed by another large node
             continue
         s = hsize[gi]
-        size = 2 * s + 16
+        size = _lh_room(s)
         K = AK[p:p + size]
         E = AE[p:p + size]
         K[:s] = HK[gi][:s]
@@ -509,7 +515,7 @@ def _lh_live(giants, lo, hi):  # pragma: no cover - compiled
     total = 0
     for gi in range(lo, hi):
         if HK[gi].size > 0:
-            total += 2 * hsize[gi] + 16
+            total += _lh_room(hsize[gi])
     return total
 
 
@@ -518,7 +524,7 @@ def _lh_push(gi, key, lo, hi, e, st, giants):  # pragma: no cover - compiled
     HK, HE, hsize = giants[0], giants[1], giants[2]
     s = hsize[gi]
     if s == HK[gi].size:
-        _lh_block(gi, 2 * s + 16, s, giants)
+        _lh_block(gi, _lh_room(s), s, giants)
     K = HK[gi]
     E = HE[gi]
     K[s] = key

@@ -107,7 +107,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
         boundary=cfg.boundary, ssq=ssq, contrast=contrast,
         bbox=leaf_stats.bbox() if cfg.criterion == "baatz_schape" else None,
         before_loop=lambda: drop_pages(*inputs),
-        consume=True,  # the means, ssq and boxes are made for it
+        consume=True,  # the ssq and boxes are made for it
         store=store,
         pause=None if store is None else store.keep_under(cfg.resident_mib << 20, *edges))
     release_freed_memory()  # the merge loop's graph
