@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -231,6 +232,83 @@ def test_loop_pauses_after_merges_that_look_at_many_edges(tmp_path, monkeypatch)
     for f in ("child_a", "child_b", "cost", "size"):
         np.testing.assert_array_equal(getattr(got, f), getattr(want, f), f)
     assert len(pauses) > 1500  # about one a merge while the centre has 256 edges or more
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(2, 9), st.integers(2, 9), st.integers(0, 2**31 - 1), st.integers(1, 4))
+def test_loop_dropping_pages_inside_merges_merges_as_in_memory(tmp_path, monkeypatch, h, w,
+                                                               seed, giant):
+    """With a budget of nothing, the loop drops its pages itself every few edges looked
+    at, inside merges (``_rag._keep``), besides its pauses: the data stays in the
+    files, so the hierarchy is the same, bit for bit (a range advised that is not the
+    store's would read back as zeros)."""
+    from pipeline.postprocess import _rag
+    from pipeline.postprocess._bounded import Paged
+
+    rng = np.random.default_rng(seed)
+    n = h * w
+    a, b = _grid_graph(h, w, diagonal=True)
+    count = rng.integers(1, 20, n)
+    means = rng.integers(0, 4, (n, 2)).astype(float)
+    args = (a, b, rng.integers(0, 3, a.size))
+    want = build_hierarchy(count, means, args, giant_degree=giant)
+    monkeypatch.setattr(_rag, "STEP", 64)
+    monkeypatch.setattr(_rag, "POOL_SPARE", 0)
+    monkeypatch.setattr(_rag, "HEAP_ARENA", 16)
+    monkeypatch.setattr(_rag, "KEEP_EVERY", 1)
+    store = Paged(tmp_path / f"keep-{seed}", random=True)
+    pause = store.keep_under(0)
+    got = build_hierarchy(count, means, args, giant_degree=giant, store=store, pause=pause)
+    for f in ("child_a", "child_b", "cost", "size"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f), f)
+    if Path("/proc/self/statm").exists():
+        assert pause.drops > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+def test_the_loop_drops_its_pages_itself_past_the_budget(tmp_path, monkeypatch):
+    """Inside one merge no pause comes (a region with millions of neighbours re-anchors
+    its heap, reading the graph at random): the compiled loop reads the process's
+    file-backed memory every ``KEEP_EVERY`` edges and drops the store's pages past the
+    budget. Touching a whole 64 MiB array at random then holds about the budget, and
+    the data stays; without a ``keep`` it holds the array."""
+    import numba
+
+    from pipeline.postprocess import _rag
+    from pipeline.postprocess._bounded import Paged
+
+    @numba.njit
+    def touch(a, order, graph):
+        s = 0
+        for i in order:
+            s += a[i]
+            _rag._keep(graph)  # as the loop does for every edge it looks at
+        return s
+
+    def file_rss() -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                    if x.startswith("RssFile:"))
+        return int(line.split()[1]) * 1024
+
+    store = Paged(tmp_path, random=True)
+    a = store.full("a", (8 << 20,), np.int64, 1)  # 64 MiB, written a slice at a time
+    order = np.random.default_rng(0).permutation(a.size)[:200_000]
+    none = tuple(x.copy() for x in _rag._KEEP_NONE)
+    touch(a, order[:1], (0,) * 9 + (none,))  # compiled first: its libraries' pages
+    held = {}
+    for name, inside in (("no keep", False), ("keep", True)):
+        pause = store.keep_under(8 << 20)
+        keep = pause.keep if inside else tuple(x.copy() for x in _rag._KEEP_NONE)
+        keep[0][3] = keep[0][4] = 64
+        store.release()
+        floor = file_rss()
+        assert touch(a, order, (0,) * 9 + (keep,)) == order.size
+        held[name] = file_rss() - floor
+        if inside:
+            assert pause.drops > 0
+    assert held["no keep"] > 48 << 20, held
+    assert held["keep"] < (8 << 20) + 64 * (64 << 10), held
 
 
 def test_cut_numbers_regions_by_first_pixel():

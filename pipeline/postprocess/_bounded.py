@@ -33,6 +33,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import mmap
+import os
+import sys
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +160,65 @@ def bounded_tasks(tasks: SegmentTasks, spill: Path, width: int) -> BoundedTasks:
     return BoundedTasks(local, tasks, spill, int(width))
 
 
+#: mappings whose pages the merge loop drops itself (beyond: only between its steps)
+_MAX_REGIONS = 1024
+
+
+def _shared_bytes() -> int | None:
+    """Return the file-backed memory this process holds (``/proc/self/statm``), or None."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
+        return None
+
+
+def _mapping(a: np.ndarray) -> mmap.mmap | None:
+    """Return the mapping of a :class:`Paged` array (None for an array in memory)."""
+    base: Any = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer's base: the mapping exports it
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
+
+
+class KeepUnder:
+    """Drops the pages a :class:`Paged` store's arrays hold once they are many (a call).
+
+    ``keep``: the same for the merge loop's compiled code, ``(state, buffer, regions)``
+    (see ``_rag._keep``): it reads ``/proc/self/statm`` through an open descriptor.
+    """
+
+    def __init__(self, store: Paged, budget: int, also: Sequence[np.ndarray]) -> None:
+        self.store = store
+        self.budget = budget
+        self.also = also
+        self.base = _shared_bytes()
+        fd = -1
+        if sys.platform.startswith("linux") and self.base is not None:
+            fd = os.open("/proc/self/statm", os.O_RDONLY)
+            weakref.finalize(self, os.close, fd)
+        buf = np.zeros(128, np.uint8)
+        # the merge loop sets how often it reads (``_rag.KEEP_EVERY``)
+        state = np.array([fd, budget, self.base or 0, 1, 1, 0, mmap.PAGESIZE,
+                          buf.ctypes.data], np.int64)
+        self.keep = (state, buf, store.regions)
+
+    @property
+    def drops(self) -> int:
+        """How many times the merge loop dropped the pages inside a step."""
+        return int(self.keep[0][5])
+
+    def __call__(self) -> None:
+        now = _shared_bytes()
+        if now is not None and self.base is not None:
+            self.base = min(self.base, now)
+        if now is None or self.base is None or now - self.base > self.budget:
+            self.store.release()
+            drop_pages(*self.also)
+
+
 class Paged:
     """File-backed arrays in a directory, whose pages this process drops on request.
 
@@ -172,6 +234,11 @@ class Paged:
         self.random = random
         self._maps: dict[str, mmap.mmap] = {}
         self._row_bytes: dict[str, int] = {}
+        self._also: list[mmap.mmap] = []
+        # (address, length) of every mapping, row 0 their count: for the merge loop,
+        # which drops their pages itself inside a merge (``_rag._keep``); kept current
+        # as arrays come and go, so that it never advises a range no longer ours
+        self.regions = np.zeros((_MAX_REGIONS + 1, 2), np.int64)
 
     def empty(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """Return a new array of zeros, backed by ``<directory>/<name>.bin``."""
@@ -188,7 +255,17 @@ class Paged:
             mm.madvise(mmap.MADV_RANDOM)
         self._maps[name] = mm
         self._row_bytes[name] = nbytes // max(shape[0], 1) if shape else nbytes
+        self._sync()
         return np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)
+
+    def _sync(self) -> None:
+        """Write the mappings' ``(address, length)`` into :attr:`regions`."""
+        maps = (list(self._maps.values()) + self._also)[:_MAX_REGIONS]
+        for r, mm in enumerate(maps, start=1):
+            view = np.frombuffer(mm, np.uint8)  # the mapping's first byte
+            self.regions[r] = view.ctypes.data, len(mm)
+            del view
+        self.regions[0, 0] = len(maps)
 
     def full(self, name: str, shape: tuple[int, ...], dtype: Any, value: Any) -> np.ndarray:
         """Return a new array filled with ``value`` (a slice at a time)."""
@@ -218,7 +295,7 @@ class Paged:
             if stop > start:
                 mm.madvise(advice, start, stop - start)
 
-    def keep_under(self, budget: int, *also: np.ndarray) -> Callable[[], None]:
+    def keep_under(self, budget: int, *also: np.ndarray) -> KeepUnder:
         """Return a call that drops the pages this process touched, once they are many.
 
         Many: this process's file-backed memory is ``budget`` bytes above the least
@@ -227,27 +304,15 @@ class Paged:
         file-backed arrays whose pages go at the same time.
         For a loop that touches its arrays at random (region merging): dropping them
         at every step would fault every page in again, keeping them all would hold
-        the arrays in memory.
+        the arrays in memory. The call's ``keep`` lets the merge loop do the same
+        inside a merge (``_rag._keep``).
         """
-        def shared() -> int | None:
-            try:
-                with open("/proc/self/statm", "rb") as f:
-                    return int(f.read().split()[2]) * mmap.PAGESIZE
-            except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
-                return None
-
-        base = shared()
-
-        def pause() -> None:
-            nonlocal base
-            now = shared()
-            if now is not None and base is not None:
-                base = min(base, now)
-            if now is None or base is None or now - base > budget:
-                self.release()
-                drop_pages(*also)
-
-        return pause
+        for a in also:
+            mm = _mapping(a)
+            if mm is not None and all(mm is not m for m in self._also):
+                self._also.append(mm)
+        self._sync()
+        return KeepUnder(self, budget, also)
 
     def hold(self, stats: SegmentStats, prefix: str) -> SegmentStats:
         """Return ``stats`` with its per-segment fields in files (``<prefix>.<field>``).
@@ -272,6 +337,7 @@ class Paged:
         """Forget an array (its views must be gone) and delete its file."""
         self._maps.pop(name, None)
         self._row_bytes.pop(name, None)
+        self._sync()
         (self.directory / f"{name}.bin").unlink(missing_ok=True)
 
     def slices(self, total: int, step: int = STEP) -> Iterator[tuple[int, int]]:
@@ -694,13 +760,9 @@ def drop_pages(*arrays: np.ndarray) -> None:
     """
     advice = getattr(mmap, "MADV_DONTNEED", None)
     for a in arrays:
-        base: Any = a
-        while isinstance(base, np.ndarray) and base.base is not None:
-            base = base.base
-        if isinstance(base, memoryview):  # np.frombuffer's base: the mapping exports it
-            base = base.obj
-        if isinstance(base, mmap.mmap) and advice is not None:
-            base.madvise(advice)
+        mm = _mapping(a)
+        if mm is not None and advice is not None:
+            mm.madvise(advice)
 
 
 class _ContactWindows:

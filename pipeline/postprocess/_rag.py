@@ -54,6 +54,7 @@ micro-benchmark.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -78,6 +79,69 @@ POOL_SPARE = 1024
 #: entries of the large nodes' heaps' arena beyond four times what they hold, with a
 #: store that is not memory (tests set it low to repack often)
 HEAP_ARENA = 1 << 16
+#: edges looked at between two readings of the process's file-backed memory, inside
+#: the loop (see :func:`_keep`)
+KEEP_EVERY = 256
+
+
+# -- dropping pages inside the loop ------------------------------------------------------
+# A merge of the largest regions (re-anchoring a heap of millions of entries) reads the
+# graph at random for seconds: the caller's pause cannot come in the middle of it. So the
+# loop itself reads, every ``KEEP_EVERY`` edges looked at, how much file-backed memory the
+# process holds (``/proc/self/statm``), and drops its pages (``madvise(MADV_DONTNEED)``)
+# once that is ``budget`` above its floor, as the caller's pause does between steps.
+# ``keep`` = ``(state, buffer, regions)``: ``state`` = [statm file descriptor (-1: never
+# drop), budget, floor (bytes), edges until the next reading, KEEP_EVERY, drops done, page
+# size, the buffer's address]; ``regions``: row 0 ``[count, 0]``, then ``(address,
+# length)`` of every mapping whose pages go (the store keeps it current).
+# Written by hand: numba binds neither call; both are declared by name, looked up in the
+# process when the code loads (the cache stays valid), and exist on Linux only.
+
+_KEEP_NONE = (np.array([-1, 0, 0, 1 << 62, 1 << 62, 0, 0, 0], np.int64),
+              np.zeros(1, np.uint8), np.zeros((1, 2), np.int64))
+
+if sys.platform.startswith("linux"):
+    _madvise = types.ExternalFunction(
+        "madvise", types.int32(types.intp, types.intp, types.int32))
+    _pread = types.ExternalFunction(
+        "pread", types.intp(types.int32, types.intp, types.intp, types.intp))
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def _keep_now(keep):  # pragma: no cover - compiled
+        state, buf, regions = keep
+        state[3] = state[4]
+        if state[0] < 0:
+            return
+        got = _pread(np.int32(state[0]), state[7], buf.size, 0)
+        field = 0
+        pages = 0
+        for r in range(got):  # "size resident shared ...": the third, in pages
+            ch = buf[r]
+            if ch == 32:
+                field += 1
+                if field == 3:
+                    break
+            elif field == 2:
+                pages = pages * 10 + (ch - 48)
+        now = pages * state[6]
+        state[2] = min(state[2], now)
+        if now - state[2] > state[1]:
+            for r in range(1, regions[0, 0] + 1):
+                _madvise(regions[r, 0], regions[r, 1], 4)  # MADV_DONTNEED
+            state[5] += 1
+else:  # pragma: no cover - not Linux: the caller's pauses alone drop pages
+    @numba.njit(cache=True, nogil=True)
+    def _keep_now(keep):
+        keep[0][3] = keep[0][4]
+
+
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _keep(graph):  # pragma: no cover - compiled
+    """Count an edge looked at; every ``KEEP_EVERY``, drop the pages if they are many."""
+    state = graph[9][0]
+    state[3] -= 1
+    if state[3] <= 0:
+        _keep_now(graph[9])
 
 
 class Store(Protocol):
@@ -268,6 +332,7 @@ def _block(u, graph):  # pragma: no cover - compiled
     s = start[u]
     m = 0
     for r in range(length[u]):
+        _keep(graph)
         k = pool[s + r]
         if ea[k] >= 0:
             pool[s + m] = k
@@ -295,6 +360,7 @@ def _find_edge(u, t, graph):  # pragma: no cover - compiled
     start, length, pool, ea, eb = graph[0], graph[1], graph[3][0], graph[4], graph[5]
     s = start[u]
     for r in range(length[u]):
+        _keep(graph)
         k = pool[s + r]
         if ea[k] >= 0 and ea[k] + eb[k] - u == t:
             return k
@@ -556,13 +622,15 @@ def _lh_pop(gi, giants):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _lh_compact(gi, giants, ea, stamp):  # pragma: no cover - compiled
+def _lh_compact(gi, giants, graph):  # pragma: no cover - compiled
     """Drop the entries that no longer stand for a live edge as it is."""
     HK, HE, hsize = giants[0], giants[1], giants[2]
+    ea, stamp = graph[4], graph[7]
     K = HK[gi]
     E = HE[gi]
     s = 0
     for r in range(hsize[gi]):
+        _keep(graph)
         k = E[r, 2]
         if ea[k] >= 0 and stamp[k] == E[r, 3]:
             K[s] = K[r]
@@ -607,7 +675,7 @@ def _bound(u, h, k, nodes, anchor, budget):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _enter(u, h, k, c, nodes, lab, graph, giants, anchor, budget, gidx):  # pragma: no cover
     """Give large node ``u`` an entry for its edge ``k`` to ``h`` (exact cost ``c``, or nan)."""
-    ea, deg, stamp = graph[4], graph[6], graph[7]
+    deg, stamp = graph[6], graph[7]
     gi = gidx[u]
     if gidx[h] >= 0:  # two large nodes: re-costed whenever either changes
         key = c if c == c else _pair_cost(u, h, k, nodes, lab)
@@ -615,7 +683,7 @@ def _enter(u, h, k, c, nodes, lab, graph, giants, anchor, budget, gidx):  # prag
         key = _bound(u, h, k, nodes, anchor, budget)
     _lh_push(gi, key, min(lab[u], lab[h]), max(lab[u], lab[h]), k, stamp[k], giants)
     if giants[2][gi] > 2 * deg[u] + 64:  # stale entries at most as many as live ones
-        _lh_compact(gi, giants, ea, stamp)
+        _lh_compact(gi, giants, graph)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -664,6 +732,7 @@ def _settle(u, nodes, lab, graph, giants, anchor, budget, gidx, best, blist, pop
     bhi = 0
     npop = 0
     while hsize[gi] > 0:
+        _keep(graph)
         K = HK[gi]
         E = HE[gi]
         k = E[0, 2]
@@ -777,6 +846,7 @@ def _reanchor(u, nodes, lab, graph, giants, anchor, budget, gidx, step, stats):
     stats[2] += 1
     stats[3] += nb.shape[0]
     for r in range(nb.shape[0]):
+        _keep(graph)
         h = nb[r, 0]
         k = nb[r, 1]
         key = _pair_cost(u, h, k, nodes, lab) if gidx[h] >= 0 else \
@@ -895,7 +965,7 @@ def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, g
     merge may need more room in the pool than is left (``pend[2]`` entries): the
     caller repacks it into a new one (:func:`_repack`) and calls again.
     """
-    start, length, cap, P, ea, eb, deg, stamp, pend = graph
+    start, length, cap, P, ea, eb, deg, stamp, pend = graph[:9]
     cnt, mu, ssq, per, blo, bhi, elen, esum, epair, baatz = nodes[:10]
     best_c, best_n, best_e = best[0], best[1], best[2]
     HK, HE, hsize = giants[0], giants[1], giants[2]
@@ -984,6 +1054,7 @@ def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, g
         touched = np.empty((nbs.shape[0], 3), np.int64)  # neighbour, edge, rewired
         nt = 0
         for r in range(nbs.shape[0]):
+            _keep(graph)
             h = nbs[r, 0]
             k = nbs[r, 1]
             if h == big:
@@ -1061,6 +1132,7 @@ def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, g
                                        gidx, best, blist, popk, pope, stats)
         else:  # a large node: only the moved edges and those to large nodes
             for r in range(nt):
+                _keep(graph)
                 h = touched[r, 0]
                 k = touched[r, 1]
                 if gidx[h] >= 0:
@@ -1091,6 +1163,7 @@ def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, g
             stats[6] += gl.size
             stats[7] += nt
             for r in range(gl.size):
+                _keep(graph)
                 k = gl[r]
                 h = eb[k] if ea[k] == big else ea[k]
                 stamp[k] += 1
@@ -1141,7 +1214,8 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     and ``pause()`` is called after every ``step`` nodes or edges, or ``step / 256``
     merges or ``step / 16`` edges looked at in merges (each touches pages all over the
     graph; the run
-    drops the pages it touched there). The merges are the same either way.
+    drops the pages it touched there). A pause with a ``keep`` (see :func:`_keep`) also
+    drops them inside a merge. The merges are the same either way.
     Returns ``(child_a, child_b, cost, size, work)``: per merge (0-based node IDs), and
     counters of the work done (for the debug log).
     """
@@ -1186,7 +1260,10 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
         _fill(ea, eb, start, length, P[0], lo, hi)
     pend = np.array([2 * ne, 0, 0], np.int64)  # the pool's end, its unused entries, need
     stamp = alloc("stamp", (ne,), it, 0) if stamp is None else stamp
-    graph = (start, length, cap, P, ea, eb, deg, stamp, pend)
+    # the caller's pause may also drop pages inside a merge (:func:`_keep`)
+    keep = getattr(pause, "keep", None) or tuple(x.copy() for x in _KEEP_NONE)
+    keep[0][3] = keep[0][4] = KEEP_EVERY
+    graph = (start, length, cap, P, ea, eb, deg, stamp, pend, keep)
     best = (reals[:, 0], col["best_n"], col["best_e"], col["best_lo"], col["best_hi"])
     heap = alloc("heap", (n,), it)
     pos = col["pos"]

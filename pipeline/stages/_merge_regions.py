@@ -85,6 +85,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     assert cfg is not None and leaves.edges is not None
     t = time.perf_counter()
     store = None if graph_files is None else Paged(graph_files, random=True)
+    pause = None
     contrast = None
     if cfg.boundary > 0:
         with ctx.timings.stage("merge_contrast"):
@@ -101,6 +102,8 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     # bounded by chunks, the leaves' statistics (and the contrasts) are file-backed:
     # their pages are dropped before the loop, not held in it
     inputs = [getattr(leaf_stats, f) for f in STAT_FIELDS] + list(contrast or ())
+    if store is not None:  # the loop drops the pages past the budget, inside merges too
+        pause = store.keep_under(cfg.resident_mib << 20, *edges)
     hierarchy = build_hierarchy(
         leaf_stats.count, leaf_stats.means(), edges,
         criterion=cfg.criterion, shape=cfg.shape, compactness=cfg.compactness,
@@ -109,7 +112,7 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
         before_loop=lambda: drop_pages(*inputs),
         consume=True,  # the ssq and boxes are made for it
         store=store,
-        pause=None if store is None else store.keep_under(cfg.resident_mib << 20, *edges))
+        pause=pause)
     release_freed_memory()  # the merge loop's graph
     k = hierarchy.n_merges(cfg.regions, cfg.threshold)
     region, n_regions = cut_hierarchy(hierarchy, k)
@@ -120,6 +123,8 @@ def region_merge(ctx: RunContext, model: Any, leaves: Any, leaf_raster: xr.DataA
     log.info("merge: %d leaves, %d merges (%s, graph in %s), %d regions",
              leaves.n_segments, k, cfg.criterion, "memory" if store is None else "files",
              n_regions)
+    if pause is not None:
+        log.debug("merge: the loop dropped its pages %d times inside its steps", pause.drops)
     return MergedRegions(hierarchy, region, regions, k, cfg.criterion, seconds, model,
                          "memory" if store is None else "files")
 
