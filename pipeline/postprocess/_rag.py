@@ -18,7 +18,8 @@ lean on large graphs (millions of leaves, as on noise):
   every array the graph needs comes from the store, the large nodes' heaps included
   (blocks of an arena that is repacked into a new one between steps), and the loop
   pauses after a number of nodes, edges or merges, or of edges looked at by merges,
-  so that the caller can drop the pages it touched.
+  so that the caller can drop the pages it touched; inside a merge (the largest
+  regions' look at millions of edges), it drops them itself (:func:`_keep`).
 - **Time**: each node keeps its best neighbour, and an indexed heap of the nodes orders
   them by it. A region with thousands of neighbours that absorbs small ones one by one
   (on noise, Ward's merging grows such regions: 10,848 neighbours among 141 k leaves)
