@@ -269,9 +269,9 @@ def test_loop_dropping_pages_inside_merges_merges_as_in_memory(tmp_path, monkeyp
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
 def test_the_loop_drops_its_pages_itself_past_the_budget(tmp_path, monkeypatch):
     """Inside one merge no pause comes (a region with millions of neighbours re-anchors
-    its heap, reading the graph at random): the compiled loop reads the process's
-    file-backed memory every ``KEEP_EVERY`` edges and drops the store's pages past the
-    budget. Touching a whole 64 MiB array at random then holds about the budget, and
+    its heap, reading the graph at random): each compiled loop over edges reads the
+    process's file-backed memory every ``KEEP_EVERY`` edges and drops the store's pages
+    past the budget. Touching a whole 64 MiB array at random then holds about the budget, and
     the data stays; without a ``keep`` it holds the array."""
     import numba
 
@@ -281,9 +281,10 @@ def test_the_loop_drops_its_pages_itself_past_the_budget(tmp_path, monkeypatch):
     @numba.njit
     def touch(a, order, graph):
         s = 0
-        for i in order:
-            s += a[i]
-            _rag._keep(graph)  # as the loop does for every edge it looks at
+        mask = _rag._keep_mask(graph)
+        for r in range(order.size):
+            s += a[order[r]]
+            _rag._keep(graph, r, mask)  # as the loop does for every edge it looks at
         return s
 
     def file_rss() -> int:
@@ -300,7 +301,7 @@ def test_the_loop_drops_its_pages_itself_past_the_budget(tmp_path, monkeypatch):
     for name, inside in (("no keep", False), ("keep", True)):
         pause = store.keep_under(8 << 20)
         keep = pause.keep if inside else tuple(x.copy() for x in _rag._KEEP_NONE)
-        keep[0][3] = keep[0][4] = 64
+        keep[0][4] = 63  # a reading every 64 touches
         store.release()
         floor = file_rss()
         assert touch(a, order, (0,) * 9 + (keep,)) == order.size

@@ -200,7 +200,7 @@ class KeepUnder:
             fd = os.open("/proc/self/statm", os.O_RDONLY)
             weakref.finalize(self, os.close, fd)
         buf = np.zeros(128, np.uint8)
-        # the merge loop sets how often it reads (``_rag.KEEP_EVERY``)
+        # the merge loop sets how often it reads (``_rag.KEEP_EVERY - 1``, a mask)
         state = np.array([fd, budget, self.base or 0, 1, 1, 0, mmap.PAGESIZE,
                           buf.ctypes.data], np.int64)
         self.keep = (state, buf, store.regions)

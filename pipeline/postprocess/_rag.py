@@ -62,6 +62,7 @@ from typing import Any, Protocol
 import numba
 import numpy as np
 from numba import types
+from numba.extending import overload
 from numba.typed import List
 
 __all__ = ["GIANT_DEGREE", "merge_loop"]
@@ -80,25 +81,28 @@ POOL_SPARE = 1024
 #: entries of the large nodes' heaps' arena beyond four times what they hold, with a
 #: store that is not memory (tests set it low to repack often)
 HEAP_ARENA = 1 << 16
-#: edges looked at between two readings of the process's file-backed memory, inside
-#: the loop (see :func:`_keep`)
+#: edges looked at by one loop between two readings of the process's file-backed
+#: memory, inside a merge (see :func:`_keep`; a power of two)
 KEEP_EVERY = 256
 
 
 # -- dropping pages inside the loop ------------------------------------------------------
 # A merge of the largest regions (re-anchoring a heap of millions of entries) reads the
-# graph at random for seconds: the caller's pause cannot come in the middle of it. So the
-# loop itself reads, every ``KEEP_EVERY`` edges looked at, how much file-backed memory the
+# graph at random for seconds: the caller's pause cannot come in the middle of it. So each
+# loop over edges reads, every ``KEEP_EVERY`` edges, how much file-backed memory the
 # process holds (``/proc/self/statm``), and drops its pages (``madvise(MADV_DONTNEED)``)
 # once that is ``budget`` above its floor, as the caller's pause does between steps.
 # ``keep`` = ``(state, buffer, regions)``: ``state`` = [statm file descriptor (-1: never
-# drop), budget, floor (bytes), edges until the next reading, KEEP_EVERY, drops done, page
-# size, the buffer's address]; ``regions``: row 0 ``[count, 0]``, then ``(address,
-# length)`` of every mapping whose pages go (the store keeps it current).
+# drop), budget, floor (bytes), unused, KEEP_EVERY - 1, drops done, page size, the
+# buffer's address]; ``regions``: row 0 ``[count, 0]``, then ``(address, length)`` of
+# every mapping whose pages go (the store keeps it current). A loop tests its index
+# against the mask (a counter in memory, written at every edge, cost the in-memory loop
+# 20 %).
 # Written by hand: numba binds neither call; both are declared by name, looked up in the
 # process when the code loads (the cache stays valid), and exist on Linux only.
 
-_KEEP_NONE = (np.array([-1, 0, 0, 1 << 62, 1 << 62, 0, 0, 0], np.int64),
+# a keep that never drops (the loop without one compiles without the readings)
+_KEEP_NONE = (np.array([-1, 0, 0, 0, (1 << 62) - 1, 0, 0, 0], np.int64),
               np.zeros(1, np.uint8), np.zeros((1, 2), np.int64))
 
 if sys.platform.startswith("linux"):
@@ -110,7 +114,6 @@ if sys.platform.startswith("linux"):
     @numba.njit(cache=True, nogil=True, error_model="numpy")
     def _keep_now(keep):  # pragma: no cover - compiled
         state, buf, regions = keep
-        state[3] = state[4]
         if state[0] < 0:
             return
         got = _pread(np.int32(state[0]), state[7], buf.size, 0)
@@ -133,16 +136,37 @@ if sys.platform.startswith("linux"):
 else:  # pragma: no cover - not Linux: the caller's pauses alone drop pages
     @numba.njit(cache=True, nogil=True)
     def _keep_now(keep):
-        keep[0][3] = keep[0][4]
+        pass
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
-def _keep(graph):  # pragma: no cover - compiled
-    """Count an edge looked at; every ``KEEP_EVERY``, drop the pages if they are many."""
-    state = graph[9][0]
-    state[3] -= 1
-    if state[3] <= 0:
-        _keep_now(graph[9])
+def _keep_mask(graph):  # pragma: no cover - compiled through its overload
+    """``KEEP_EVERY - 1``: a loop calls :func:`_keep` when its index ANDs to it."""
+
+
+def _keep(graph, r, mask):  # pragma: no cover - compiled through its overload
+    """At every ``KEEP_EVERY``-th edge ``r`` of a loop, drop the pages if they are many.
+
+    Compiled apart for a graph with a ``keep`` (a tenth member) and one without (in
+    memory): there it is nothing. A ``keep`` in every graph cost the in-memory loop
+    20 % (three more arrays passed, and counted, at every call).
+    """
+
+
+@overload(_keep_mask, inline="always")
+def _keep_mask_impl(graph):  # pragma: no cover - compiled
+    if len(graph) > 9:
+        return lambda graph: graph[9][0][4]
+    return lambda graph: 0
+
+
+@overload(_keep, inline="always")
+def _keep_impl(graph, r, mask):  # pragma: no cover - compiled
+    if len(graph) > 9:
+        def keep(graph, r, mask):
+            if (r & mask) == mask:
+                _keep_now(graph[9])
+        return keep
+    return lambda graph, r, mask: None
 
 
 class Store(Protocol):
@@ -332,8 +356,9 @@ def _block(u, graph):  # pragma: no cover - compiled
     start, length, ea, pool = graph[0], graph[1], graph[4], graph[3][0]
     s = start[u]
     m = 0
+    mask = _keep_mask(graph)
     for r in range(length[u]):
-        _keep(graph)
+        _keep(graph, r, mask)
         k = pool[s + r]
         if ea[k] >= 0:
             pool[s + m] = k
@@ -360,8 +385,9 @@ def _find_edge(u, t, graph):  # pragma: no cover - compiled
     """Return the live edge between ``u`` and ``t`` (-1: none), looking through ``u``'s."""
     start, length, pool, ea, eb = graph[0], graph[1], graph[3][0], graph[4], graph[5]
     s = start[u]
+    mask = _keep_mask(graph)
     for r in range(length[u]):
-        _keep(graph)
+        _keep(graph, r, mask)
         k = pool[s + r]
         if ea[k] >= 0 and ea[k] + eb[k] - u == t:
             return k
@@ -630,8 +656,9 @@ def _lh_compact(gi, giants, graph):  # pragma: no cover - compiled
     K = HK[gi]
     E = HE[gi]
     s = 0
+    mask = _keep_mask(graph)
     for r in range(hsize[gi]):
-        _keep(graph)
+        _keep(graph, r, mask)
         k = E[r, 2]
         if ea[k] >= 0 and stamp[k] == E[r, 3]:
             K[s] = K[r]
@@ -732,8 +759,11 @@ def _settle(u, nodes, lab, graph, giants, anchor, budget, gidx, best, blist, pop
     blo = 0
     bhi = 0
     npop = 0
+    mask = _keep_mask(graph)
+    looked = 0
     while hsize[gi] > 0:
-        _keep(graph)
+        looked += 1
+        _keep(graph, looked, mask)
         K = HK[gi]
         E = HE[gi]
         k = E[0, 2]
@@ -846,8 +876,9 @@ def _reanchor(u, nodes, lab, graph, giants, anchor, budget, gidx, step, stats):
     nb = _gather(u, graph)
     stats[2] += 1
     stats[3] += nb.shape[0]
+    mask = _keep_mask(graph)
     for r in range(nb.shape[0]):
-        _keep(graph)
+        _keep(graph, r, mask)
         h = nb[r, 0]
         k = nb[r, 1]
         key = _pair_cost(u, h, k, nodes, lab) if gidx[h] >= 0 else \
@@ -986,6 +1017,7 @@ def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, g
     pope = np.empty(64, np.int64)
     m = mstate[0]
     w0 = _work(stats)
+    mask = _keep_mask(graph)
     while hsz[0] > 0:
         if m - mstate[0] == limit or _work(stats) - w0 >= wlimit:
             break
@@ -1055,7 +1087,7 @@ def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, g
         touched = np.empty((nbs.shape[0], 3), np.int64)  # neighbour, edge, rewired
         nt = 0
         for r in range(nbs.shape[0]):
-            _keep(graph)
+            _keep(graph, r, mask)
             h = nbs[r, 0]
             k = nbs[r, 1]
             if h == big:
@@ -1133,7 +1165,7 @@ def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, g
                                        gidx, best, blist, popk, pope, stats)
         else:  # a large node: only the moved edges and those to large nodes
             for r in range(nt):
-                _keep(graph)
+                _keep(graph, r, mask)
                 h = touched[r, 0]
                 k = touched[r, 1]
                 if gidx[h] >= 0:
@@ -1164,7 +1196,7 @@ def _merges(n, limit, wlimit, mstate, graph, nodes, lab, best, heap, pos, hsz, g
             stats[6] += gl.size
             stats[7] += nt
             for r in range(gl.size):
-                _keep(graph)
+                _keep(graph, r, mask)
                 k = gl[r]
                 h = eb[k] if ea[k] == big else ea[k]
                 stamp[k] += 1
@@ -1262,9 +1294,12 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     pend = np.array([2 * ne, 0, 0], np.int64)  # the pool's end, its unused entries, need
     stamp = alloc("stamp", (ne,), it, 0) if stamp is None else stamp
     # the caller's pause may also drop pages inside a merge (:func:`_keep`)
-    keep = getattr(pause, "keep", None) or tuple(x.copy() for x in _KEEP_NONE)
-    keep[0][3] = keep[0][4] = KEEP_EVERY
-    graph = (start, length, cap, P, ea, eb, deg, stamp, pend, keep)
+    keep = getattr(pause, "keep", None)
+    graph: tuple = (start, length, cap, P, ea, eb, deg, stamp, pend)
+    if keep is not None:
+        assert KEEP_EVERY & (KEEP_EVERY - 1) == 0, "KEEP_EVERY: a power of two"
+        keep[0][4] = KEEP_EVERY - 1
+        graph = (*graph, keep)
     best = (reals[:, 0], col["best_n"], col["best_e"], col["best_lo"], col["best_hi"])
     heap = alloc("heap", (n,), it)
     pos = col["pos"]
