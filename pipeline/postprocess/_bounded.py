@@ -194,27 +194,30 @@ class KeepUnder:
         self.store = store
         self.budget = budget
         self.also = also
-        self.base = _shared_bytes()
+        base = _shared_bytes()
+        self.measured = base is not None
         fd = -1
-        if sys.platform.startswith("linux") and self.base is not None:
+        if sys.platform.startswith("linux") and base is not None:
             fd = os.open("/proc/self/statm", os.O_RDONLY)
             weakref.finalize(self, os.close, fd)
         buf = np.zeros(128, np.uint8)
-        # the merge loop sets how often it reads (``_rag.KEEP_EVERY - 1``, a mask)
-        state = np.array([fd, budget, self.base or 0, 1, 1, 0, mmap.PAGESIZE,
-                          buf.ctypes.data], np.int64)
+        # [descriptor, budget, floor, KEEP_EVERY - 1 (the merge loop sets it), drops,
+        # page size, the buffer's address]: the floor is one for both (``_rag._keep_now``)
+        state = np.array([fd, budget, base or 0, 0, 0, mmap.PAGESIZE, buf.ctypes.data],
+                         np.int64)
         self.keep = (state, buf, store.regions)
 
     @property
     def drops(self) -> int:
         """How many times the merge loop dropped the pages inside a step."""
-        return int(self.keep[0][5])
+        return int(self.keep[0][4])
 
     def __call__(self) -> None:
-        now = _shared_bytes()
-        if now is not None and self.base is not None:
-            self.base = min(self.base, now)
-        if now is None or self.base is None or now - self.base > self.budget:
+        now = _shared_bytes() if self.measured else None
+        state = self.keep[0]
+        if now is not None:
+            state[2] = min(int(state[2]), now)
+        if now is None or now - int(state[2]) > self.budget:
             self.store.release()
             drop_pages(*self.also)
 

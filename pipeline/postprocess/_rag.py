@@ -93,17 +93,13 @@ KEEP_EVERY = 256
 # process holds (``/proc/self/statm``), and drops its pages (``madvise(MADV_DONTNEED)``)
 # once that is ``budget`` above its floor, as the caller's pause does between steps.
 # ``keep`` = ``(state, buffer, regions)``: ``state`` = [statm file descriptor (-1: never
-# drop), budget, floor (bytes), unused, KEEP_EVERY - 1, drops done, page size, the
-# buffer's address]; ``regions``: row 0 ``[count, 0]``, then ``(address, length)`` of
-# every mapping whose pages go (the store keeps it current). A loop tests its index
-# against the mask (a counter in memory, written at every edge, cost the in-memory loop
-# 20 %).
+# drop), budget, floor (bytes; shared with the caller's pause), KEEP_EVERY - 1, drops
+# done, page size, the buffer's address]; ``regions``: row 0 ``[count, 0]``, then
+# ``(address, length)`` of every mapping whose pages go (the store keeps it current).
+# A loop tests its index against the mask (a counter in memory, written at every edge,
+# cost the in-memory loop 20 %).
 # Written by hand: numba binds neither call; both are declared by name, looked up in the
 # process when the code loads (the cache stays valid), and exist on Linux only.
-
-# a keep that never drops (the loop without one compiles without the readings)
-_KEEP_NONE = (np.array([-1, 0, 0, 0, (1 << 62) - 1, 0, 0, 0], np.int64),
-              np.zeros(1, np.uint8), np.zeros((1, 2), np.int64))
 
 if sys.platform.startswith("linux"):
     _madvise = types.ExternalFunction(
@@ -116,7 +112,7 @@ if sys.platform.startswith("linux"):
         state, buf, regions = keep
         if state[0] < 0:
             return
-        got = _pread(np.int32(state[0]), state[7], buf.size, 0)
+        got = _pread(np.int32(state[0]), state[6], buf.size, 0)
         field = 0
         pages = 0
         for r in range(got):  # "size resident shared ...": the third, in pages
@@ -127,12 +123,12 @@ if sys.platform.startswith("linux"):
                     break
             elif field == 2:
                 pages = pages * 10 + (ch - 48)
-        now = pages * state[6]
+        now = pages * state[5]
         state[2] = min(state[2], now)
         if now - state[2] > state[1]:
             for r in range(1, regions[0, 0] + 1):
                 _madvise(regions[r, 0], regions[r, 1], 4)  # MADV_DONTNEED
-            state[5] += 1
+            state[4] += 1
 else:  # pragma: no cover - not Linux: the caller's pauses alone drop pages
     @numba.njit(cache=True, nogil=True)
     def _keep_now(keep):
@@ -155,7 +151,7 @@ def _keep(graph, r, mask):  # pragma: no cover - compiled through its overload
 @overload(_keep_mask, inline="always")
 def _keep_mask_impl(graph):  # pragma: no cover - compiled
     if len(graph) > 9:
-        return lambda graph: graph[9][0][4]
+        return lambda graph: graph[9][0][3]
     return lambda graph: 0
 
 
@@ -1298,7 +1294,7 @@ def merge_loop(n: int, cnt: np.ndarray, mu: np.ndarray, ssq: np.ndarray, per: np
     graph: tuple = (start, length, cap, P, ea, eb, deg, stamp, pend)
     if keep is not None:
         assert KEEP_EVERY & (KEEP_EVERY - 1) == 0, "KEEP_EVERY: a power of two"
-        keep[0][4] = KEEP_EVERY - 1
+        keep[0][3] = KEEP_EVERY - 1
         graph = (*graph, keep)
     best = (reals[:, 0], col["best_n"], col["best_e"], col["best_lo"], col["best_hi"])
     heap = alloc("heap", (n,), it)
