@@ -14,7 +14,7 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
+from _bounded_steps import bounded_leaves, resolve_bounded, resolve_in_memory, tasks_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.ndimage import zoom
@@ -25,43 +25,25 @@ from pipeline.postprocess import (
     relabel_segments,
     resolve_segments,
     segment_table,
-    segment_tasks,
 )
 
 
-def _tasks(classes: np.ndarray, feats: np.ndarray, chunks: tuple[int, int],
-           min_px: int | None, conn: int, nodata: int | None) -> tuple[xr.DataArray, object]:
-    labels = xr.DataArray(classes, dims=("y", "x")).chunk({"y": chunks[0], "x": chunks[1]})
-    if nodata is not None:
-        labels = labels.rio.write_nodata(nodata)
-    features = xr.DataArray(feats, dims=("band", "y", "x")).chunk(
-        {"band": -1, "y": chunks[0], "x": chunks[1]})
-    return labels, segment_tasks(labels, features, connectivity=conn, min_pixels=min_px)
-
-
 def in_memory(classes, feats, chunks, min_px, conn, nodata):
-    labels, tasks = _tasks(classes, feats, chunks, min_px, conn, nodata)
-    pieces, joins = dask.compute(tasks.pieces, tasks.joins, scheduler="sync")
-    index = resolve_segments(tasks, pieces, joins)
-    found = index.n_segments
-    if min_px is not None:
-        index = merge_small_segments(index, min_px)
+    labels, tasks = tasks_of(classes, feats, chunks, min_px, conn, nodata)
+    index, found = resolve_in_memory(tasks, min_px)
     return (relabel_segments(labels, index).values,
             segment_table(index.stats, feature_names=["a"]), found)
 
 
 def paged(classes, feats, chunks, min_px, conn, nodata, work: Path):
-    labels, tasks = _tasks(classes, feats, chunks, min_px, conn, nodata)
-    bt = bounded.bounded_tasks(tasks, work, classes.shape[1])
-    local, joins = dask.compute(bt.local, bt.joins, scheduler="sync")
+    labels, tasks = tasks_of(classes, feats, chunks, min_px, conn, nodata)
     parts: list[pd.DataFrame] = []
 
     def write(stats, first_id, n_segments, rows):
         parts.append(segment_table(stats, feature_names=["a"], n_segments=n_segments,
                                    ids=np.arange(first_id, first_id + rows)))
 
-    index = bounded.resolve_paged(bt, local, joins, bounded.Paged(work / "paged"),
-                                  min_pixels=min_px, n_similar=1, write_table=write)
+    bt, _, index = resolve_bounded(tasks, classes.shape, work, min_px, write)
     table = (pd.concat(parts, ignore_index=True) if parts else
              segment_table(bounded.empty_stats(bt), feature_names=["a"]))
     return relabel_segments(labels, index).values, table, index.n_found
@@ -218,30 +200,16 @@ def test_bounded_leaves_are_the_in_memory_leaves(tmp_path_factory, data, min_px,
     window of that many leaf IDs at a time (as for a merge with its graph in files)."""
     classes, feats, chunks, nodata = data
     every = 2**62
-    labels, tasks = _tasks(classes, feats, chunks, every, conn, nodata)
+    labels, tasks = tasks_of(classes, feats, chunks, every, conn, nodata)
     pieces, joins = dask.compute(tasks.pieces, tasks.joins, scheduler="sync")
     want = resolve_segments(tasks, pieces, joins)
     if min_px is not None:
         want = merge_small_segments(want, min_px, keep_edges=True)
     work = tmp_path_factory.mktemp("leaves")
-    bt = bounded.bounded_tasks(tasks, work, classes.shape[1])
-    local, joins = dask.compute(bt.local, bt.joins, scheduler="sync")
-    parts: list = []
-    index = bounded.resolve_paged(bt, local, joins, bounded.Paged(work / "paged"),
-                                  min_pixels=min_px, n_similar=1,
-                                  write_table=lambda stats, *_: parts.append(stats))
-    # the statistics file-backed, as a run with merge has them
-    contacts = None if span is None else bounded.Paged(work / "merge")
-    old_span = bounded._ContactWindows.SPAN
-    bounded._ContactWindows.SPAN = span or old_span
-    try:
-        got = bounded.leaf_index(bt, joins, index, parts, bounded.Paged(work / "leaves"),
-                                 contacts)
-    finally:
-        bounded._ContactWindows.SPAN = old_span
-    assert got.n_segments == want.n_segments and not parts
+    got, contacts = bounded_leaves(tasks, classes.shape, work, min_px, span)
+    assert got.n_segments == want.n_segments
     if contacts is not None:  # the windows' files are gone, the contacts in files
-        assert sorted(p.name for p in contacts.directory.iterdir()) == \
+        assert sorted(p.name for p in contacts.iterdir()) == \
             ["contact_a.bin", "contact_b.bin", "contact_len.bin"]
     fields = ("klass", "first", "count", "rmin", "rmax", "cmin", "cmax", "hi", "lo")
     # their pages dropped (as before the merge loop), the values read back from the files

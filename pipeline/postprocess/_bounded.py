@@ -8,12 +8,13 @@ segments of 8192^2 noise took 13 GB. Here the same results come out of:
    pass that labels it). A piece that touches no face shared with another chunk is a
    whole segment. The chunk's pieces and contacts go to a spill file; only its
    *border pieces* (those on a shared face) and a count of the other pieces' first
-   pixels per row come back.
+   pixels per line come back (a line: one row of an image, one row of one slice of
+   a volume).
 2. **Joining the borders, here** (:func:`resolve_paged`): union-find over the face
    pairs joins the border pieces into segments (proportional to the borders).
-3. **Numbering**: every segment is numbered by its first pixel in raster order. The
-   number of first pixels per image row and chunk column gives each chunk the number
-   of segments before each of its rows; a chunk numbers its own segments from there.
+3. **Numbering**: every segment is numbered by its first pixel in raster (C) order.
+   The number of first pixels per line and chunk column gives each chunk the number
+   of segments before each of its lines; a chunk numbers its own segments from there.
 4. **The merge, paged**: the segments' statistics, their contacts (as adjacency rows)
    and the merge's working arrays are file-backed arrays (:class:`Paged`) filled one
    chunk at a time, and the merge (:func:`._merge.run_merge`, the same kernels and the
@@ -22,6 +23,10 @@ segments of 8192^2 noise took 13 GB. Here the same results come out of:
    this process drops the pages it touched (they stay in the operating system's
    file cache, or go to disk under memory pressure).
 5. **The table and the lookup tables**, written a slice of IDs (one chunk) at a time.
+
+Images ``(y, x)`` and volumes ``(z, y, x)`` alike: a volume's chunks have six faces
+(:class:`._segments3d.ChunkFaces`), its segments three more statistics
+(:data:`._resolve.VOLUME_FIELDS`), carried along as the others are.
 
 The process that coordinates holds the border pieces, one chunk's arrays and one slice
 of pages at a time; the merge itself is sequential (it is defined as a sequence: each
@@ -50,7 +55,6 @@ from scipy.sparse.csgraph import connected_components
 from ..compute import release_freed_memory
 from ._chunk_tasks import (
     KEY_SHIFT,
-    ChunkPieces,
     ChunkStrips,
     Joins,
     SegmentTasks,
@@ -59,8 +63,17 @@ from ._chunk_tasks import (
 )
 from ._contacts import _combine_kernel
 from ._kernels import _min_into, _reduce_add, _reduce_empty
+from ._kernels3d import _reduce_extra_add, _reduce_extra_empty
 from ._merge import _count_rows, _fill_rows, merge_arrays, run_merge
-from ._resolve import _LOW, STAT_FIELDS, ChunkedIds, SegmentIndex, SegmentStats, segment_dtype
+from ._resolve import (
+    _LOW,
+    STAT_FIELDS,
+    VOLUME_FIELDS,
+    ChunkedIds,
+    SegmentIndex,
+    SegmentStats,
+    segment_dtype,
+)
 
 __all__ = ["BoundedIndex", "LocalResult", "Paged", "bounded_tasks", "contrast_windows",
            "drop_pages", "resolve_paged"]
@@ -79,8 +92,9 @@ class LocalResult(NamedTuple):
     """What a chunk's local pass returns (the rest is in its spill file).
 
     ``border``: its border pieces (local labels - 1, ascending) and ``stats`` theirs
-    (:data:`STAT_FIELDS` order); ``head_rows``: the number of its other pieces (whole
-    segments) whose first pixel is in each of its rows; ``n_edges``: its contacts.
+    (:data:`STAT_FIELDS` order, then a volume's :data:`VOLUME_FIELDS`); ``head_rows``:
+    the number of its other pieces (whole segments) whose first pixel is in each of
+    its lines (C order); ``n_edges``: its contacts.
     """
 
     index: int  # type: ignore[assignment]  # a field shadowing tuple.index (the chunk)
@@ -96,32 +110,68 @@ def _spill_file(spill: Path | str, index: int, kind: str) -> Path:
         Path(spill) / f"{index}.pieces.npz"
 
 
-def _border_pieces(n: int, strips: ChunkStrips, faces: tuple[bool, bool, bool, bool]
-                   ) -> np.ndarray:
+def _stat_fields(pieces: Any) -> tuple[str, ...]:
+    """Return the statistics a chunk's pieces carry (a volume's add :data:`VOLUME_FIELDS`)."""
+    return STAT_FIELDS + (VOLUME_FIELDS if hasattr(pieces, "zmin") else ())
+
+
+def _face_labels(faces: Any) -> list[np.ndarray]:
+    """Return a chunk's outer layers' local labels: first and last along each axis.
+
+    ``faces``: a :class:`ChunkStrips` (an image's chunk) or a
+    :class:`._segments3d.ChunkFaces` (a volume's).
+    """
+    if isinstance(faces, ChunkStrips):
+        return [faces.top, faces.bottom, faces.left, faces.right]
+    return [layer for axis in faces.labels for layer in axis]
+
+
+def _border_pieces(n: int, faces: Any, shared: Sequence[bool]) -> np.ndarray:
     """Mask of the pieces on the chunk's faces shared with another chunk."""
     border = np.zeros(n, dtype=np.bool_)
-    for labels, shared in zip((strips.top, strips.bottom, strips.left, strips.right), faces,
-                              strict=True):
-        if shared:
+    for labels, on in zip(_face_labels(faces), shared, strict=True):
+        if on:
             labels = np.asarray(labels)
             border[labels[labels > 0].astype(np.int64) - 1] = True
     return border
 
 
-def _local_pass(pieces: ChunkPieces, strips: ChunkStrips,
-                faces: tuple[bool, bool, bool, bool], y0: int, height: int, width: int,
-                spill: str) -> LocalResult:
-    """On a worker: spill the chunk's pieces; return its border pieces and head counts."""
+def _local_lines(first: np.ndarray, origin: Sequence[int], size: Sequence[int],
+                 shape: Sequence[int]) -> np.ndarray:
+    """Index of each first pixel's line within its chunk (C order over all axes but x).
+
+    ``first``: flat indices into ``shape``; ``origin``, ``size``: the chunk's.
+    """
+    lead = np.unravel_index(np.asarray(first, np.int64) // shape[-1], tuple(shape[:-1]))
+    return np.ravel_multi_index(tuple(c - o for c, o in zip(lead, origin[:-1], strict=True)),
+                                tuple(size[:-1])).astype(np.int64)
+
+
+def _local_pass(pieces: Any, faces: Any, shared: tuple[bool, ...], origin: tuple[int, ...],
+                size: tuple[int, ...], shape: tuple[int, ...], spill: str) -> LocalResult:
+    """On a worker: spill the chunk's pieces; return its border pieces and head counts.
+
+    ``shared``: whether each face (first and last along each axis) is shared with
+    another chunk; ``origin``, ``size``: the chunk's; ``shape``: the class map's.
+    """
     n = int(pieces.count.size)
-    border = _border_pieces(n, strips, faces)
-    arrays: dict[str, Any] = {f: np.asarray(getattr(pieces, f))
-                              for f in STAT_FIELDS + _EDGE_FIELDS}
-    np.savez(_spill_file(spill, int(strips.index), "pieces"), border=border, **arrays)
+    border = _border_pieces(n, faces, shared)
+    fields = _stat_fields(pieces)
+    # a volume's extra statistics as int64, the type the paged arrays hold
+    arrays: dict[str, Any] = {f: np.asarray(getattr(pieces, f), np.int64)
+                              if f in VOLUME_FIELDS else np.asarray(getattr(pieces, f))
+                              for f in fields + _EDGE_FIELDS}
+    np.savez(_spill_file(spill, int(faces.index), "pieces"), border=border, **arrays)
     first = np.asarray(pieces.first, np.int64)
-    head_rows = np.bincount(first[~border] // width - y0, minlength=height).astype(np.int64)
-    return LocalResult(int(strips.index), n, int(pieces.edge_a.size), np.flatnonzero(border),
-                       tuple(np.asarray(getattr(pieces, f))[border] for f in STAT_FIELDS),
-                       head_rows)
+    head_rows = np.bincount(_local_lines(first[~border], origin, size, shape),
+                            minlength=int(np.prod(size[:-1]))).astype(np.int64)
+    return LocalResult(int(faces.index), n, int(pieces.edge_a.size), np.flatnonzero(border),
+                       tuple(arrays[f][border] for f in fields), head_rows)
+
+
+def _starts(chunks: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Each axis's chunk boundaries (``0``, then the cumulative sizes)."""
+    return [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks]
 
 
 @dataclass(frozen=True)
@@ -131,33 +181,58 @@ class BoundedTasks:
     local: list[Any] = field(repr=False)
     tasks: SegmentTasks = field(repr=False)
     spill: Path
-    width: int
+    #: the class map's shape, ``(y, x)`` or ``(z, y, x)``
+    shape: tuple[int, ...]
 
     @property
     def joins(self) -> list[Any]:
         """The join tasks (one per chunk)."""
         return self.tasks.joins
 
+    @property
+    def volume(self) -> bool:
+        """Whether the segments are a volume's (they carry :data:`VOLUME_FIELDS`)."""
+        return len(self.shape) == 3
 
-def bounded_tasks(tasks: SegmentTasks, spill: Path, width: int) -> BoundedTasks:
+    def cells(self, c: int) -> tuple[slice | int, ...]:
+        """Chunk ``c``'s cells in an array over (lines..., chunk columns)."""
+        nb = tuple(len(x) for x in self.tasks.chunks)
+        idx = np.unravel_index(c, nb)
+        starts = _starts(self.tasks.chunks)
+        return (*(slice(int(starts[a][idx[a]]), int(starts[a][idx[a] + 1]))
+                  for a in range(len(nb) - 1)), int(idx[-1]))
+
+    def origin_size(self, c: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Chunk ``c``'s origin and size, one per axis."""
+        nb = tuple(len(x) for x in self.tasks.chunks)
+        idx = np.unravel_index(c, nb)
+        starts = _starts(self.tasks.chunks)
+        return (tuple(int(starts[a][i]) for a, i in enumerate(idx)),
+                tuple(int(self.tasks.chunks[a][i]) for a, i in enumerate(idx)))
+
+
+def bounded_tasks(tasks: SegmentTasks, spill: Path, shape: Sequence[int]) -> BoundedTasks:
     """Return the local pass of every chunk of :func:`segment_tasks`' ``tasks`` (lazy).
 
     ``spill``: a directory (made here) every worker can write and this process read;
-    ``width``: the class map's width.
+    ``shape``: the class map's, ``(y, x)`` or ``(z, y, x)``.
     """
     # absolute: workers may run in another directory (a cluster on a shared disk)
     spill = Path(spill).resolve()
     spill.mkdir(parents=True, exist_ok=True)
-    ys = np.concatenate([[0], np.cumsum(tasks.chunks[0])])
-    ny, nx = len(tasks.chunks[0]), len(tasks.chunks[1])
+    shape = tuple(int(x) for x in shape)
+    if len(shape) != len(tasks.chunks) or len(tasks.strips) != len(tasks.pieces):
+        raise ValueError(f"bounded segments need the chunks' faces and the class map's shape "
+                         f"(got shape {shape} for {len(tasks.chunks)}-D chunks)")
+    nb = tuple(len(x) for x in tasks.chunks)
+    bt = BoundedTasks([], tasks, spill, shape)
     task = dask.delayed(_local_pass, pure=True)
-    local = []
-    for c, (p, s) in enumerate(zip(tasks.pieces, tasks.strips, strict=True)):
-        i, j = divmod(c, nx)
-        faces = (i > 0, i < ny - 1, j > 0, j < nx - 1)
-        local.append(task(p, s, faces, int(ys[i]), int(tasks.chunks[0][i]), int(width),
-                          str(spill)))
-    return BoundedTasks(local, tasks, spill, int(width))
+    for c, (idx, p, f) in enumerate(zip(np.ndindex(*nb), tasks.pieces, tasks.strips,
+                                        strict=True)):
+        shared = tuple(x for a, i in enumerate(idx) for x in (i > 0, i < nb[a] - 1))
+        origin, size = bt.origin_size(c)
+        bt.local.append(task(p, f, shared, origin, size, shape, str(spill)))
+    return bt
 
 
 #: mappings whose pages the merge loop drops itself (beyond: only between its steps)
@@ -400,37 +475,36 @@ def _join_border(local: Sequence[LocalResult], joins: Sequence[Joins]
     return first, comp, [comp[start[c]:start[c + 1]] for c in range(len(local))], piece
 
 
-def _head_starts(chunks: tuple[tuple[int, ...], ...], width: int,
-                 local: Sequence[LocalResult], border_first: np.ndarray) -> np.ndarray:
-    """Segments whose first pixel comes before each (image row, chunk column).
+def _head_starts(bt: BoundedTasks, local: Sequence[LocalResult], border_first: np.ndarray
+                 ) -> np.ndarray:
+    """Segments whose first pixel comes before each (line, chunk column).
 
-    ``start[r, j]``: in raster order, the number of segments that start before row
-    ``r``'s part in chunk column ``j``.
+    ``start[*line, j]`` (lines over all axes but x): in raster order, the number of
+    segments that start before that line's part in chunk column ``j``.
     """
-    ys = np.concatenate([[0], np.cumsum(chunks[0])])
-    xs = np.concatenate([[0], np.cumsum(chunks[1])])
-    nx = len(chunks[1])
-    heads = np.zeros((int(ys[-1]), nx), dtype=np.int64)
+    xs = _starts(bt.tasks.chunks)[-1]
+    heads = np.zeros((*bt.shape[:-1], len(bt.tasks.chunks[-1])), dtype=np.int64)
     for r in local:
-        i, j = divmod(r.index, nx)
-        heads[ys[i]:ys[i + 1], j] += r.head_rows
-    row, col = border_first // width, border_first % width
-    np.add.at(heads, (row, np.searchsorted(xs, col, side="right") - 1), 1)
+        cells = bt.cells(r.index)
+        heads[cells] += r.head_rows.reshape(heads[cells].shape)
+    coords = np.unravel_index(border_first, bt.shape)
+    np.add.at(heads, (*coords[:-1], np.searchsorted(xs, coords[-1], side="right") - 1), 1)
     flat = heads.ravel()
     return (np.cumsum(flat) - flat).reshape(heads.shape)
 
 
-def _number(firsts: np.ndarray, start: np.ndarray, y0: int, width: int) -> np.ndarray:
-    """IDs of the segments whose first pixels (distinct) are ``firsts``, all of one chunk.
+def _number(firsts: np.ndarray, start: np.ndarray, bt: BoundedTasks, c: int) -> np.ndarray:
+    """IDs of the segments whose first pixels (distinct) are ``firsts``, all of chunk ``c``.
 
-    ``start``: :func:`_head_starts` for the chunk's rows and column. A segment's ID is
-    one more than the number of segments before its row's part, plus its rank within it.
+    ``start``: :func:`_head_starts` for the chunk's lines (C order) and column. A
+    segment's ID is one more than the number of segments before its line's part, plus
+    its rank within it.
     """
     order = np.argsort(firsts, kind="stable")
-    rows = firsts[order] // width - y0
-    within = np.arange(order.size) - np.searchsorted(rows, rows, side="left")
+    lines = _local_lines(firsts[order], *bt.origin_size(c), bt.shape)
+    within = np.arange(order.size) - np.searchsorted(lines, lines, side="left")
     ids = np.empty(order.size, dtype=np.int64)
-    ids[order] = start[rows] + within + 1
+    ids[order] = start[lines] + within + 1
     return ids
 
 
@@ -448,29 +522,27 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
     Returns the index whose lookup tables (one file per chunk) relabel the class map.
     """
     spill = bt.spill
-    nx = len(bt.tasks.chunks[1])
-    ys = np.concatenate([[0], np.cumsum(bt.tasks.chunks[0])])
-    xs = np.concatenate([[0], np.cumsum(bt.tasks.chunks[1])])
     n_chunks = len(local)
-    width = bt.width
     border_first, comp, border_seg, piece = _join_border(local, joins)
-    start = _head_starts(bt.tasks.chunks, width, local, border_first)
+    start = _head_starts(bt, local, border_first)
     n_raw = int(sum(int(r.head_rows.sum()) for r in local) + border_first.size)
     # --- numbering: each chunk's own segments, then the border segments' IDs
-    row, col = border_first // width, border_first % width
-    chunk_of = (np.searchsorted(ys, row, side="right") - 1) * nx + \
-        np.searchsorted(xs, col, side="right") - 1
+    coords = np.unravel_index(border_first, bt.shape)
+    chunk_of = np.ravel_multi_index(
+        tuple(np.searchsorted(b, x, side="right") - 1
+              for b, x in zip(_starts(bt.tasks.chunks), coords, strict=True)),
+        tuple(len(x) for x in bt.tasks.chunks)) if border_first.size else border_first
+    del coords
     order = np.argsort(chunk_of, kind="stable")
     bounds = np.searchsorted(chunk_of[order], np.arange(n_chunks + 1))
     border_id = np.zeros(border_first.size, dtype=np.int64)
     raw_type = segment_dtype(n_raw)
     for c in range(n_chunks):
-        i, j = divmod(c, nx)
         with np.load(_spill_file(spill, c, "pieces")) as f:
             border, first = f["border"], f["first"]
         mine = order[bounds[c]:bounds[c + 1]]
         ids = _number(np.concatenate([first[~border], border_first[mine]]),
-                      start[ys[i]:ys[i + 1], j], int(ys[i]), width)
+                      start[bt.cells(c)].reshape(-1), bt, c)
         inner = int((~border).sum())
         border_id[mine] = ids[inner:]
         lut = np.zeros(border.size + 1, dtype=raw_type)
@@ -480,10 +552,13 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
     # --- the raw segments' statistics. A chunk's other pieces are whole segments,
     # written (not added to initialised rows), a window of IDs at a time
     # (:func:`_id_windows`); the border segments add up their pieces here (the local
-    # passes returned them) and are written last, in ID order.
-    nf = local[0].stats[-1].shape[1] if local else 0
+    # passes returned them) and are written last, in ID order. A volume's segments
+    # carry three more statistics (``extra``), kept alike.
+    nf = local[0].stats[8].shape[1] if local else 0
     raw = _paged_stats(paged, "raw", n_raw, nf, filled=False)
+    raw_x = _paged_extra(paged, "raw", n_raw, bt.volume, filled=False)
     border_stats: list[np.ndarray] = list(_reduce_empty(border_first.size, nf))
+    border_x = list(_reduce_extra_empty(border_first.size, 3)) if bt.volume else []
     for c in range(n_chunks):
         lut = np.load(_spill_file(spill, c, "raw"))
         with np.load(_spill_file(spill, c, "pieces")) as f:
@@ -493,26 +568,36 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
             inner = ~border
             ids = lut[1:][inner].astype(np.int64) - 1
             rows = [np.ascontiguousarray(f[k][inner]) for k in STAT_FIELDS]
+            extra = [f[k][inner] for k in VOLUME_FIELDS] if raw_x else []
         for at, window in _id_windows(ids):
             _put_rows(ids[at], *(r[at] for r in rows), *raw)
+            for x, out in zip(extra, raw_x, strict=True):
+                out[ids[at]] = x[at]
             paged.release(window)
-        _reduce_add(border_seg[c], *local[c].stats, *border_stats)
+        _reduce_add(border_seg[c], *local[c].stats[:9], *border_stats)
+        if border_x:
+            _reduce_extra_add(border_seg[c], *local[c].stats[9:], *border_x)
     by_id = np.argsort(border_id)
     sorted_ids = border_id[by_id]
     for s, e in paged.slices(n_raw):  # a slice of IDs (not of border segments) at a time
         at = by_id[np.searchsorted(sorted_ids, s + 1):np.searchsorted(sorted_ids, e + 1)]
         _put_rows(border_id[at] - 1, *(a[at] for a in border_stats), *raw)
-    del border_stats, by_id, sorted_ids
+        for x, out in zip(border_x, raw_x, strict=True):
+            out[border_id[at] - 1] = x[at]
+    del border_stats, border_x, by_id, sorted_ids
     n_found = n_raw
     if min_pixels is None:
         final_of = None
-        final, n_final = raw, n_raw
+        final, final_x, n_final = raw, raw_x, n_raw
     else:
         final_of, n_final, parent = _merge_paged(bt, local, joins, paged, raw, piece, comp,
                                                  border_id, min_pixels, n_similar)
         final = _paged_stats(paged, "final", n_final, nf)
+        final_x = _paged_extra(paged, "final", n_final, bt.volume)
         for s, e in paged.slices(n_raw):
             _reduce_add(final_of[s:e] - 1, *(a[s:e] for a in raw), *final)
+            if final_x:
+                _reduce_extra_add(final_of[s:e] - 1, *(a[s:e] for a in raw_x), *final_x)
         # a merged segment keeps the class of the segment merged into (its root)
         for s, e in paged.slices(n_raw):
             roots = np.flatnonzero(parent[s:e] == np.arange(s, e)) + s
@@ -522,6 +607,8 @@ def resolve_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequenc
         klass, first, count, rmin, rmax, cmin, cmax, hi, lo = (np.array(a[s:e]) for a in final)
         stats = SegmentStats(klass, first, count, rmin, rmax, cmin, cmax, hi, lo,
                              bt.tasks.sum_offset, bt.tasks.sum_scale)
+        if final_x:
+            stats.zmin, stats.zmax, stats.coord_sum = (np.array(a[s:e]) for a in final_x)
         write_table(stats, s + 1, n_final, e - s)
     # --- each chunk's lookup table: local label -> final ID
     dtype = segment_dtype(n_final)
@@ -583,6 +670,23 @@ def _paged_stats(paged: Paged, name: str, n: int, nf: int, filled: bool = True
             paged.full(f"{name}.cmax", (n,), np.int64, -1),
             paged.empty(f"{name}.hi", (n, nf), np.int64),
             paged.empty(f"{name}.lo", (n, nf), np.int64)]
+
+
+def _paged_extra(paged: Paged, name: str, n: int, volume: bool, filled: bool = True
+                 ) -> list[np.ndarray]:
+    """Return a volume's extra statistics of ``n`` segments, paged (none for an image's).
+
+    As ``_reduce_extra_empty``; ``filled=False``: not initialised.
+    """
+    if not volume:
+        return []
+    if not filled:
+        return [paged.empty(f"{name}.zmin", (n,), np.int64),
+                paged.empty(f"{name}.zmax", (n,), np.int64),
+                paged.empty(f"{name}.coord_sum", (n, 3), np.int64)]
+    return [paged.full(f"{name}.zmin", (n,), np.int64, _BIG),
+            paged.full(f"{name}.zmax", (n,), np.int64, -1),
+            paged.empty(f"{name}.coord_sum", (n, 3), np.int64)]
 
 
 def _merge_paged(bt: BoundedTasks, local: Sequence[LocalResult], joins: Sequence[Joins],
@@ -724,9 +828,12 @@ def empty_stats(bt: BoundedTasks) -> SegmentStats:
     """Statistics of no segment, in the units of ``bt``'s sums (an empty table)."""
     nf = np.asarray(bt.tasks.sum_offset).size
     none = np.empty(0, dtype=np.int64)
-    return SegmentStats(none, none, none, none, none, none, none,
-                        np.empty((0, nf), np.int64), np.empty((0, nf), np.int64),
-                        bt.tasks.sum_offset, bt.tasks.sum_scale)
+    stats = SegmentStats(none, none, none, none, none, none, none,
+                         np.empty((0, nf), np.int64), np.empty((0, nf), np.int64),
+                         bt.tasks.sum_offset, bt.tasks.sum_scale)
+    if bt.volume:
+        stats.zmin, stats.zmax, stats.coord_sum = none, none, np.empty((0, 3), np.int64)
+    return stats
 
 
 def concat_stats(bt: BoundedTasks, parts: Sequence[SegmentStats],
@@ -738,7 +845,7 @@ def concat_stats(bt: BoundedTasks, parts: Sequence[SegmentStats],
     and each slice's field is let go once copied.
     """
     stats = empty_stats(bt)
-    for f in STAT_FIELDS if parts else ():
+    for f in (STAT_FIELDS + (VOLUME_FIELDS if bt.volume else ())) if parts else ():
         if paged is None:
             setattr(stats, f, np.concatenate([getattr(p, f) for p in parts]))
             continue

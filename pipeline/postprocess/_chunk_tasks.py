@@ -235,7 +235,8 @@ class SegmentTasks:
     min_pixels: int | None
     sum_offset: np.ndarray
     sum_scale: np.ndarray
-    #: the chunks' :class:`ChunkStrips` (Delayed, row-major; 2-D only)
+    #: the chunks' :class:`ChunkStrips` (Delayed, row-major; a volume's
+    #: :class:`._segments3d.ChunkFaces`)
     strips: list[Any] = field(default_factory=list, repr=False)
 
     @property

@@ -46,8 +46,9 @@ import xarray as xr
 from . import _rag
 from ._chunk_tasks import _sum_by_pair
 from ._kernels import _reduce_add, _reduce_empty
+from ._kernels3d import _reduce_extra_add, _reduce_extra_empty
 from ._rag import BUDGET_STEPS, GIANT_DEGREE, Store, _ranges, merge_loop
-from ._resolve import STAT_FIELDS
+from ._resolve import STAT_FIELDS, VOLUME_FIELDS
 
 __all__ = ["CONTRAST_BITS", "Hierarchy", "build_hierarchy", "contrast_files",
            "contrast_tasks", "cut_hierarchy", "leaf_perimeters", "majority_class",
@@ -532,16 +533,21 @@ def region_stats(stats: Any, region: np.ndarray, n_regions: int) -> Any:
     from ._resolve import SegmentStats
 
     group = np.asarray(region, dtype=np.int64) - 1
-    if stats.zmin is not None:  # volumes (in memory)
-        out = stats.reduce(group, n_regions)
-    else:  # a slice of leaves at a time: file-backed statistics are not all read at once
-        fields = [getattr(stats, f) for f in STAT_FIELDS]
-        acc = _reduce_empty(int(n_regions), fields[-1].shape[1])
-        for s in range(0, group.size, _rag.STEP):
-            e = min(s + _rag.STEP, group.size)
-            _reduce_add(group[s:e], *(x[s:e] for x in fields), *acc)  # type: ignore[call-arg]
-            drop_pages(*fields)
-        out = SegmentStats(*acc, stats.sum_offset, stats.sum_scale)
+    # a slice of leaves at a time: file-backed statistics are not all read at once
+    fields = [getattr(stats, f) for f in STAT_FIELDS]
+    extra = [] if stats.zmin is None else [getattr(stats, f) for f in VOLUME_FIELDS]
+    acc = _reduce_empty(int(n_regions), fields[-1].shape[1])
+    acc_x: Any = _reduce_extra_empty(int(n_regions), 3) if extra else ()
+    for s in range(0, group.size, _rag.STEP):
+        e = min(s + _rag.STEP, group.size)
+        _reduce_add(group[s:e], *(x[s:e] for x in fields), *acc)  # type: ignore[call-arg]
+        if extra:  # a volume's z extents and coordinate sums
+            _reduce_extra_add(group[s:e], *(np.asarray(x[s:e], np.int64) for x in extra),
+                              *acc_x)
+        drop_pages(*fields, *extra)
+    out = SegmentStats(*acc, stats.sum_offset, stats.sum_scale)
+    if extra:
+        out.zmin, out.zmax, out.coord_sum = acc_x
     out.klass = majority_class(stats.klass, stats.count, group, n_regions)
     return out
 

@@ -74,8 +74,6 @@ def relabel_segments(labels: xr.DataArray, index: SegmentIndex | BoundedIndex
     if data.ndim == 3:
         from ._segments3d import relabel_volume
 
-        if not isinstance(index, SegmentIndex):
-            raise TypeError("a volume's segments are relabelled from a SegmentIndex")
         out = relabel_volume(data, index, nodata)
         return _segment_array(labels, out)
     blocks = data.to_delayed(optimize_graph=False)

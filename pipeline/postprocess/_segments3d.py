@@ -32,6 +32,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ._bounded import BoundedIndex
 from ._chunk_tasks import (
     Joins,
     SegmentTasks,
@@ -225,7 +226,8 @@ def volume_tasks(labels: xr.DataArray, features: xr.DataArray | None, prep: _Pre
                   rank, min_pixels is not None)
              for idx in np.ndindex(*nb)]
     return SegmentTasks(pieces, joins, data.chunks, connectivity, min_pixels,
-                        *_sum_units(len(band_index), integer_sums, off, scl))
+                        *_sum_units(len(band_index), integer_sums, off, scl),
+                        strips=[faces[idx] for idx in np.ndindex(*nb)])
 
 
 def _relabel_block3(classes: np.ndarray, lut: np.ndarray, nodata: int | None, rank: int
@@ -235,7 +237,8 @@ def _relabel_block3(classes: np.ndarray, lut: np.ndarray, nodata: int | None, ra
     return paint_volume(runs, np.shape(classes), lut)
 
 
-def relabel_volume(data: da.Array, index: SegmentIndex, nodata: int | None) -> da.Array:
+def relabel_volume(data: da.Array, index: SegmentIndex | BoundedIndex, nodata: int | None
+                   ) -> da.Array:
     """Segment IDs of every voxel, lazily, one task (and one lookup table) per chunk."""
     rank = RANKS[index.connectivity]
     dtype = index.dtype

@@ -103,8 +103,8 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
 
     ``spill``: a directory the workers and this process share. With it, the segments
     of an image are resolved with memory bounded by chunks (:func:`bounded_segments`;
-    with ``merge``, :func:`bounded_leaves`): the same segments, merge and table.
-    Without it, and for volumes, they are resolved in memory.
+    with ``merge``, :func:`bounded_leaves`): the same segments, merge and table,
+    images and volumes alike. Without it, they are resolved in memory.
     """
     config, opened = ctx.config, ctx.opened
     pp = config.postprocess
@@ -136,7 +136,7 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
     tasks = segment_tasks(labels, summed, bands=bands,
                           connectivity=pp.segments.for_ndim(geometry.ndim),
                           min_pixels=contacts, offset=offset, scale=scale)
-    if spill is not None and not geometry.is_volume:  # bounded by chunks
+    if spill is not None:  # bounded by chunks
         if pp.merge is None:
             return bounded_segments(ctx, model, tasks, rasters, spill, min_px, n_features,
                                     along, after_pass, read_back, t)
@@ -147,8 +147,8 @@ def segments_stage(ctx: RunContext, model: Any, rasters: dict[str, xr.DataArray]
                          t if along is None else t_resolve, spill / "merge" if files else None),
             spill=spill)
     if pp.merge is not None and pp.merge.graph == "files":
-        log.warning("postprocess.merge.graph: files needs segments bounded by chunks (2-D, "
-                    "workers that see the staging directory): the graph stays in memory")
+        log.warning("postprocess.merge.graph: files needs segments bounded by chunks "
+                    "(workers that see the staging directory): the graph stays in memory")
     pieces, joins = _summary_pass(labels.ndim, along, after_pass, tasks.pieces, tasks.joins)
     check_memory(sum(p.count.size for p in pieces), contacts is not None)
     t_resolve = time.perf_counter()
@@ -223,7 +223,7 @@ def bounded_segments(ctx: RunContext, model: Any, tasks: Any,
 
     geometry, timings = ctx.opened.geometry, ctx.timings
     labels = rasters["labels"]
-    transform = labels.rio.transform()
+    transform = None if geometry.is_volume else labels.rio.transform()
     bt, local, joins = _bounded_pass(tasks, spill, labels, along, after_pass)
     t_resolve = time.perf_counter()
     table_file = spill / "segments.parquet"
@@ -270,11 +270,11 @@ def _bounded_pass(tasks: Any, spill: Path, labels: xr.DataArray, along: Any,
     """
     from ..postprocess._bounded import bounded_tasks
 
-    bt = bounded_tasks(tasks, spill, int(labels.shape[-1]))
-    local, joins = _summary_pass(2, along, after_pass, bt.local, bt.joins)
+    bt = bounded_tasks(tasks, spill, labels.shape)
+    local, joins = _summary_pass(labels.ndim, along, after_pass, bt.local, bt.joins)
     check_spill_space(spill, sum(r.n_pieces for r in local),
                       sum(r.n_edges for r in local) + sum(j.edge_a.size for j in joins),
-                      int(np.asarray(tasks.sum_offset).size))
+                      int(np.asarray(tasks.sum_offset).size), labels.ndim)
     return bt, list(local), list(joins)
 
 
@@ -346,17 +346,19 @@ def _free_space(path: Path) -> int:
     return int(shutil.disk_usage(path).free)
 
 
-def check_spill_space(spill: Path, n_pieces: int, n_contacts: int, n_features: int) -> None:
+def check_spill_space(spill: Path, n_pieces: int, n_contacts: int, n_features: int,
+                      ndim: int = 2) -> None:
     """Refuse, in one line, segments whose file-backed arrays the disk cannot hold.
 
     The bounded resolver keeps about ``200 + 40 * features`` bytes per raw segment
-    and 20 per contact in files under ``spill`` (the staging directory): its memory is
-    bounded, its scratch space is not. Where that exceeds the free space, the run
+    (a volume's 80 more: its z extent and coordinate sums, twice) and 20 per contact in
+    files under ``spill`` (the staging directory): its memory is bounded, its scratch
+    space is not. Where that exceeds the free space, the run
     stops with a :class:`~pipeline.errors.ResourceError` (exit 2) before writing them.
     """
     from ..errors import ResourceError
 
-    need = n_pieces * (200 + 40 * n_features) + n_contacts * 20
+    need = n_pieces * (200 + 40 * n_features + (80 if ndim == 3 else 0)) + n_contacts * 20
     free = _free_space(spill)
     if need > free:
         raise ResourceError(
