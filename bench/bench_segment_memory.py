@@ -9,6 +9,7 @@ is the client process here: the threaded scheduler)::
     python bench/bench_segment_memory.py                      # 2048 and 4096
     python bench/bench_segment_memory.py --sizes 4096 8192 --modes min_size
     python bench/bench_segment_memory.py --baseline-rev 181e39f  # and the in-memory resolver
+    python bench/bench_segment_memory.py --volume --sizes 256 384 --modes min_size
 
 Modes: ``segments`` (no minimum size), ``min_size`` (16 pixels), ``merge``
 (``min_size`` 16 then ward merging to 1000 regions), ``merge_files`` (the same with
@@ -20,6 +21,9 @@ in memory) on the same input, each run in its own process, and prints the ratios
 Segments and ``min_size`` are bounded by chunks (peak RSS flat in the image size);
 region merging (``merge``) holds the leaves' graph in memory where it fits in half the
 memory available, ``merge_files`` a fixed part of it (RESULTS 11e, 11f).
+With ``--volume``, the sizes are a cube's side: single-band noise volumes ``(z, y, x)``
+(a Zarr store of 128^3 chunks, the default chunk of a volume), 6-connected segments
+(the most of them), the outputs in Zarr.
 Before the measured runs, each source and mode runs once on 512^2 noise (not
 recorded): the compiled kernels are then in numba's cache, so that no measured run
 pays for compiling them (seconds, and a few hundred MiB of the peak).
@@ -71,6 +75,32 @@ def noise(size: int) -> Path:
     return path
 
 
+def noise_volume(size: int) -> Path:
+    """A ``size``^3 uint8 noise volume ``(band, z, y, x)`` in Zarr (128^3 chunks), made once."""
+    import numpy as np
+    import zarr
+
+    path = OUT / "segment-memory" / f"noise{size}.zarr"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_suffix(".part.zarr")
+    side = min(size, 128)
+    arr = zarr.open_array(str(part), mode="w", shape=(1, size, size, size),
+                          chunks=(1, side, side, side), dtype="uint8")
+    rng = np.random.default_rng(11)
+    for z in range(0, size, side):
+        arr[0, z:z + side] = rng.integers(0, 256, (min(side, size - z), size, size),
+                                          dtype=np.uint8)
+    part.rename(path)
+    return path
+
+
+def _volume_modes() -> dict:
+    """:data:`MODES` for volumes: 6-connected segments (8 is an image's)."""
+    return {m: {**pp, "segments": {"connectivity": 6}} for m, pp in MODES.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096])
@@ -78,20 +108,24 @@ def main() -> None:
                     default=["segments", "min_size", "merge"])
     ap.add_argument("--baseline-rev", metavar="REV",
                     help="also run tileseg as committed at REV (git archive of pipeline/)")
+    ap.add_argument("--volume", action="store_true",
+                    help="noise volumes: the sizes are a cube's side")
     args = ap.parse_args()
+    make, dims = (noise_volume, 3) if args.volume else (noise, 2)
     work = OUT / "segment-memory"
     sources: dict[str, Path | None] = {"tree": None}
     if args.baseline_rev:
         sources[f"rev {args.baseline_rev}"] = snapshot_pipeline(args.baseline_rev, work)[0]
     for mode in args.modes:  # numba's cache filled for each source: not measured
         for code in sources.values():
-            _run_one(work, noise(512), 512, mode, "warm-up", code)
+            _run_one(work, make(64 if args.volume else 512), 64 if args.volume else 512,
+                     mode, "warm-up", code, dims)
     rows = []
     for size in args.sizes:
-        src = noise(size)
+        src = make(size)
         for mode in args.modes:
             for label, code in sources.items():
-                row = _run_one(work, src, size, mode, label, code)
+                row = _run_one(work, src, size, mode, label, code, dims)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("\n| size | mode | tileseg | wall s | merge s | peak RSS MiB | segments found "
@@ -103,19 +137,25 @@ def main() -> None:
         ratio = "" if base is None or r is base or not base["wall_s"] else \
             f" ({r['wall_s'] / base['wall_s']:.2f}x time, " \
             f"{r['peak_rss_mib'] / max(base['peak_rss_mib'], 1):.2f}x RSS)"
-        print(f"| {r['size']}^2 | {r['mode']} | {r['source']}{ratio} | {r['wall_s']} | "
+        print(f"| {r['size']}^{dims} | {r['mode']} | {r['source']}{ratio} | {r['wall_s']} | "
               f"{r.get('merge_s', '-')} | {r['peak_rss_mib']} | {r.get('found', '-')} | "
               f"{r.get('segments', '-')} |")
-    (OUT / "segment-memory.json").write_text(json.dumps(rows, indent=2))
+    name = "segment-memory-volume.json" if args.volume else "segment-memory.json"
+    (OUT / name).write_text(json.dumps(rows, indent=2))
 
 
-def _run_one(work: Path, src: Path, size: int, mode: str, label: str, code: Path | None
-             ) -> dict:
-    """One ``tileseg run`` of ``mode`` on ``src`` in its own process (``code``: a snapshot)."""
-    tag = f"{mode}-{size}" + ("" if code is None else f"-{code.name}")
+def _run_one(work: Path, src: Path, size: int, mode: str, label: str, code: Path | None,
+             dims: int = 2) -> dict:
+    """One ``tileseg run`` of ``mode`` on ``src`` in its own process (``code``: a snapshot).
+
+    ``dims``: 3 for a volume (6-connected segments, Zarr outputs).
+    """
+    tag = f"{mode}-{size}" + ("" if dims == 2 else "-vol") + \
+        ("" if code is None else f"-{code.name}")
     cfg = {"input": str(src), "output": str(work / f"out-{tag}"),
            "features": ["bands"], "cluster": {"method": "kmeans", "k": 8, "seed": 0},
-           "formats": ["cog"], "postprocess": MODES[mode]}
+           "formats": ["cog"] if dims == 2 else ["zarr"],
+           "postprocess": (MODES if dims == 2 else _volume_modes())[mode]}
     cfg_path = work / f"{tag}.json"
     cfg_path.write_text(json.dumps(cfg))
     m = measure([sys.executable, "-m", "pipeline.cli", "run", str(cfg_path), "-q",

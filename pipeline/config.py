@@ -291,7 +291,7 @@ class MergeConfig(_Strict):
     # where the loop keeps the leaves' graph: in memory, or in files in the staging
     # directory of which it holds 256 MiB at a time (slower: its reads are random);
     # auto: files where it would take more than half the memory available. Files need
-    # segments bounded by chunks (2-D, workers that share the staging directory)
+    # segments bounded by chunks (workers that share the staging directory)
     graph: Literal["auto", "memory", "files"] = "auto"
     # with the graph in files: MiB of their pages the loop holds (a few steps' worth
     # past it) before it drops them; more is faster: fewer come back from the cache
