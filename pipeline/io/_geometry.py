@@ -170,11 +170,40 @@ class Geometry:
         """
         index = np.atleast_2d(np.asarray(index, dtype=np.float64))
         n = self.ndim
-        homog = np.zeros((index.shape[0], 4))
-        homog[:, :n] = index[:, ::-1]  # to (x, y[, z])
-        homog[:, 3] = 1.0
-        xyz = homog @ self.world_affine().T
-        return xyz[:, :n][:, ::-1]
+        a = self.world_affine()
+        out = np.empty((index.shape[0], n))
+        # element by element in a fixed order (not a matrix product, whose rounding
+        # may follow the number of rows): a row's bits do not depend on the others
+        for k in range(n):  # world axis k (x, y[, z]): column n - 1 - k
+            col = np.full(index.shape[0], a[k, 3])
+            for j in range(n):  # index axis j (x, y[, z]) is column n - 1 - j
+                col += a[k, j] * index[:, n - 1 - j]
+            out[:, n - 1 - k] = col
+        return out
+
+    def world_box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World boxes of index boxes: the extremes of :meth:`world` over their corners.
+
+        ``lo``, ``hi``: shape (n, ndim), (continuous) index corners in ``dims`` order.
+        The same values as :meth:`world` of all ``2^ndim`` corners, reduced, without
+        them: each world coordinate is a sum of one term per index axis added in a
+        fixed order, and rounding is monotone, so the extreme corner takes the
+        extreme term of every axis.
+        """
+        lo = np.atleast_2d(np.asarray(lo, dtype=np.float64))
+        hi = np.atleast_2d(np.asarray(hi, dtype=np.float64))
+        n = self.ndim
+        a = self.world_affine()
+        wmin, wmax = np.empty(lo.shape), np.empty(lo.shape)
+        for k in range(n):
+            small = np.full(lo.shape[0], a[k, 3])
+            large = small.copy()
+            for j in range(n):
+                t0, t1 = a[k, j] * lo[:, n - 1 - j], a[k, j] * hi[:, n - 1 - j]
+                small += np.minimum(t0, t1)
+                large += np.maximum(t0, t1)
+            wmin[:, n - 1 - k], wmax[:, n - 1 - k] = small, large
+        return wmin, wmax
 
     def decimated(self, factors: tuple[int, ...]) -> Geometry:
         """Return the geometry of every ``factors[i]``-th voxel along each dim (a level).

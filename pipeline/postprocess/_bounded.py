@@ -418,8 +418,12 @@ class Paged:
         self._sync()
         (self.directory / f"{name}.bin").unlink(missing_ok=True)
 
-    def slices(self, total: int, step: int = STEP) -> Iterator[tuple[int, int]]:
-        """``(start, stop)`` over ``0..total``, releasing the pages after each."""
+    def slices(self, total: int, step: int | None = None) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` over ``0..total``, releasing the pages after each.
+
+        ``step``: IDs a slice; :data:`STEP` (read at the call: tests set it low).
+        """
+        step = STEP if step is None else step
         for s in range(0, total, step):
             yield s, min(s + step, total)
             self.release()

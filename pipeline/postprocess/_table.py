@@ -68,12 +68,10 @@ def segment_table(
     if len(feature_names) != nf:
         raise ValueError(f"expected {nf} feature names, got {len(feature_names)}")
     if stats.ndim == 3:
-        if ids is not None:
-            raise ValueError("a volume's table is built whole (no ids=)")
         if transform is not None:
             raise ValueError("a volume's table takes geometry=, not a 2-D transform=")
-        return _with_means(_volume_columns(stats, geometry), stats, feature_names, offset,
-                           scale)
+        return _with_means(_volume_columns(stats, geometry, ids, n_segments), stats,
+                           feature_names, offset, scale)
     if transform is None and geometry is not None:
         transform = _transform_of(geometry)
     t = Affine.identity() if transform is None else transform
@@ -90,8 +88,7 @@ def segment_table(
         # extreme of the 4 corners, with 2 temporaries instead of 8)
         return pick(u * c0, u * c1) + pick(v * r0, v * r1) + w
     out: dict[str, Any] = {
-        "id": (np.arange(1, n + 1, dtype=segment_dtype(n)) if ids is None else
-               np.asarray(ids).astype(segment_dtype(n if n_segments is None else n_segments))),
+        "id": _ids(n, ids, n_segments),
         "class": stats.klass.astype(np.int64),
         "area_px": stats.count.astype(np.int64),
         "area": stats.count.astype(np.float64) * pixel,
@@ -132,7 +129,15 @@ def _world(geometry: Any, index: np.ndarray) -> np.ndarray:
     return index.astype(np.float64) if geometry is None else geometry.world(index)
 
 
-def _volume_columns(stats: SegmentStats, geometry: Any) -> dict[str, Any]:
+def _ids(n: int, ids: np.ndarray | None, n_segments: int | None) -> np.ndarray:
+    """Return the ``id`` column: ``1..n``, or ``ids`` (a slice of ``n_segments``' table)."""
+    if ids is None:
+        return np.arange(1, n + 1, dtype=segment_dtype(n))
+    return np.asarray(ids).astype(segment_dtype(n if n_segments is None else n_segments))
+
+
+def _volume_columns(stats: SegmentStats, geometry: Any, ids: np.ndarray | None = None,
+                    n_segments: int | None = None) -> dict[str, Any]:
     """Build the columns of a volume's table, before the feature means."""
     if geometry is not None and geometry.ndim != 3:
         raise ValueError(f"the segments are 3-D (z, y, x), the geometry has dims "
@@ -141,7 +146,7 @@ def _volume_columns(stats: SegmentStats, geometry: Any) -> dict[str, Any]:
     lo, hi = stats.bbox()
     voxel = 1.0 if geometry is None else float(geometry.voxel_size)
     out: dict[str, Any] = {
-        "id": np.arange(1, n + 1, dtype=segment_dtype(n)),
+        "id": _ids(n, ids, n_segments),
         "class": stats.klass.astype(np.int64),
         "voxels": stats.count.astype(np.int64),
         "volume": stats.count.astype(np.float64) * voxel,
@@ -149,12 +154,11 @@ def _volume_columns(stats: SegmentStats, geometry: Any) -> dict[str, Any]:
     for a, name in enumerate("zyx"):
         out[f"{name}_min"] = lo[:, a]
         out[f"{name}_max"] = hi[:, a]
-    # the 8 corners of every box, (8 * n, 3), in world coordinates
-    box = (lo - 0.5, hi + 0.5)
-    corners = np.concatenate([np.stack([box[c][:, a] for a, c in enumerate(pick)], axis=1)
-                              for pick in np.ndindex(2, 2, 2)]) if n else np.empty((0, 3))
-    world = _world(geometry, corners).reshape(8, n, 3)
-    wmin, wmax = world.min(axis=0), world.max(axis=0)
+    # the world box of the voxels' outer faces (the extremes of its 8 corners)
+    if geometry is None:
+        wmin, wmax = lo - 0.5, hi + 0.5
+    else:
+        wmin, wmax = geometry.world_box(lo - 0.5, hi + 0.5)
     for a, name in enumerate("zyx"):
         out[f"world_{name}_min"] = wmin[:, a]
         out[f"world_{name}_max"] = wmax[:, a]

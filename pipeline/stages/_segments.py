@@ -518,13 +518,13 @@ def split_squares(index: Any, n_features: int) -> tuple[Any, np.ndarray | None]:
 def table_of(stats: Any, model: Any, geometry: Geometry, transform: Any, **part: Any) -> Any:
     """segments.parquet's frame of ``stats`` (pixels and map units, or a volume's).
 
-    ``part``: ``ids`` and ``n_segments`` of :func:`segment_table` (2-D).
+    ``part``: ``ids`` and ``n_segments`` of :func:`segment_table` (a slice of the table).
     """
     from ..postprocess import segment_table
 
     if geometry.is_volume:
         return segment_table(stats, geometry=geometry, feature_names=model.feature_names,
-                             offset=model.mean, scale=model.scale)
+                             offset=model.mean, scale=model.scale, **part)
     return segment_table(stats, transform=transform, feature_names=model.feature_names,
                          offset=model.mean, scale=model.scale, **part)
 
