@@ -333,3 +333,14 @@ def test_a_model_fitted_on_one_volume_labels_another(tmp_path, volume_file):
     centres = np.asarray(fitted.model.class_centres())[:, 0]
     expected = np.abs(vol[..., None] - centres).argmin(-1) + 1
     assert (labels == expected).mean() > 0.999
+
+
+def test_cli_names_a_volume_in_voxels(tmp_path, volume_file):
+    p = tmp_path / "vol.yaml"
+    p.write_text(yaml.safe_dump({"input": str(volume_file), "output": str(tmp_path / "o"),
+                                 "formats": ["nifti"],
+                                 "cluster": {"k": 2, "seed": 0, "sample_size": 2000}}))
+    res = _cli("run", p)
+    assert res.exit_code == 0, res.output
+    # the volume is 20 x 40 x 48 (z, y, x): width, height, then depth
+    assert "segmented 48 x 40 x 20 voxels into 2 classes" in res.output

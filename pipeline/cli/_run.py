@@ -40,7 +40,10 @@ def run(config: str, overrides: tuple[str, ...], overwrite: bool, resume: bool,
                               progress=not quiet, resume=resume)
     if not quiet:
         r = result.report
-        click.echo(f"segmented {r['input']['width']} x {r['input']['height']} pixels into "
-                   f"{r['k']} classes in {r['timings_s']['total']:.1f} s")
+        i = r["input"]
+        size = f"{i['width']} x {i['height']} pixels" if i.get("depth") is None else \
+            f"{i['width']} x {i['height']} x {i['depth']} voxels"  # a volume: (x, y, z)
+        click.echo(f"segmented {size} into {r['k']} classes in "
+                   f"{r['timings_s']['total']:.1f} s")
         for p in result.outputs:
             click.echo(f"  {p}")
