@@ -35,6 +35,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from _harness import OUT, measure
 from run_bench import child_env, pipeline_env, snapshot_pipeline
@@ -51,28 +52,35 @@ MODES = {
 }
 
 
+def _made_once(name: str, write: Any) -> Path:
+    """``OUT/segment-memory/<name>``, written by ``write(partial path, rng)`` if missing."""
+    import numpy as np
+
+    path = OUT / "segment-memory" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f"part-{name}")
+        write(part, np.random.default_rng(11))
+        part.rename(path)
+    return path
+
+
 def noise(size: int) -> Path:
     """A ``size``^2 uint8 noise GeoTIFF (512-pixel DEFLATE tiles), made once."""
     import numpy as np
     import rasterio
     from rasterio.transform import from_origin
 
-    path = OUT / "segment-memory" / f"noise{size}.tif"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_suffix(".part.tif")
-    rng = np.random.default_rng(11)
-    rows = min(size, 1024)
-    with rasterio.open(part, "w", driver="GTiff", width=size, height=size, count=1,
-                       dtype="uint8", tiled=True, blockxsize=512, blockysize=512,
-                       compress="deflate", crs="EPSG:32633",
-                       transform=from_origin(500000, 5000000, 10, 10)) as ds:
-        for r in range(0, size, rows):
-            ds.write(rng.integers(0, 256, (1, rows, size), dtype=np.uint8),
-                     window=((r, r + rows), (0, size)))
-    part.rename(path)
-    return path
+    def write(part: Path, rng: Any) -> None:
+        rows = min(size, 1024)
+        with rasterio.open(part, "w", driver="GTiff", width=size, height=size, count=1,
+                           dtype="uint8", tiled=True, blockxsize=512, blockysize=512,
+                           compress="deflate", crs="EPSG:32633",
+                           transform=from_origin(500000, 5000000, 10, 10)) as ds:
+            for r in range(0, size, rows):
+                ds.write(rng.integers(0, 256, (1, rows, size), dtype=np.uint8),
+                         window=((r, r + rows), (0, size)))
+    return _made_once(f"noise{size}.tif", write)
 
 
 def noise_volume(size: int) -> Path:
@@ -80,20 +88,14 @@ def noise_volume(size: int) -> Path:
     import numpy as np
     import zarr
 
-    path = OUT / "segment-memory" / f"noise{size}.zarr"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_suffix(".part.zarr")
-    side = min(size, 128)
-    arr = zarr.open_array(str(part), mode="w", shape=(1, size, size, size),
-                          chunks=(1, side, side, side), dtype="uint8")
-    rng = np.random.default_rng(11)
-    for z in range(0, size, side):
-        arr[0, z:z + side] = rng.integers(0, 256, (min(side, size - z), size, size),
-                                          dtype=np.uint8)
-    part.rename(path)
-    return path
+    def write(part: Path, rng: Any) -> None:
+        side = min(size, 128)
+        arr = zarr.open_array(str(part), mode="w", shape=(1, size, size, size),
+                              chunks=(1, side, side, side), dtype="uint8")
+        for z in range(0, size, side):
+            arr[0, z:z + side] = rng.integers(0, 256, (min(side, size - z), size, size),
+                                              dtype=np.uint8)
+    return _made_once(f"noise{size}.zarr", write)
 
 
 def _volume_modes() -> dict:
