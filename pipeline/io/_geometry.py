@@ -169,17 +169,7 @@ class Geometry:
         reversed from RAS: the third, second and first world axes).
         """
         index = np.atleast_2d(np.asarray(index, dtype=np.float64))
-        n = self.ndim
-        a = self.world_affine()
-        out = np.empty((index.shape[0], n))
-        # element by element in a fixed order (not a matrix product, whose rounding
-        # may follow the number of rows): a row's bits do not depend on the others
-        for k in range(n):  # world axis k (x, y[, z]): column n - 1 - k
-            col = np.full(index.shape[0], a[k, 3])
-            for j in range(n):  # index axis j (x, y[, z]) is column n - 1 - j
-                col += a[k, j] * index[:, n - 1 - j]
-            out[:, n - 1 - k] = col
-        return out
+        return self._world_extreme(index, index, np.minimum)
 
     def world_box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World boxes of index boxes: the extremes of :meth:`world` over their corners.
@@ -192,18 +182,24 @@ class Geometry:
         """
         lo = np.atleast_2d(np.asarray(lo, dtype=np.float64))
         hi = np.atleast_2d(np.asarray(hi, dtype=np.float64))
+        return self._world_extreme(lo, hi, np.minimum), self._world_extreme(lo, hi, np.maximum)
+
+    def _world_extreme(self, lo: np.ndarray, hi: np.ndarray, pick: Any) -> np.ndarray:
+        """Per world axis: its offset plus ``pick`` of the two terms of each index axis.
+
+        Element by element in a fixed order (not a matrix product, whose rounding may
+        follow the number of rows): a row's bits do not depend on the others. With
+        ``lo`` = ``hi``, the world coordinates of those indices.
+        """
         n = self.ndim
         a = self.world_affine()
-        wmin, wmax = np.empty(lo.shape), np.empty(lo.shape)
-        for k in range(n):
-            small = np.full(lo.shape[0], a[k, 3])
-            large = small.copy()
-            for j in range(n):
-                t0, t1 = a[k, j] * lo[:, n - 1 - j], a[k, j] * hi[:, n - 1 - j]
-                small += np.minimum(t0, t1)
-                large += np.maximum(t0, t1)
-            wmin[:, n - 1 - k], wmax[:, n - 1 - k] = small, large
-        return wmin, wmax
+        out = np.empty(lo.shape)
+        for k in range(n):  # world axis k (x, y[, z]): column n - 1 - k
+            col = np.full(lo.shape[0], a[k, 3])
+            for j in range(n):  # index axis j (x, y[, z]) is column n - 1 - j
+                col += pick(a[k, j] * lo[:, n - 1 - j], a[k, j] * hi[:, n - 1 - j])
+            out[:, n - 1 - k] = col
+        return out
 
     def decimated(self, factors: tuple[int, ...]) -> Geometry:
         """Return the geometry of every ``factors[i]``-th voxel along each dim (a level).

@@ -197,16 +197,14 @@ class BoundedTasks:
 
     def cells(self, c: int) -> tuple[slice | int, ...]:
         """Chunk ``c``'s cells in an array over (lines..., chunk columns)."""
-        nb = tuple(len(x) for x in self.tasks.chunks)
-        idx = np.unravel_index(c, nb)
-        starts = _starts(self.tasks.chunks)
-        return (*(slice(int(starts[a][idx[a]]), int(starts[a][idx[a] + 1]))
-                  for a in range(len(nb) - 1)), int(idx[-1]))
+        origin, size = self.origin_size(c)
+        column = int(np.unravel_index(c, tuple(len(x) for x in self.tasks.chunks))[-1])
+        return (*(slice(o, o + n) for o, n in zip(origin[:-1], size[:-1], strict=True)),
+                column)
 
     def origin_size(self, c: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Chunk ``c``'s origin and size, one per axis."""
-        nb = tuple(len(x) for x in self.tasks.chunks)
-        idx = np.unravel_index(c, nb)
+        idx = np.unravel_index(c, tuple(len(x) for x in self.tasks.chunks))
         starts = _starts(self.tasks.chunks)
         return (tuple(int(starts[a][i]) for a, i in enumerate(idx)),
                 tuple(int(self.tasks.chunks[a][i]) for a, i in enumerate(idx)))
