@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 import pytest
 
@@ -24,29 +27,58 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """Start ``python -m moto.server`` on a free loopback port; yield its endpoint URL."""
-    pytest.importorskip("moto.server", reason="moto[server] (the [test] extra) is needed")
-    pytest.importorskip("flask", reason="moto[server] (the [test] extra) is needed")
+#: a direct opener: the server is on loopback, never behind a proxy from the environment
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _start(log: IO[bytes]) -> tuple[subprocess.Popen[bytes], str] | None:
+    """Start one server on a port free a moment ago; None if it exits (the port was taken)."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(port)], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
+    deadline = time.monotonic() + 90  # a loaded 2-core machine starts Python slowly
+    while True:
+        try:
+            _DIRECT.open(url, timeout=2).close()
+            if proc.poll() is None:  # it answered, not another server on the port
+                return proc, url
+        except (OSError, http.client.HTTPException):
+            pass
+        if proc.poll() is not None:
+            return None
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(10)
+            return None
+        time.sleep(0.1)
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """Start ``python -m moto.server`` on a free loopback port; yield its endpoint URL.
+
+    Between choosing a free port and the server binding it, another process (a Dask
+    worker, a parallel test) may take it: the server then exits and is started again
+    on another port.
+    """
+    pytest.importorskip("moto.server", reason="moto[server] (the [test] extra) is needed")
+    pytest.importorskip("flask", reason="moto[server] (the [test] extra) is needed")
+    with tempfile.TemporaryFile() as log:
+        for _ in range(3):
+            started = _start(log)
+            if started is not None:
                 break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        else:
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"moto server did not start three times; its output:\n{tail}")
+        proc, url = started
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 #: the environment a user sets for an S3-compatible endpoint: the standard AWS variables
