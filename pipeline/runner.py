@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 from ._lock import output_lock
+from ._warmup import warm_up
 from .cluster import (
     ELBOW_SAMPLE_SIZE,
     ClusterModel,
@@ -208,6 +209,8 @@ def run(
         with timings.stage("open"):
             opened = open_input(config)
         log.info("config: %s", config.to_dict())
+        with timings.stage("warm_up"):  # a cold kernel cache: compiled in a child process
+            warm_up(config, opened)
         with (dask_context(config.compute, sources=config.input) as client,
               reading(opened.image.attrs["source"])):
             ctx = RunContext(config, opened, timings, client, progress)

@@ -9,6 +9,9 @@ import yaml
 from pipeline.synthetic import make_scene
 
 os.environ.setdefault("GDAL_CACHEMAX", "64")
+# the runs of the suite compile their kernels in their own processes: a child per kind
+# of run would cost seconds each; tests/test_warmup.py turns it on where it is tested
+os.environ["TILESEG_WARMUP"] = "0"
 
 
 @pytest.fixture(scope="session")
