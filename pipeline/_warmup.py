@@ -4,7 +4,7 @@ numba keeps what it compiles in the process that compiled it: the LLVM modules o
 every kernel stay, for the kernels that call it. A run that compiles its kernels itself
 (the first of its kind on an install, or after an upgrade) therefore holds them to its
 end: on 8192^2 noise, ``min_size: 16`` peaked at 1117 MiB against 934 with the kernels
-in numba's cache, and region merging passed 1.5 GiB against 1.15 (bench/RESULTS.md
+in numba's cache, and region merging at 1509 MiB against 1202 (bench/RESULTS.md
 section 11j). Kernels loaded from the cache cost a fraction of that.
 
 So, before a run with segments whose kind this install has not run yet, a child
