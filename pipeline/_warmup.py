@@ -13,7 +13,8 @@ dims, bands, dtype and features): it compiles the same kernels into numba's on-d
 cache, and the run loads them. A marker file beside numba's cache of these kernels
 records each kind done; its name hashes the kind, the versions and the sources' stamps
 (numba's own test of a stale cache), so an upgrade or an edit warms again. The child
-never fails the run: where it fails, the run compiles in its own process as before.
+never fails the run: where it fails, the run compiles in its own process as before
+(and the kind is not tried again).
 ``TILESEG_WARMUP=0`` turns it off (the test suite does, but for the tests of it).
 
 Written here: numba has no way to compile a function for the signatures a later call
@@ -117,22 +118,26 @@ def warm_up(config: Any, opened: Any, timeout: float = 1800) -> bool:
     if marker is None or marker.exists():
         return False
     t = time.perf_counter()
-    env = {**os.environ, ENV: "0"}
+    # the child imports this very package, wherever it was imported from
+    paths = [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, ENV: "0", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    failed = None
     try:
         done = subprocess.run([sys.executable, "-m", "pipeline._warmup", json.dumps(spec)],
                               env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            failed = f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
     except (OSError, subprocess.TimeoutExpired) as e:
-        log.debug("warm-up: the child did not run (%s); the kernels compile here", e)
-        return False
-    if done.returncode != 0:
-        log.debug("warm-up: the child failed (%s); the kernels compile here: %s",
-                  done.returncode, done.stderr.strip().splitlines()[-1:])
-        return False
-    try:
+        failed = str(e)
+    try:  # a failed kind is not tried again: the run compiles in its own process
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(spec, sort_keys=True))
+        marker.write_text(json.dumps({**spec, "failed": failed}, sort_keys=True))
     except OSError:
         pass  # a read-only cache: the next run warms again (loading, not compiling)
+    if failed is not None:
+        log.info("warm-up: the child failed (%s); the kernels compile in this process",
+                 failed)
+        return False
     log.info("warm-up: compiled the kernels in a child process in %.1f s",
              time.perf_counter() - t)
     return True

@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 import rasterio
 from rasterio.transform import from_origin
 
@@ -81,7 +80,8 @@ def test_the_run_loads_what_the_child_compiled(tmp_path):
 
 
 def test_a_failed_child_leaves_the_run_to_compile(tmp_path, scene, monkeypatch):
-    """The child cannot start, or fails: the run goes on, and no marker is written."""
+    """The child cannot start, or fails: the run goes on, and the kind is not tried
+    again (its marker says why)."""
     from pipeline import _warmup
     from pipeline.config import parse_config
     from pipeline.stages import open_input
@@ -92,16 +92,28 @@ def test_a_failed_child_leaves_the_run_to_compile(tmp_path, scene, monkeypatch):
     opened = open_input(config)
     spec = _warmup.warm_spec(config, opened)
     assert spec is not None and spec["bands"] == scene.bands and spec["dtype"] == "<u2"
-    marker = _warmup.marker_path(spec)
-    if marker is not None and marker.exists():
-        pytest.skip("this kind is already warm in this cache")
+    # markers here, not in this install's cache: a failed kind is never warmed again
+    marker = tmp_path / "cache" / "tileseg-warm-x"
+    monkeypatch.setattr(_warmup, "marker_path", lambda spec: marker)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
     assert _warmup.warm_up(config, opened) is False
+    assert "no-python" in json.loads(marker.read_text())["failed"]
+    marker.unlink()
     monkeypatch.setattr(sys, "executable", "false")
     assert _warmup.warm_up(config, opened) is False
-    assert marker is None or not marker.exists()
+    assert json.loads(marker.read_text())["failed"].startswith("exit 1")
+    # tried once: a child that would leave a trace does not start
+    trace = tmp_path / "started"
+    script = tmp_path / "child.sh"
+    script.write_text(f"#!/bin/sh\ntouch {trace}\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(script))
+    assert _warmup.warm_up(config, opened) is False and not trace.exists()
+    marker.unlink()
     monkeypatch.setenv("TILESEG_WARMUP", "0")
-    assert _warmup.warm_up(config, opened) is False  # off: nothing is even looked at
+    assert _warmup.warm_up(config, opened) is False and not trace.exists()  # off
+    monkeypatch.setenv("TILESEG_WARMUP", "1")
+    assert _warmup.warm_up(config, opened) is True and trace.exists()  # it does run
 
 
 def test_only_runs_with_segments_warm(tmp_path, scene):
