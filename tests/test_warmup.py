@@ -126,3 +126,26 @@ def test_only_runs_with_segments_warm(tmp_path, scene):
     auto = parse_config({"input": str(scene.path), "output": str(tmp_path / "o"),
                          "postprocess": {"segments": {}, "merge": {"regions": 10}}})
     assert _warmup.warm_spec(auto, open_input(auto))["merge"]["graph"] == ["memory", "files"]
+
+
+def test_the_child_runs_a_volume_of_the_kind(tmp_path):
+    """A volume's kind: the child's tiny volume goes through segments, min_size and
+    merge (both graphs) as the run would (in this process here)."""
+    import zarr
+
+    from pipeline import _warmup
+    from pipeline.config import parse_config
+    from pipeline.stages import open_input
+
+    src = tmp_path / "v.zarr"
+    arr = zarr.open_array(str(src), mode="w", shape=(1, 20, 24, 28), dtype="int16")
+    arr[:] = np.random.default_rng(2).integers(0, 900, (1, 20, 24, 28)).astype(np.int16)
+    config = parse_config({"input": str(src), "output": str(tmp_path / "o"),
+                           "postprocess": {"segments": {"connectivity": 26},
+                                           "min_size": {"volume": 3.0},
+                                           "merge": {"regions": 5}}})
+    spec = _warmup.warm_spec(config, open_input(config))
+    assert spec is not None
+    assert (spec["ndim"], spec["bands"], spec["dtype"]) == (3, 1, "<i2")
+    assert spec["merge"]["graph"] == ["memory", "files"] and spec["min_size"]
+    _warmup._child(spec)
