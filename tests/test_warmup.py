@@ -47,7 +47,7 @@ def _image(path, size=128):
     return path
 
 
-def _run(tmp_path, config, cache, **env):
+def _run(config, cache, **env):
     done = subprocess.run(
         [sys.executable, "-c", _RUN, json.dumps(config)], capture_output=True, text=True,
         timeout=900, env={**os.environ, "NUMBA_CACHE_DIR": str(cache), **env})
@@ -66,14 +66,14 @@ def test_the_run_loads_what_the_child_compiled(tmp_path):
               "postprocess": {"segments": {"connectivity": 8}, "min_size": 6,
                               "merge": {"criterion": "ward", "regions": 20,
                                         "graph": "files"}}}
-    first, log = _run(tmp_path, {**config, "output": str(tmp_path / "a")}, cache,
-                      TILESEG_WARMUP="1")
+    first, _ = _run({**config, "output": str(tmp_path / "a")}, cache, TILESEG_WARMUP="1")
     assert first["compiled"] == [] and first["loaded"] > 0, first
     markers = list(cache.rglob("tileseg-warm-*"))
     assert len(markers) == 1
-    again, log = _run(tmp_path, {**config, "output": str(tmp_path / "b")}, cache,
-                      TILESEG_WARMUP="1")
+    written = markers[0].stat().st_mtime_ns  # a child would write it again
+    again, _ = _run({**config, "output": str(tmp_path / "b")}, cache, TILESEG_WARMUP="1")
     assert again["compiled"] == [] and list(cache.rglob("tileseg-warm-*")) == markers
+    assert markers[0].stat().st_mtime_ns == written
     for name in ("labels.tif", "segments.tif"):
         with rasterio.open(tmp_path / "a" / name) as a, rasterio.open(tmp_path / "b" / name) as b:
             np.testing.assert_array_equal(a.read(), b.read())
